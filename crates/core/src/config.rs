@@ -1,0 +1,116 @@
+//! `config.toml`: everything optional, unknown keys refused (a typo should not
+//! silently do nothing).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub daemon: DaemonConfig,
+    /// Path of the firecracker binary; default: PATH, then next to bangerd.
+    #[serde(default)]
+    pub firecracker_bin: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// Group allowed to use the socket (mode 0660). Default: `banger` when that
+    /// group exists, else only root can connect. A name or a numeric gid.
+    #[serde(default)]
+    pub socket_group: Option<String>,
+    /// The log file is rotated when it passes this size.
+    #[serde(default = "default_log_max_bytes")]
+    pub log_max_bytes: u64,
+    /// Rotated log files kept (`bangerd.log.1` ..).
+    #[serde(default = "default_log_keep")]
+    pub log_keep: u32,
+    /// `file`, `journald`, or `auto` (journald when started by systemd).
+    #[serde(default = "default_log_target")]
+    pub log_target: String,
+}
+
+fn default_log_max_bytes() -> u64 {
+    10 << 20
+}
+
+fn default_log_keep() -> u32 {
+    3
+}
+
+fn default_log_target() -> String {
+    "auto".into()
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            socket_group: None,
+            log_max_bytes: default_log_max_bytes(),
+            log_keep: default_log_keep(),
+            log_target: default_log_target(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file exists but could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for banger.
+    #[error("invalid config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+impl Config {
+    /// Reads `path`; a missing file means all defaults.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::parse(&text).map_err(|message| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
+            Err(source) => Err(ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_is_default() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn reads_keys_and_refuses_typos() {
+        let c = Config::parse("[daemon]\nsocket_group = \"wheel\"\nlog_max_bytes = 5\n").unwrap();
+        assert_eq!(c.daemon.socket_group.as_deref(), Some("wheel"));
+        assert_eq!(c.daemon.log_max_bytes, 5);
+        let e = Config::parse("[daemon]\nsocket_grup = \"x\"\n").unwrap_err();
+        assert!(e.contains("socket_grup"), "{e}");
+    }
+
+    #[test]
+    fn missing_file_is_default() {
+        let c = Config::load(Path::new("/nonexistent/banger.toml")).unwrap();
+        assert_eq!(c, Config::default());
+    }
+}

@@ -1,0 +1,15 @@
+//! Host-side building blocks shared by the daemon and the CLI: where things
+//! live ([`paths`]), what the user configured ([`config`]), the durable state
+//! ([`store`]), file artifacts ([`artifact`]: kernel images, ext4 images,
+//! atomic staging) and host diagnostics ([`doctor`]).
+//!
+//! Nothing here speaks JSON-RPC or holds daemon state; everything here can be
+//! used from a test without a daemon.
+
+pub mod artifact;
+pub mod config;
+pub mod doctor;
+pub mod ids;
+pub mod paths;
+pub mod store;
+pub mod timefmt;

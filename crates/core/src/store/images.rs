@@ -1,0 +1,159 @@
+//! Rows of `images` and `default_images`.
+
+use rusqlite::{params, OptionalExtension, Row};
+
+use super::{opt_file, unique_violation, Result, Store, StoreError, StoredFile};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageRow {
+    pub id: String,
+    pub name: String,
+    pub owner_uid: u32,
+    pub kernel_id: String,
+    pub rootfs: StoredFile,
+    pub work_seed: Option<StoredFile>,
+    pub created_at: String,
+}
+
+const COLUMNS: &str = "id, name, owner_uid, kernel_id, rootfs_path, rootfs_size, rootfs_sha256, \
+     work_seed_path, work_seed_size, work_seed_sha256, created_at";
+
+fn from_row(r: &Row<'_>) -> rusqlite::Result<ImageRow> {
+    Ok(ImageRow {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        owner_uid: r.get(2)?,
+        kernel_id: r.get(3)?,
+        rootfs: StoredFile {
+            rel_path: r.get(4)?,
+            size: r.get::<_, i64>(5)? as u64,
+            sha256: r.get(6)?,
+        },
+        work_seed: opt_file(r.get(7)?, r.get(8)?, r.get(9)?),
+        created_at: r.get(10)?,
+    })
+}
+
+impl Store {
+    pub fn insert_image(&self, i: &ImageRow) -> Result<()> {
+        let seed = i.work_seed.as_ref();
+        self.lock()
+            .execute(
+                &format!("INSERT INTO images ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"),
+                params![
+                    i.id,
+                    i.name,
+                    i.owner_uid,
+                    i.kernel_id,
+                    i.rootfs.rel_path,
+                    i.rootfs.size as i64,
+                    i.rootfs.sha256,
+                    seed.map(|f| &f.rel_path),
+                    seed.map(|f| f.size as i64),
+                    seed.map(|f| &f.sha256),
+                    i.created_at,
+                ],
+            )
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _)
+                    if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY =>
+                {
+                    StoreError::NotFound {
+                        what: "kernel",
+                        key: i.kernel_id.clone(),
+                    }
+                }
+                e => unique_violation(e, "image", &i.name),
+            })?;
+        Ok(())
+    }
+
+    pub fn image_by_name(&self, name: &str) -> Result<Option<ImageRow>> {
+        Ok(self
+            .lock()
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM images WHERE name = ?"),
+                [name],
+                from_row,
+            )
+            .optional()?)
+    }
+
+    pub fn image_by_id(&self, id: &str) -> Result<Option<ImageRow>> {
+        Ok(self
+            .lock()
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM images WHERE id = ?"),
+                [id],
+                from_row,
+            )
+            .optional()?)
+    }
+
+    pub fn list_images(&self) -> Result<Vec<ImageRow>> {
+        let conn = self.lock();
+        let mut st = conn.prepare(&format!("SELECT {COLUMNS} FROM images ORDER BY name"))?;
+        let rows = st.query_map([], from_row)?.collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// Names of VMs that use the image.
+    pub fn image_users(&self, id: &str) -> Result<Vec<String>> {
+        let conn = self.lock();
+        let mut st = conn.prepare("SELECT name FROM vms WHERE image_id = ? ORDER BY name")?;
+        let rows = st.query_map([id], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// Deletes the row unless a VM still uses it; its default markers go with it.
+    pub fn delete_image(&self, id: &str) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let name: Option<String> = tx
+            .query_row("SELECT name FROM images WHERE id = ?", [id], |r| r.get(0))
+            .optional()?;
+        let Some(name) = name else {
+            return Err(StoreError::NotFound {
+                what: "image",
+                key: id.to_string(),
+            });
+        };
+        let users: Vec<String> = tx
+            .prepare("SELECT 'vm ' || name FROM vms WHERE image_id = ? ORDER BY name")?
+            .query_map([id], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        if !users.is_empty() {
+            return Err(StoreError::InUse {
+                what: "image",
+                name,
+                users,
+            });
+        }
+        tx.execute("DELETE FROM images WHERE id = ?", [id])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Makes `image_id` the default for `owner_uid`.
+    pub fn set_default_image(&self, owner_uid: u32, image_id: &str) -> Result<()> {
+        self.lock().execute(
+            "INSERT INTO default_images (owner_uid, image_id) VALUES (?1, ?2) \
+             ON CONFLICT(owner_uid) DO UPDATE SET image_id = excluded.image_id",
+            params![owner_uid, image_id],
+        )?;
+        Ok(())
+    }
+
+    /// The image id `vm create` uses for `uid`: its own default, else root's.
+    pub fn default_image_for(&self, uid: u32) -> Result<Option<String>> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT image_id FROM default_images WHERE owner_uid IN (?1, 0) \
+                 ORDER BY owner_uid = ?1 DESC LIMIT 1",
+                [uid],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+}

@@ -1,0 +1,181 @@
+use super::*;
+use crate::{ids, timefmt};
+
+fn file(p: &str) -> StoredFile {
+    StoredFile {
+        rel_path: p.into(),
+        size: 10,
+        sha256: "ab".into(),
+    }
+}
+
+fn kernel(name: &str) -> KernelRow {
+    KernelRow {
+        id: ids::new_id(),
+        name: name.into(),
+        owner_uid: 0,
+        format: "elf".into(),
+        release: None,
+        vmlinux: file("kernels/x/vmlinux"),
+        initrd: None,
+        created_at: timefmt::now(),
+    }
+}
+
+fn image(name: &str, kernel_id: &str, owner: u32) -> ImageRow {
+    ImageRow {
+        id: ids::new_id(),
+        name: name.into(),
+        owner_uid: owner,
+        kernel_id: kernel_id.into(),
+        rootfs: file("images/x/rootfs.ext4"),
+        work_seed: Some(file("images/x/work-seed.ext4")),
+        created_at: timefmt::now(),
+    }
+}
+
+fn vm(name: &str, img: &ImageRow) -> VmRow {
+    VmRow {
+        id: ids::new_id(),
+        name: name.into(),
+        owner_uid: 0,
+        image_id: img.id.clone(),
+        kernel_id: img.kernel_id.clone(),
+        state: "stopped".into(),
+        spec: "{}".into(),
+        runtime: "{}".into(),
+        created_at: timefmt::now(),
+        updated_at: timefmt::now(),
+    }
+}
+
+#[test]
+fn migrates_once_and_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let s = Store::open(&path).unwrap();
+    assert_eq!(s.schema_version().unwrap(), migrations::LATEST);
+    let k = kernel("k1");
+    s.insert_kernel(&k).unwrap();
+    drop(s);
+    let s = Store::open(&path).unwrap();
+    assert_eq!(s.kernel_by_name("k1").unwrap(), Some(k));
+    assert!(s.integrity_problems().unwrap().is_empty());
+}
+
+#[test]
+fn newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    drop(Store::open(&path).unwrap());
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.pragma_update(None, "user_version", migrations::LATEST + 1).unwrap();
+    drop(c);
+    assert!(matches!(Store::open(&path), Err(StoreError::NewerSchema { .. })));
+    assert!(matches!(
+        Store::open_read_only(&path),
+        Err(StoreError::NewerSchema { .. })
+    ));
+}
+
+#[test]
+fn read_only_open_cannot_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    Store::open(&path).unwrap().insert_kernel(&kernel("k1")).unwrap();
+    let ro = Store::open_read_only(&path).unwrap();
+    assert_eq!(ro.list_kernels().unwrap().len(), 1);
+    assert!(ro.insert_kernel(&kernel("k2")).is_err());
+}
+
+#[test]
+fn names_are_unique() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&dir.path().join("s.db")).unwrap();
+    s.insert_kernel(&kernel("k")).unwrap();
+    let e = s.insert_kernel(&kernel("k")).unwrap_err();
+    assert!(matches!(e, StoreError::AlreadyExists { what: "kernel", .. }), "{e}");
+}
+
+#[test]
+fn image_needs_an_existing_kernel() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&dir.path().join("s.db")).unwrap();
+    let e = s.insert_image(&image("i", "nope", 0)).unwrap_err();
+    assert!(matches!(e, StoreError::NotFound { what: "kernel", .. }), "{e}");
+}
+
+#[test]
+fn in_use_objects_cannot_be_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&dir.path().join("s.db")).unwrap();
+    let k = kernel("k");
+    s.insert_kernel(&k).unwrap();
+    let i = image("img", &k.id, 0);
+    s.insert_image(&i).unwrap();
+    let v = vm("box", &i);
+    s.insert_vm(&v).unwrap();
+
+    match s.delete_kernel(&k.id).unwrap_err() {
+        StoreError::InUse { users, .. } => assert_eq!(users, ["image img", "vm box"]),
+        e => panic!("{e}"),
+    }
+    match s.delete_image(&i.id).unwrap_err() {
+        StoreError::InUse { users, .. } => assert_eq!(users, ["vm box"]),
+        e => panic!("{e}"),
+    }
+    s.delete_vm(&v.id).unwrap();
+    s.delete_image(&i.id).unwrap();
+    s.delete_kernel(&k.id).unwrap();
+    assert!(s.list_kernels().unwrap().is_empty());
+}
+
+#[test]
+fn defaults_fall_back_to_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&dir.path().join("s.db")).unwrap();
+    let k = kernel("k");
+    s.insert_kernel(&k).unwrap();
+    let root_img = image("shared", &k.id, 0);
+    let user_img = image("mine", &k.id, 1000);
+    s.insert_image(&root_img).unwrap();
+    s.insert_image(&user_img).unwrap();
+    assert_eq!(s.default_image_for(1000).unwrap(), None);
+    s.set_default_image(0, &root_img.id).unwrap();
+    assert_eq!(s.default_image_for(1000).unwrap(), Some(root_img.id.clone()));
+    s.set_default_image(1000, &user_img.id).unwrap();
+    assert_eq!(s.default_image_for(1000).unwrap(), Some(user_img.id.clone()));
+    assert_eq!(s.default_image_for(0).unwrap(), Some(root_img.id.clone()));
+    // Deleting the user's image drops its default; root's shows through again.
+    s.delete_image(&user_img.id).unwrap();
+    assert_eq!(s.default_image_for(1000).unwrap(), Some(root_img.id));
+}
+
+#[test]
+fn running_operations_fail_on_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&dir.path().join("s.db")).unwrap();
+    let op = OperationRow {
+        id: "op1".into(),
+        kind: "image.register".into(),
+        target: "x".into(),
+        owner_uid: 0,
+        state: "running".into(),
+        stage: "copy".into(),
+        stages: "[]".into(),
+        progress: None,
+        result: None,
+        error: None,
+        created_at: timefmt::now(),
+        finished_at: None,
+        revision: 3,
+    };
+    s.put_operation(&op).unwrap();
+    let cut = s.fail_running_operations("{\"message\":\"x\"}", &timefmt::now()).unwrap();
+    assert_eq!(cut.len(), 1);
+    let after = s.operation("op1").unwrap().unwrap();
+    assert_eq!(after.state, "failed");
+    assert_eq!(after.revision, 4);
+    assert!(after.finished_at.is_some());
+    assert!(s.fail_running_operations("{}", &timefmt::now()).unwrap().is_empty());
+}
