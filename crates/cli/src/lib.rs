@@ -1,1 +1,102 @@
-//! banger CLI
+//! `banger`: the command-line client. Each subcommand lives in
+//! [`commands`]; they talk to the daemon through [`client`] (started on
+//! demand by [`autostart`]) and print tables or `--json`.
+
+pub mod autostart;
+pub mod client;
+pub mod commands;
+pub mod output;
+pub mod progress;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::client::ClientError;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "banger",
+    version,
+    about = "One-command development sandboxes on Firecracker microVMs",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Keep config, state, cache, runtime files and logs under DIR.
+    #[arg(long, global = true, env = "BANGER_HOME", value_name = "DIR")]
+    pub home: Option<PathBuf>,
+    /// Print machine-readable JSON (stable fields, see docs/json.md).
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the client's and the daemon's versions.
+    Version,
+    /// Check the host: KVM, Firecracker, networking tools, disks, the store.
+    Doctor,
+    /// Control the daemon.
+    #[command(subcommand)]
+    Daemon(commands::daemon::DaemonCmd),
+    /// Manage root filesystem images.
+    #[command(subcommand)]
+    Image(commands::image::ImageCmd),
+    /// Manage guest kernels.
+    #[command(subcommand)]
+    Kernel(commands::kernel::KernelCmd),
+    /// Inspect and cancel asynchronous operations (imports, creates).
+    #[command(subcommand, visible_alias = "op")]
+    Operation(commands::operation::OperationCmd),
+    /// Install or remove the systemd service for bangerd.
+    #[command(subcommand)]
+    System(commands::system::SystemCmd),
+    /// Print a shell completion script.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Measure banger itself.
+    #[command(subcommand)]
+    Bench(commands::bench::BenchCmd),
+}
+
+/// The `banger` binary's main.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let env = commands::Env::new(&cli);
+    let result = match cli.command {
+        Command::Version => commands::version::run(&env),
+        Command::Doctor => commands::doctor::run(&env),
+        Command::Daemon(c) => commands::daemon::run(&env, c),
+        Command::Image(c) => commands::image::run(&env, c),
+        Command::Kernel(c) => commands::kernel::run(&env, c),
+        Command::Operation(c) => commands::operation::run(&env, c),
+        Command::System(c) => commands::system::run(&env, c),
+        Command::Completion { shell } => commands::completion::run(shell),
+        Command::Bench(c) => commands::bench::run(&env, c),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            report(&e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `error: ...` plus the daemon's hint, if it gave one.
+fn report(e: &anyhow::Error) {
+    match e.downcast_ref::<ClientError>().and_then(ClientError::rpc) {
+        Some(rpc) => {
+            eprintln!("error: {}", rpc.message);
+            if let Some(hint) = rpc.hint() {
+                eprintln!("hint: {hint}");
+            }
+        }
+        None => eprintln!("error: {e:#}"),
+    }
+}

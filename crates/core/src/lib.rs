@@ -13,3 +13,4 @@ pub mod ids;
 pub mod paths;
 pub mod store;
 pub mod timefmt;
+pub mod tools;

@@ -21,3 +21,8 @@ pub fn age_secs(s: &str) -> u64 {
         .map(|t| (OffsetDateTime::now_utc() - t).whole_seconds().max(0) as u64)
         .unwrap_or(0)
 }
+
+/// The timestamp `d` ago.
+pub fn ago(d: std::time::Duration) -> String {
+    format(OffsetDateTime::now_utc() - d)
+}

@@ -1,1 +1,178 @@
-//! bangerd
+//! `bangerd`: the banger daemon.
+//!
+//! Request path: [`server`] accepts a connection and reads the caller's
+//! credentials; [`server::conn`] frames lines (with passed descriptors) and
+//! decodes JSON-RPC; [`dispatch`] finds the method's handler in the one table
+//! built by [`handlers::table`]; the handler validates, then either answers
+//! from the store or starts an asynchronous operation in [`ops`] whose body
+//! lives in the subsystem module ([`kernels`], [`images`]).
+//!
+//! See ARCHITECTURE.md for the lock and state rules.
+
+pub mod caller;
+pub mod daemon;
+pub mod dispatch;
+pub mod errors;
+pub mod handlers;
+pub mod images;
+pub mod kernels;
+pub mod logging;
+mod notify;
+pub mod ops;
+pub mod reconcile;
+pub mod server;
+pub mod staging;
+mod system_groups;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use banger_core::config::Config;
+use banger_core::paths::Paths;
+use banger_core::store::Store;
+use banger_core::timefmt;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+use crate::daemon::Daemon;
+use crate::ops::Ops;
+
+/// How long shutdown waits for running operations to clean up.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Parser)]
+#[command(name = "bangerd", version, about = "The banger daemon (normally started by `banger` or systemd)")]
+pub struct Args {
+    /// Put config, state, cache, runtime files and logs under DIR.
+    #[arg(long, env = "BANGER_HOME", value_name = "DIR")]
+    pub home: Option<PathBuf>,
+    /// Log to stderr instead of the log file.
+    #[arg(long)]
+    pub log_stderr: bool,
+    /// Log filter (tracing EnvFilter syntax; RUST_LOG overrides).
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+}
+
+/// The `bangerd` binary's main.
+pub fn main() -> ExitCode {
+    let args = Args::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bangerd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("bangerd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let paths = Paths::resolve(args.home.as_deref());
+    make_dirs(&paths)?;
+    let config = Config::load(&paths.config_file)?;
+    let log_target = logging::init(&paths, &config, args.log_stderr, &args.log_level)
+        .context("cannot open the log")?;
+    let _lock = server::acquire_lock(&paths)?;
+    let store = Arc::new(
+        Store::open(&paths.db())
+            .with_context(|| format!("cannot open {}", paths.db().display()))?,
+    );
+    let ops = Ops::new(store.clone());
+    reconcile::at_start(&paths, &store, &ops).context("start-up reconciliation failed")?;
+    let gid = socket_gid(&config)?;
+    let listener = server::bind(&paths, gid)?;
+    let d = Arc::new(Daemon {
+        paths: paths.clone(),
+        config,
+        store: store.clone(),
+        ops,
+        started_at: timefmt::now(),
+        started: Instant::now(),
+        shutdown: CancellationToken::new(),
+        log_target,
+    });
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        pid = std::process::id(),
+        socket = %paths.socket().display(),
+        "bangerd listening"
+    );
+    spawn_signal_watch(d.shutdown.clone())?;
+    notify::notify("READY=1");
+    server::serve(d.clone(), Arc::new(handlers::table()), listener).await;
+
+    tracing::info!("shutting down");
+    notify::notify("STOPPING=1");
+    server::remove_socket(&paths.socket());
+    d.ops.shutdown(SHUTDOWN_GRACE).await;
+    if let Err(e) = store.checkpoint() {
+        tracing::warn!(error = %e, "WAL checkpoint failed");
+    }
+    tracing::info!("bye");
+    Ok(())
+}
+
+fn spawn_signal_watch(token: CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = int.recv() => tracing::info!("SIGINT"),
+        }
+        token.cancel();
+    });
+    Ok(())
+}
+
+/// State and cache are private to the daemon; the runtime dir must be
+/// traversable so socket-group members can reach the socket.
+fn make_dirs(paths: &Paths) -> anyhow::Result<()> {
+    for (dir, mode) in [
+        (&paths.runtime_dir, 0o755),
+        (&paths.state_dir, 0o700),
+        (&paths.cache_dir, 0o700),
+        (&paths.log_dir, 0o750),
+        (&paths.kernels_dir(), 0o700),
+        (&paths.images_dir(), 0o700),
+        (&paths.vms_dir(), 0o700),
+        (&paths.staging_dir(), 0o700),
+    ] {
+        mkdir(dir, mode)?;
+    }
+    Ok(())
+}
+
+fn mkdir(dir: &Path, mode: u32) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot set mode of {}", dir.display()))
+}
+
+/// The socket's group: the configured one (which must exist), else `banger`
+/// when that group exists, else none (root only).
+fn socket_gid(config: &Config) -> anyhow::Result<Option<u32>> {
+    match config.daemon.socket_group.as_deref() {
+        Some(g) => system_groups::gid_of(g)?
+            .map(Some)
+            .with_context(|| format!("socket_group {g:?} (config [daemon]) does not exist")),
+        None => system_groups::gid_of("banger"),
+    }
+}

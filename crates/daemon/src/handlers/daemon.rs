@@ -1,0 +1,129 @@
+//! `daemon.*` handlers.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::sync::Arc;
+
+use banger_proto::methods::daemon::{
+    DoctorReport, LogChunk, LogsParams, OperationsListParams, PathsInfo, StatusInfo,
+};
+use banger_proto::methods::op::OperationInfo;
+use banger_proto::methods::Empty;
+use banger_proto::{RpcError, PROTOCOL_VERSION};
+
+use crate::caller::Ctx;
+use crate::daemon::Daemon;
+use crate::errors::Rpc;
+use crate::logging::LogTarget;
+
+/// Most log bytes one `daemon.logs` call returns.
+const LOG_CHUNK: u64 = 256 * 1024;
+
+pub async fn status(d: Arc<Daemon>, _cx: Ctx, _p: Empty) -> Result<StatusInfo, RpcError> {
+    let p = &d.paths;
+    Ok(StatusInfo {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        protocol: PROTOCOL_VERSION,
+        pid: std::process::id(),
+        uid: rustix::process::geteuid().as_raw(),
+        started_at: d.started_at.clone(),
+        uptime_secs: d.started.elapsed().as_secs(),
+        paths: PathsInfo {
+            config: p.config_file.display().to_string(),
+            state: p.state_dir.display().to_string(),
+            cache: p.cache_dir.display().to_string(),
+            runtime: p.runtime_dir.display().to_string(),
+            socket: p.socket().display().to_string(),
+            log: p.log_file().display().to_string(),
+        },
+        log_target: d.log_target.label().to_string(),
+        operations_running: d.ops.running() as u32,
+    })
+}
+
+pub async fn shutdown(d: Arc<Daemon>, cx: Ctx, _p: Empty) -> Result<Empty, RpcError> {
+    let me = rustix::process::geteuid().as_raw();
+    if !(cx.caller.is_root() || cx.caller.uid == me) {
+        return Err(RpcError::permission_denied(
+            "only root can stop the daemon (try: sudo banger daemon stop)",
+        ));
+    }
+    tracing::info!(uid = cx.caller.uid, pid = cx.caller.pid, "shutdown requested");
+    d.shutdown.cancel();
+    Ok(Empty {})
+}
+
+pub async fn logs(d: Arc<Daemon>, _cx: Ctx, p: LogsParams) -> Result<LogChunk, RpcError> {
+    let path = d.paths.log_file();
+    let journald = d.log_target == LogTarget::Journald;
+    let empty = |offset| LogChunk {
+        path: path.display().to_string(),
+        journald,
+        offset,
+        next_offset: offset,
+        data: String::new(),
+    };
+    if !matches!(d.log_target, LogTarget::File(_)) {
+        return Ok(empty(0));
+    }
+    let mut f = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(_) => return Ok(empty(0)),
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut offset = match p.offset {
+        // Past the end: the file was rotated; start over in the new one.
+        Some(o) if o > len => 0,
+        Some(o) => o,
+        None => len.saturating_sub(p.tail_bytes.unwrap_or(16 * 1024)),
+    };
+    let want = (len - offset).min(LOG_CHUNK);
+    f.seek(SeekFrom::Start(offset)).rpc_io()?;
+    let mut buf = Vec::with_capacity(want as usize);
+    f.take(want).read_to_end(&mut buf).rpc_io()?;
+    if p.offset.is_none() && offset > 0 {
+        // Start a tail at a line boundary.
+        if let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+            buf.drain(..=nl);
+            offset += nl as u64 + 1;
+        }
+    }
+    let next_offset = offset + buf.len() as u64;
+    Ok(LogChunk {
+        path: path.display().to_string(),
+        journald,
+        offset,
+        next_offset,
+        data: String::from_utf8_lossy(&buf).into_owned(),
+    })
+}
+
+pub async fn operations_list(
+    d: Arc<Daemon>,
+    cx: Ctx,
+    p: OperationsListParams,
+) -> Result<Vec<OperationInfo>, RpcError> {
+    d.ops.list(cx.caller.uid_filter(), p.all).rpc()
+}
+
+pub async fn doctor(d: Arc<Daemon>, _cx: Ctx, _p: Empty) -> Result<DoctorReport, RpcError> {
+    let d2 = d.clone();
+    let checks = tokio::task::spawn_blocking(move || {
+        banger_core::doctor::run_checks(&d2.paths, &d2.config)
+    })
+    .await
+    .map_err(|e| RpcError::internal(e.to_string()))?;
+    Ok(DoctorReport {
+        source: "daemon".into(),
+        checks,
+    })
+}
+
+trait IoRpc<T> {
+    fn rpc_io(self) -> Result<T, RpcError>;
+}
+
+impl<T> IoRpc<T> for std::io::Result<T> {
+    fn rpc_io(self) -> Result<T, RpcError> {
+        self.map_err(|e| RpcError::internal(format!("reading the log: {e}")))
+    }
+}

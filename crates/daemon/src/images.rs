@@ -1,0 +1,133 @@
+//! The image registry: register (an async operation), lookup with visibility
+//! rules, default ("promote"), delete.
+
+use std::fs::File;
+use std::sync::Arc;
+
+use banger_core::artifact::{ext4, stage};
+use banger_core::store::{ImageRow, StoredFile};
+use banger_core::{ids, timefmt};
+use banger_proto::methods::image::ImageInfo;
+use banger_proto::RpcError;
+use serde_json::Value;
+
+use crate::caller::Caller;
+use crate::daemon::Daemon;
+use crate::errors::{self, Rpc};
+use crate::kernels::file_info;
+use crate::ops::OpHandle;
+use crate::staging::{commit, copy, Placed, Scratch};
+
+pub const ROOTFS: &str = "rootfs.ext4";
+pub const WORK_SEED: &str = "work-seed.ext4";
+
+/// An image the caller may see, by name.
+pub fn find(d: &Daemon, caller: &Caller, name: &str) -> Result<ImageRow, RpcError> {
+    match d.store.image_by_name(name).rpc()? {
+        Some(i) if caller.can_see_shared(i.owner_uid) => Ok(i),
+        _ => Err(RpcError::not_found("image", name)
+            .with("hint", "see `banger image list`, or add one with `banger image register`")),
+    }
+}
+
+pub fn info(d: &Daemon, caller: &Caller, i: &ImageRow) -> Result<ImageInfo, RpcError> {
+    let kernel = d
+        .store
+        .kernel_by_id(&i.kernel_id)
+        .rpc()?
+        .map(|k| k.name)
+        .unwrap_or_else(|| i.kernel_id.clone());
+    let default = d.store.default_image_for(caller.uid).rpc()?;
+    Ok(ImageInfo {
+        id: i.id.clone(),
+        name: i.name.clone(),
+        owner_uid: i.owner_uid,
+        kernel,
+        rootfs: file_info(d, &i.rootfs),
+        work_seed: i.work_seed.as_ref().map(|f| file_info(d, f)),
+        default: default.as_deref() == Some(i.id.as_str()),
+        created_at: i.created_at.clone(),
+        used_by: d.store.image_users(&i.id).rpc()?,
+    })
+}
+
+/// Checks that `f` is a regular file holding a complete ext4 filesystem.
+/// Cheap (one superblock read), so it runs before the operation starts and a
+/// wrong file fails the request itself.
+pub fn validate_ext4(f: &File, what: &str) -> Result<ext4::Ext4Info, RpcError> {
+    stage::require_regular(f, what).map_err(errors::from_stage)?;
+    ext4::inspect(f).map_err(|e| errors::from_ext4(e, what))
+}
+
+pub struct RegisterJob {
+    pub owner_uid: u32,
+    pub name: String,
+    pub kernel_id: String,
+    pub rootfs: File,
+    pub work_seed: Option<File>,
+}
+
+/// The body of an `image.register` operation.
+pub async fn register(d: Arc<Daemon>, op: OpHandle, job: RegisterJob) -> Result<Value, RpcError> {
+    let scratch = Scratch::new(&d.paths, &op.id())?;
+    op.stage("copy-rootfs");
+    let rootfs = copy(&op, job.rootfs, scratch.path(ROOTFS)).await?;
+    let seed = match job.work_seed {
+        Some(src) => {
+            op.stage("copy-work-seed");
+            Some(copy(&op, src, scratch.path(WORK_SEED)).await?)
+        }
+        None => None,
+    };
+    op.stage("commit");
+    op.check()?;
+    let id = ids::new_id();
+    let placed = Placed::new(d.paths.images_dir().join(&id));
+    commit(&scratch.path(ROOTFS), &placed.path(ROOTFS))?;
+    if seed.is_some() {
+        commit(&scratch.path(WORK_SEED), &placed.path(WORK_SEED))?;
+    }
+    let stored = |f: &str, s: stage::Staged| StoredFile {
+        rel_path: format!("images/{id}/{f}"),
+        size: s.size,
+        sha256: s.sha256,
+    };
+    tracing::info!(
+        image = %job.name,
+        rootfs_copy = rootfs.method.as_str(),
+        "image staged"
+    );
+    let row = ImageRow {
+        id: id.clone(),
+        name: job.name,
+        owner_uid: job.owner_uid,
+        kernel_id: job.kernel_id,
+        rootfs: stored(ROOTFS, rootfs),
+        work_seed: seed.map(|s| stored(WORK_SEED, s)),
+        created_at: timefmt::now(),
+    };
+    d.store.insert_image(&row).rpc()?;
+    placed.keep();
+    let owner = Caller {
+        uid: row.owner_uid,
+        gid: 0,
+        pid: 0,
+    };
+    let info = info(&d, &owner, &row)?;
+    serde_json::to_value(info).map_err(|e| RpcError::internal(e.to_string()))
+}
+
+/// Deletes the image row (refused while VMs use it), then its files.
+pub fn delete(d: &Daemon, caller: &Caller, name: &str) -> Result<(), RpcError> {
+    let i = find(d, caller, name)?;
+    if !caller.can_change(i.owner_uid) {
+        return Err(RpcError::permission_denied(format!(
+            "image {name:?} belongs to uid {}; only its owner or root can delete it",
+            i.owner_uid
+        )));
+    }
+    d.store.delete_image(&i.id).rpc()?;
+    crate::staging::remove_dir(&d.paths.images_dir().join(&i.id));
+    tracing::info!(image = %name, uid = caller.uid, "image deleted");
+    Ok(())
+}

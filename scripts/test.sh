@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The project's one test command:
+#
+#   sudo scripts/test.sh [cargo test args...]      e.g.  sudo scripts/test.sh -p banger-core -- --nocapture
+#
+# Runs, in order: fetch test assets, check Firecracker is installed, `cargo test --workspace --locked [args]`,
+# `cargo fmt --check`, `cargo clippy -D warnings`. All three cargo steps run even when an earlier one fails, so one
+# run reports every problem; the exit status is non-zero if any step failed.
+#
+# It runs as root because the tests do what banger does: create loop devices, mounts, bridges, tap devices and
+# network namespaces, and run Firecracker. Tests that touch the network stay inside namespaces they create.
+set -euo pipefail
+
+script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(dirname "$script_dir")
+
+die() {
+    printf 'test.sh: error: %s\n' "$*" >&2
+    exit 1
+}
+
+if ((EUID != 0)); then
+    command -v sudo >/dev/null || die "the tests need root (loop devices, mounts, network namespaces, Firecracker);
+rerun as root: sudo scripts/test.sh"
+    printf 'test.sh: the tests need root; re-running under sudo\n' >&2
+    # sudo resets the environment; keep the variables that change what or how we test.
+    exec sudo --preserve-env=BANGER_TEST_ASSETS,CARGO_TARGET_DIR,CARGO_TERM_COLOR,CARGO_INCREMENTAL,RUST_LOG,RUST_BACKTRACE \
+        -- bash "${BASH_SOURCE[0]}" "$@"
+fi
+
+# sudo resets PATH to secure_path, which has neither rustup's cargo nor Firecracker's default install location.
+export PATH="${HOME:-/root}/.cargo/bin:/root/.cargo/bin:/usr/local/sbin:/usr/local/bin:$PATH"
+# Tests find the assets through this variable; export the default so test code and this script agree.
+export BANGER_TEST_ASSETS=${BANGER_TEST_ASSETS:-/var/cache/banger-test}
+
+cd "$repo"
+
+command -v cargo >/dev/null || die "cargo not found (looked in PATH, ~/.cargo/bin, /root/.cargo/bin); run: sudo ./install.sh --deps-only"
+
+bash "$script_dir/fetch-test-assets.sh"
+
+command -v firecracker >/dev/null || die "firecracker is not on PATH; install it with: sudo scripts/install-firecracker.sh"
+command -v jailer >/dev/null || die "jailer is not on PATH; install it with: sudo scripts/install-firecracker.sh"
+printf 'test.sh: using %s (%s)\n' "$(command -v firecracker)" "$(firecracker --version 2>&1 | head -n 1)"
+
+failed=()
+# Runs one step, prints its duration, and records (rather than stops at) a failure.
+step() {
+    local name=$1 start rc=0
+    shift
+    start=$(date +%s)
+    printf '\n=== test.sh: %s: %s\n' "$name" "$*"
+    "$@" || rc=$?
+    printf '=== test.sh: %s: %s after %ss\n' "$name" "$([[ $rc == 0 ]] && echo ok || echo "FAILED (exit $rc)")" \
+        "$(($(date +%s) - start))"
+    ((rc == 0)) || failed+=("$name")
+}
+
+step test cargo test --workspace --locked "$@"
+step fmt cargo fmt --all -- --check
+step clippy cargo clippy --workspace --all-targets --locked -- -D warnings
+
+if ((${#failed[@]} > 0)); then
+    printf '\ntest.sh: FAILED: %s\n' "${failed[*]}" >&2
+    exit 1
+fi
+printf '\ntest.sh: all steps passed\n'

@@ -1,0 +1,233 @@
+//! Shared test rig: a temporary BANGER_HOME with a real `bangerd`, the real
+//! `banger` CLI, raw socket clients, and fixtures (ext4 images, a stub kernel).
+//!
+//! Every daemon a test starts (directly or through CLI auto-start) is killed
+//! by pid when the [`Home`] drops, even if the test panicked.
+
+#![allow(dead_code)]
+
+pub mod fixtures;
+pub mod raw;
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BANGER: &str = env!("CARGO_BIN_EXE_banger");
+pub const BANGERD: &str = env!("CARGO_BIN_EXE_bangerd");
+
+/// The uid/gid tests use as "another user" (nobody/nogroup).
+pub const NOBODY: u32 = 65534;
+
+pub struct Home {
+    pub dir: tempfile::TempDir,
+    daemon: Option<Child>,
+}
+
+impl Home {
+    /// A fresh home, traversable by other users (so tests can act as nobody),
+    /// whose socket group is nogroup.
+    pub fn new() -> Home {
+        let dir = tempfile::Builder::new().prefix("banger-test-").tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(
+            dir.path().join("config.toml"),
+            format!("[daemon]\nsocket_group = \"{NOBODY}\"\n"),
+        )
+        .unwrap();
+        Home { dir, daemon: None }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.path().join("run/bangerd.sock")
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.path().join("state")
+    }
+
+    /// `banger` with this home.
+    pub fn banger(&self) -> Command {
+        let mut c = Command::new(BANGER);
+        c.env("BANGER_HOME", self.path()).env_remove("RUST_LOG");
+        c
+    }
+
+    /// `banger` as another uid/gid.
+    pub fn banger_as(&self, uid: u32, gid: u32) -> Command {
+        let mut c = self.banger();
+        c.uid(uid).gid(gid);
+        c
+    }
+
+    /// Runs `banger ARGS`, asserting success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.banger().args(args).output().unwrap();
+        assert_success(&out, args);
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs `banger --json ARGS`, asserting success; parses stdout.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut full = vec!["--json"];
+        full.extend_from_slice(args);
+        let out = self.ok(&full);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: bad JSON ({e}): {out}"))
+    }
+
+    /// Runs `banger ARGS`, asserting failure; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.banger().args(args).output().unwrap();
+        assert!(
+            !out.status.success(),
+            "banger {args:?} should have failed; stdout: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stderr).unwrap()
+    }
+
+    /// Starts `bangerd` directly (not through the CLI) and waits for its socket.
+    pub fn start_daemon(&mut self) {
+        assert!(self.daemon.is_none(), "daemon already started by this test");
+        let child = Command::new(BANGERD)
+            .arg("--home")
+            .arg(self.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        self.daemon = Some(child);
+        self.wait_socket();
+    }
+
+    /// Waits until the socket answers a connect.
+    pub fn wait_socket(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(self.socket()).is_err() {
+            assert!(Instant::now() < deadline, "bangerd did not come up");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The pid in the lock file of the daemon serving this home.
+    pub fn daemon_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.path().join("run/bangerd.lock"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// SIGKILLs the daemon (however it was started) and reaps it if ours.
+    pub fn kill_daemon(&mut self) {
+        if let Some(pid) = self.daemon_pid() {
+            kill(pid, libc::SIGKILL);
+        }
+        if let Some(mut c) = self.daemon.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Some(pid) = self.daemon_pid() {
+            wait_gone(pid);
+        }
+    }
+
+    /// SIGTERMs the daemon this test started and returns its exit status.
+    pub fn term_daemon(&mut self) -> std::process::ExitStatus {
+        let mut c = self.daemon.take().expect("no daemon started by this test");
+        kill(c.id() as i32, libc::SIGTERM);
+        wait_timeout(&mut c, Duration::from_secs(20)).expect("bangerd did not exit after SIGTERM")
+    }
+
+    /// Takes the child handle of a daemon this test started (to wait on it).
+    pub fn take_daemon(&mut self) -> Option<Child> {
+        self.daemon.take()
+    }
+
+    /// Files under `state/tmp` (half-staged work).
+    pub fn staged_files(&self) -> Vec<PathBuf> {
+        walk(&self.state().join("tmp"))
+    }
+}
+
+impl Drop for Home {
+    fn drop(&mut self) {
+        self.kill_daemon();
+    }
+}
+
+pub fn assert_success(out: &Output, what: &[&str]) {
+    assert!(
+        out.status.success(),
+        "banger {what:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn kill(pid: i32, sig: i32) {
+    // SAFETY: plain syscall on a pid this test owns.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+pub fn alive(pid: i32) -> bool {
+    // Signal 0 probes existence; a zombie still counts, so check its state.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    !stat.is_empty() && !stat.contains(") Z ")
+}
+
+pub fn wait_gone(pid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while alive(pid) {
+        assert!(Instant::now() < deadline, "pid {pid} did not exit");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub fn wait_timeout(c: &mut Child, d: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + d;
+    loop {
+        if let Some(st) = c.try_wait().unwrap() {
+            return Some(st);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+                out.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+pub fn require_root() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "these tests drive a root daemon: run them as root (sudo scripts/test.sh)"
+    );
+}
