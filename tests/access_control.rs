@@ -42,7 +42,9 @@ fn a_user_cannot_make_the_daemon_read_a_root_only_file() {
     // Through the CLI as nobody: refused when opening, before the daemon is asked.
     let out = h
         .banger_as(NOBODY, NOBODY)
-        .args(["image", "register", "--name", "stolen", "--kernel", "shared", "--rootfs"])
+        .args([
+            "image", "register", "--name", "stolen", "--kernel", "shared", "--rootfs",
+        ])
         .arg(&secret)
         .output()
         .unwrap();
@@ -52,15 +54,26 @@ fn a_user_cannot_make_the_daemon_read_a_root_only_file() {
 
     // Straight at the socket as nobody: there is no way to name a path.
     let mut c = raw_as_nobody(&h);
-    let r = c.call(1, "image.register.begin", json!({
-        "name": "stolen", "kernel": "shared", "rootfs": secret.to_str().unwrap()
-    }));
+    let r = c.call(
+        1,
+        "image.register.begin",
+        json!({
+            "name": "stolen", "kernel": "shared", "rootfs": secret.to_str().unwrap()
+        }),
+    );
     assert_eq!(code(&r), -32602, "{r}");
-    let r = c.call(2, "image.register.begin", json!({
-        "name": "stolen", "kernel": "shared", "rootfs": {"fd": 0}
-    }));
+    let r = c.call(
+        2,
+        "image.register.begin",
+        json!({
+            "name": "stolen", "kernel": "shared", "rootfs": {"fd": 0}
+        }),
+    );
     assert_eq!(code(&r), -32602, "no descriptor sent: {r}");
-    assert!(r["error"]["message"].as_str().unwrap().contains("descriptor"));
+    assert!(r["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("descriptor"));
 
     assert!(h.json(&["image", "list"]).as_array().unwrap().is_empty());
 }
@@ -80,19 +93,38 @@ fn users_see_their_own_and_roots_objects_only() {
     std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o644)).unwrap();
     let out = h
         .banger_as(NOBODY, NOBODY)
-        .args(["--json", "kernel", "import", mine.to_str().unwrap(), "--name", "nobodyk"])
+        .args([
+            "--json",
+            "kernel",
+            "import",
+            mine.to_str().unwrap(),
+            "--name",
+            "nobodyk",
+        ])
         .output()
         .unwrap();
     common::assert_success(&out, &["kernel import as nobody"]);
 
     let names = |uid: u32| -> Vec<String> {
-        let out = h.banger_as(uid, uid).args(["--json", "kernel", "list"]).output().unwrap();
+        let out = h
+            .banger_as(uid, uid)
+            .args(["--json", "kernel", "list"])
+            .output()
+            .unwrap();
         common::assert_success(&out, &["kernel list"]);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v.as_array().unwrap().iter().map(|k| k["name"].as_str().unwrap().to_string()).collect()
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["name"].as_str().unwrap().to_string())
+            .collect()
     };
     assert_eq!(names(0), ["nobodyk", "rootk"], "root sees all");
-    assert_eq!(names(NOBODY), ["nobodyk", "rootk"], "nobody sees its own and root's");
+    assert_eq!(
+        names(NOBODY),
+        ["nobodyk", "rootk"],
+        "nobody sees its own and root's"
+    );
 
     // Another uid in the socket group sees only root's kernel...
     let other = 65533;
@@ -108,9 +140,21 @@ fn users_see_their_own_and_roots_objects_only() {
     assert_eq!(v.as_array().unwrap().len(), 1);
     assert_eq!(v[0]["name"], "rootk");
     // ...cannot see nobody's, and cannot delete root's.
-    let out = h.banger().uid(other).gid(NOBODY).args(["kernel", "rm", "nobodyk"]).output().unwrap();
+    let out = h
+        .banger()
+        .uid(other)
+        .gid(NOBODY)
+        .args(["kernel", "rm", "nobodyk"])
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
-    let out = h.banger().uid(other).gid(NOBODY).args(["kernel", "rm", "rootk"]).output().unwrap();
+    let out = h
+        .banger()
+        .uid(other)
+        .gid(NOBODY)
+        .args(["kernel", "rm", "rootk"])
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("only its owner or root"));
 
     // Non-root cannot stop the daemon.
@@ -124,10 +168,19 @@ fn users_outside_the_socket_group_cannot_connect() {
     require_root();
     let mut h = Home::new();
     h.start_daemon();
-    let out = h.banger().uid(65533).gid(65533).args(["kernel", "list"]).output().unwrap();
+    let out = h
+        .banger()
+        .uid(65533)
+        .gid(65533)
+        .args(["kernel", "list"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("permission denied") && err.contains("banger"), "{err}");
+    assert!(
+        err.contains("permission denied") && err.contains("banger"),
+        "{err}"
+    );
 }
 
 /// A raw connection whose peer credentials say nobody: SO_PEERCRED records
@@ -166,7 +219,13 @@ fn recv_fd(s: &std::os::unix::net::UnixStream) -> std::os::fd::OwnedFd {
     let mut space = [0u8; rustix::cmsg_space!(ScmRights(1))];
     let mut anc = RecvAncillaryBuffer::new(&mut space);
     let mut buf = [0u8; 1];
-    rustix::net::recvmsg(s, &mut [std::io::IoSliceMut::new(&mut buf)], &mut anc, RecvFlags::empty()).unwrap();
+    rustix::net::recvmsg(
+        s,
+        &mut [std::io::IoSliceMut::new(&mut buf)],
+        &mut anc,
+        RecvFlags::empty(),
+    )
+    .unwrap();
     for m in anc.drain() {
         if let RecvAncillaryMessage::ScmRights(mut fds) = m {
             return fds.next().unwrap();

@@ -33,7 +33,10 @@ fn version_and_autostart_and_stop() {
 
     // Human output is a table naming the fields.
     let out = h.ok(&["daemon", "status"]);
-    assert!(out.contains("version") && out.contains(&pid.to_string()), "{out}");
+    assert!(
+        out.contains("version") && out.contains(&pid.to_string()),
+        "{out}"
+    );
 
     let v = h.json(&["version"]);
     assert_eq!(v["daemon"]["pid"], pid);
@@ -60,7 +63,10 @@ fn kernel_import_list_show_rm() {
         .iter()
         .map(|s| s["name"].as_str().unwrap())
         .collect();
-    assert!(stages.contains(&"extract") && stages.contains(&"commit"), "{stages:?}");
+    assert!(
+        stages.contains(&"extract") && stages.contains(&"commit"),
+        "{stages:?}"
+    );
 
     // The stored copy is byte-identical and its sha256 recorded.
     let stored = imp["kernel"]["vmlinux"]["path"].as_str().unwrap();
@@ -74,17 +80,30 @@ fn kernel_import_list_show_rm() {
     let show = h.json(&["kernel", "show", "stub"]);
     assert_eq!(show["id"], imp["kernel"]["id"]);
     let table = h.ok(&["kernel", "list"]);
-    assert!(table.starts_with("NAME") && table.contains("stub"), "{table}");
+    assert!(
+        table.starts_with("NAME") && table.contains("stub"),
+        "{table}"
+    );
 
     // Duplicate name, bad name, missing file, non-kernel file.
-    assert!(h.fails(&["kernel", "import", stored, "--name", "stub"]).contains("already exists"));
-    assert!(h.fails(&["kernel", "import", stored, "--name", "Bad_Name"]).contains("lowercase"));
-    assert!(h.fails(&["kernel", "import", "/nonexistent", "--name", "x"]).contains("cannot open"));
+    assert!(h
+        .fails(&["kernel", "import", stored, "--name", "stub"])
+        .contains("already exists"));
+    assert!(h
+        .fails(&["kernel", "import", stored, "--name", "Bad_Name"])
+        .contains("lowercase"));
+    assert!(h
+        .fails(&["kernel", "import", "/nonexistent", "--name", "x"])
+        .contains("cannot open"));
     let junk = h.path().join("junk");
     std::fs::write(&junk, vec![7u8; 4096]).unwrap();
     let err = h.fails(&["kernel", "import", junk.to_str().unwrap(), "--name", "junk"]);
     assert!(err.contains("not a kernel"), "{err}");
-    assert!(h.staged_files().is_empty(), "failed import left {:?}", h.staged_files());
+    assert!(
+        h.staged_files().is_empty(),
+        "failed import left {:?}",
+        h.staged_files()
+    );
 
     h.ok(&["kernel", "rm", "stub"]);
     assert!(!std::path::Path::new(stored).exists());
@@ -102,24 +121,62 @@ fn image_register_list_show_promote_delete() {
     fixtures::ext4(&seed, 8);
 
     let r = h.json(&[
-        "image", "register", "--name", "img1", "--kernel", "k1",
-        "--rootfs", rootfs.to_str().unwrap(), "--work-seed", seed.to_str().unwrap(),
+        "image",
+        "register",
+        "--name",
+        "img1",
+        "--kernel",
+        "k1",
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+        "--work-seed",
+        seed.to_str().unwrap(),
     ]);
     let img = &r["image"];
     assert_eq!(img["kernel"], "k1");
     assert_eq!(img["rootfs"]["size"], 16 << 20);
     assert_eq!(img["rootfs"]["sha256"], sha256_of(rootfs.to_str().unwrap()));
-    assert_eq!(img["work_seed"]["sha256"], sha256_of(seed.to_str().unwrap()));
+    assert_eq!(
+        img["work_seed"]["sha256"],
+        sha256_of(seed.to_str().unwrap())
+    );
     assert_eq!(img["default"], false);
 
     // Refusals: unknown kernel, not ext4, duplicate.
-    let e = h.fails(&["image", "register", "--name", "i2", "--kernel", "nope", "--rootfs", rootfs.to_str().unwrap()]);
+    let e = h.fails(&[
+        "image",
+        "register",
+        "--name",
+        "i2",
+        "--kernel",
+        "nope",
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+    ]);
     assert!(e.contains("kernel \"nope\" not found"), "{e}");
     let notfs = h.path().join("notfs");
     std::fs::write(&notfs, vec![0u8; 1 << 20]).unwrap();
-    let e = h.fails(&["image", "register", "--name", "i2", "--kernel", "k1", "--rootfs", notfs.to_str().unwrap()]);
+    let e = h.fails(&[
+        "image",
+        "register",
+        "--name",
+        "i2",
+        "--kernel",
+        "k1",
+        "--rootfs",
+        notfs.to_str().unwrap(),
+    ]);
     assert!(e.contains("ext4"), "{e}");
-    let e = h.fails(&["image", "register", "--name", "img1", "--kernel", "k1", "--rootfs", rootfs.to_str().unwrap()]);
+    let e = h.fails(&[
+        "image",
+        "register",
+        "--name",
+        "img1",
+        "--kernel",
+        "k1",
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+    ]);
     assert!(e.contains("already exists"), "{e}");
 
     // A kernel an image uses cannot be removed.
@@ -134,7 +191,10 @@ fn image_register_list_show_promote_delete() {
 
     h.ok(&["image", "delete", "img1"]);
     assert!(h.json(&["image", "list"]).as_array().unwrap().is_empty());
-    assert!(std::fs::read_dir(h.state().join("images")).unwrap().next().is_none());
+    assert!(std::fs::read_dir(h.state().join("images"))
+        .unwrap()
+        .next()
+        .is_none());
     h.ok(&["kernel", "rm", "k1"]);
 }
 
@@ -143,14 +203,24 @@ fn debian_bzimage_is_extracted_to_an_elf() {
     require_root();
     let h = Home::new();
     let src = fixtures::debian_vmlinuz();
-    let r = h.json(&["kernel", "import", src.to_str().unwrap(), "--name", "debian-cloud"]);
+    let r = h.json(&[
+        "kernel",
+        "import",
+        src.to_str().unwrap(),
+        "--name",
+        "debian-cloud",
+    ]);
     let k = &r["kernel"];
     assert_eq!(k["format"], "bzimage+lz4");
     assert!(k["release"].as_str().unwrap().starts_with("6.1."), "{k}");
     let data = std::fs::read(k["vmlinux"]["path"].as_str().unwrap()).unwrap();
     use object::read::elf::{ElfFile64, ProgramHeader};
-    let elf = ElfFile64::<object::LittleEndian>::parse(&*data).expect("extracted kernel parses as ELF64");
-    assert_eq!(elf.elf_header().e_machine.get(object::LittleEndian), object::elf::EM_X86_64);
+    let elf =
+        ElfFile64::<object::LittleEndian>::parse(&*data).expect("extracted kernel parses as ELF64");
+    assert_eq!(
+        elf.elf_header().e_machine.get(object::LittleEndian),
+        object::elf::EM_X86_64
+    );
     let loads = elf
         .elf_program_headers()
         .iter()
@@ -171,7 +241,11 @@ fn operations_logs_doctor_completion() {
     let id = op["id"].as_str().unwrap();
     let one = h.json(&["op", "show", id]);
     assert_eq!(one["target"], "k");
-    assert!(one["stages"].as_array().unwrap().iter().all(|s| s["duration_ms"].is_number()));
+    assert!(one["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["duration_ms"].is_number()));
 
     let logs = h.ok(&["daemon", "logs"]);
     assert!(logs.contains("bangerd listening"), "{logs}");
@@ -181,11 +255,27 @@ fn operations_logs_doctor_completion() {
     let out = h.banger().args(["--json", "doctor"]).output().unwrap();
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["source"], "daemon");
-    let names: Vec<&str> = report["checks"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-    for n in ["daemon", "kvm", "firecracker", "store", "reflink", "disk-space"] {
+    let names: Vec<&str> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    for n in [
+        "daemon",
+        "kvm",
+        "firecracker",
+        "store",
+        "reflink",
+        "disk-space",
+    ] {
         assert!(names.contains(&n), "doctor lacks {n}: {names:?}");
     }
-    let failed = report["checks"].as_array().unwrap().iter().any(|c| c["status"] == "fail");
+    let failed = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["status"] == "fail");
     assert_eq!(out.status.success(), !failed, "exit code follows the fails");
 
     for shell in ["bash", "zsh", "fish"] {
@@ -214,14 +304,25 @@ fn system_install_writes_a_unit_that_keeps_vms_alive() {
     // The unit serves the system layout, so BANGER_HOME must not be set.
     let out = std::process::Command::new(common::BANGER)
         .env_remove("BANGER_HOME")
-        .args(["system", "install", "--no-start", "--unit-dir", units.to_str().unwrap(), "--bin", common::BANGERD])
+        .args([
+            "system",
+            "install",
+            "--no-start",
+            "--unit-dir",
+            units.to_str().unwrap(),
+            "--bin",
+            common::BANGERD,
+        ])
         .output()
         .unwrap();
     common::assert_success(&out, &["system", "install"]);
     let unit = std::fs::read_to_string(units.join("bangerd.service")).unwrap();
     assert!(unit.contains("KillMode=process"), "{unit}");
     assert!(unit.contains("Type=notify"));
-    assert!(unit.contains(&format!("ExecStart={}", std::fs::canonicalize(common::BANGERD).unwrap().display())));
+    assert!(unit.contains(&format!(
+        "ExecStart={}",
+        std::fs::canonicalize(common::BANGERD).unwrap().display()
+    )));
     let out = std::process::Command::new(common::BANGER)
         .env_remove("BANGER_HOME")
         .args(["system", "uninstall", "--unit-dir", units.to_str().unwrap()])
@@ -230,10 +331,20 @@ fn system_install_writes_a_unit_that_keeps_vms_alive() {
     common::assert_success(&out, &["system", "uninstall"]);
     assert!(!units.join("bangerd.service").exists());
     // With a home set, install refuses (it would serve the wrong layout).
-    assert!(h.fails(&["system", "install", "--unit-dir", units.to_str().unwrap()]).contains("BANGER_HOME"));
+    assert!(h
+        .fails(&["system", "install", "--unit-dir", units.to_str().unwrap()])
+        .contains("BANGER_HOME"));
 }
 
 fn sha256_of(path: &str) -> String {
-    let out = std::process::Command::new("sha256sum").arg(path).output().unwrap();
-    String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_string()
+    let out = std::process::Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
 }

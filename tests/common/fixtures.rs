@@ -60,7 +60,7 @@ pub fn stub_kernel() -> Vec<u8> {
     elf.extend_from_slice(&64u16.to_le_bytes()); // e_shentsize
     elf.extend_from_slice(&0u16.to_le_bytes()); // e_shnum
     elf.extend_from_slice(&0u16.to_le_bytes()); // e_shstrndx
-    // PT_LOAD, R+X
+                                                // PT_LOAD, R+X
     elf.extend_from_slice(&1u32.to_le_bytes());
     elf.extend_from_slice(&5u32.to_le_bytes());
     elf.extend_from_slice(&code_off.to_le_bytes());
@@ -86,7 +86,8 @@ pub fn debian_vmlinuz() -> std::path::PathBuf {
         .map(Into::into)
         .unwrap_or_else(|| {
             std::path::PathBuf::from(
-                std::env::var("BANGER_TEST_ASSETS").unwrap_or_else(|_| "/var/cache/banger-test".into()),
+                std::env::var("BANGER_TEST_ASSETS")
+                    .unwrap_or_else(|_| "/var/cache/banger-test".into()),
             )
             .join("vmlinuz-cloud-amd64")
         });

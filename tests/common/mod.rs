@@ -32,7 +32,10 @@ impl Home {
     /// A fresh home, traversable by other users (so tests can act as nobody),
     /// whose socket group is nogroup.
     pub fn new() -> Home {
-        let dir = tempfile::Builder::new().prefix("banger-test-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("banger-test-")
+            .tempdir()
+            .unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::write(
             dir.path().join("config.toml"),

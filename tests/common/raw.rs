@@ -19,7 +19,9 @@ impl Raw {
     }
 
     pub fn from_stream(stream: UnixStream) -> Raw {
-        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
         let reader = BufReader::new(stream.try_clone().unwrap());
         Raw { stream, reader }
     }
@@ -37,7 +39,8 @@ impl Raw {
 
     /// Sends one request line and reads one response.
     pub fn call(&mut self, id: u64, method: &str, params: Value) -> Value {
-        let line = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        let line =
+            serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
         self.send(format!("{line}\n").as_bytes());
         self.read()
     }

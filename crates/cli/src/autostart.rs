@@ -75,7 +75,11 @@ fn may_start(paths: &Paths) -> bool {
     }
     match &paths.home {
         Some(home) => {
-            let probe = if home.exists() { home.clone() } else { parent_or_self(home) };
+            let probe = if home.exists() {
+                home.clone()
+            } else {
+                parent_or_self(home)
+            };
             rustix::fs::access(&probe, rustix::fs::Access::WRITE_OK).is_ok()
         }
         None => false,
@@ -83,7 +87,9 @@ fn may_start(paths: &Paths) -> bool {
 }
 
 fn parent_or_self(p: &Path) -> PathBuf {
-    p.parent().map(Path::to_path_buf).unwrap_or_else(|| p.to_path_buf())
+    p.parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| p.to_path_buf())
 }
 
 /// The `bangerd` to start: next to this `banger`, else on PATH.
@@ -131,10 +137,7 @@ fn start(paths: &Paths) -> anyhow::Result<Client> {
         }
         if let Some(status) = child.try_wait()? {
             let msg = std::fs::read_to_string(&errfile).unwrap_or_default();
-            bail!(
-                "bangerd exited during start-up ({status}):\n{}",
-                msg.trim()
-            );
+            bail!("bangerd exited during start-up ({status}):\n{}", msg.trim());
         }
         if Instant::now() > deadline {
             bail!(

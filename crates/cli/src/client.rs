@@ -78,11 +78,11 @@ impl Client {
         params: &M::Params,
         fds: &[BorrowedFd<'_>],
     ) -> Result<M::Result, ClientError> {
-        let params = serde_json::to_value(params).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let params =
+            serde_json::to_value(params).map_err(|e| ClientError::Protocol(e.to_string()))?;
         let value = self.call_value(M::NAME, &params, fds)?;
-        serde_json::from_value(value).map_err(|e| {
-            ClientError::Protocol(format!("unexpected result for {}: {e}", M::NAME))
-        })
+        serde_json::from_value(value)
+            .map_err(|e| ClientError::Protocol(format!("unexpected result for {}: {e}", M::NAME)))
     }
 
     pub fn call_value(

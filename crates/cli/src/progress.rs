@@ -117,7 +117,13 @@ fn live_line(info: &OperationInfo) -> String {
 pub fn stage_summary(info: &OperationInfo) -> String {
     info.stages
         .iter()
-        .map(|s| format!("{} {}", s.name, output::millis(s.duration_ms.unwrap_or(0.0))))
+        .map(|s| {
+            format!(
+                "{} {}",
+                s.name,
+                output::millis(s.duration_ms.unwrap_or(0.0))
+            )
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }

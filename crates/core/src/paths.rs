@@ -49,9 +49,11 @@ impl Paths {
     /// system layout. Relative homes are made absolute so the daemon, started
     /// from another directory, agrees with the CLI.
     pub fn resolve(explicit: Option<&Path>) -> Paths {
-        let home = explicit
-            .map(Path::to_path_buf)
-            .or_else(|| std::env::var_os(HOME_ENV).filter(|v| !v.is_empty()).map(PathBuf::from));
+        let home = explicit.map(Path::to_path_buf).or_else(|| {
+            std::env::var_os(HOME_ENV)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        });
         match home {
             Some(h) => Paths::under(&absolute(&h)),
             None => Paths::system(),
@@ -111,7 +113,13 @@ mod tests {
     #[test]
     fn home_puts_everything_under_one_dir() {
         let p = Paths::under(Path::new("/x"));
-        for d in [&p.config_file, &p.state_dir, &p.cache_dir, &p.runtime_dir, &p.log_dir] {
+        for d in [
+            &p.config_file,
+            &p.state_dir,
+            &p.cache_dir,
+            &p.runtime_dir,
+            &p.log_dir,
+        ] {
             assert!(d.starts_with("/x"), "{d:?}");
         }
         assert_eq!(p.socket(), Path::new("/x/run/bangerd.sock"));

@@ -56,8 +56,10 @@ pub fn from_stage(e: banger_core::artifact::stage::StageError) -> RpcError {
     use banger_core::artifact::stage::StageError as S;
     match e {
         S::Cancelled => crate::ops::cancelled(),
-        e @ S::NoSpace { .. } => RpcError::new(ErrorKind::PreconditionFailed, e.to_string())
-            .with("hint", "free space in the state directory (see `banger doctor`)"),
+        e @ S::NoSpace { .. } => RpcError::new(ErrorKind::PreconditionFailed, e.to_string()).with(
+            "hint",
+            "free space in the state directory (see `banger doctor`)",
+        ),
         e @ S::NotRegular { .. } => RpcError::invalid_params(e.to_string()),
         e => RpcError::internal(e.to_string()),
     }

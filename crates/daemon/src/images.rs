@@ -25,8 +25,10 @@ pub const WORK_SEED: &str = "work-seed.ext4";
 pub fn find(d: &Daemon, caller: &Caller, name: &str) -> Result<ImageRow, RpcError> {
     match d.store.image_by_name(name).rpc()? {
         Some(i) if caller.can_see_shared(i.owner_uid) => Ok(i),
-        _ => Err(RpcError::not_found("image", name)
-            .with("hint", "see `banger image list`, or add one with `banger image register`")),
+        _ => Err(RpcError::not_found("image", name).with(
+            "hint",
+            "see `banger image list`, or add one with `banger image register`",
+        )),
     }
 }
 

@@ -22,8 +22,10 @@ use crate::staging::{blocking, commit, copy, hash, Placed, Scratch};
 pub fn find(d: &Daemon, caller: &Caller, name: &str) -> Result<KernelRow, RpcError> {
     match d.store.kernel_by_name(name).rpc()? {
         Some(k) if caller.can_see_shared(k.owner_uid) => Ok(k),
-        _ => Err(RpcError::not_found("kernel", name)
-            .with("hint", "see `banger kernel list`, or add one with `banger kernel import`")),
+        _ => Err(RpcError::not_found("kernel", name).with(
+            "hint",
+            "see `banger kernel list`, or add one with `banger kernel import`",
+        )),
     }
 }
 

@@ -45,7 +45,11 @@ use crate::ops::Ops;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Parser)]
-#[command(name = "bangerd", version, about = "The banger daemon (normally started by `banger` or systemd)")]
+#[command(
+    name = "bangerd",
+    version,
+    about = "The banger daemon (normally started by `banger` or systemd)"
+)]
 pub struct Args {
     /// Put config, state, cache, runtime files and logs under DIR.
     #[arg(long, env = "BANGER_HOME", value_name = "DIR")]

@@ -38,7 +38,9 @@ pub fn init(paths: &Paths, config: &Config, stderr: bool, level: &str) -> io::Re
         (_, "journald", _) | (_, "auto", true) => LogTarget::Journald,
         _ => LogTarget::File(paths.log_file()),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false);
     let result = match &target {
         LogTarget::File(path) => {
             let w = RotatingFile::open(path, config.daemon.log_max_bytes, config.daemon.log_keep)?;

@@ -175,9 +175,7 @@ impl Ops {
 
     /// Newest first: running ones, then finished ones from the store.
     pub fn list(&self, uid: Option<u32>, all: bool) -> anyhow::Result<Vec<OperationInfo>> {
-        let since = (!all).then(|| {
-            timefmt::ago(KEEP_FINISHED)
-        });
+        let since = (!all).then(|| timefmt::ago(KEEP_FINISHED));
         let mut out: Vec<OperationInfo> = Vec::new();
         for row in self.store.list_operations(since.as_deref(), 500)? {
             let info = match self.entry(&row.id) {
@@ -208,7 +206,10 @@ impl Ops {
             e.token.cancel();
         }
         self.tracker.close();
-        if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("operations still running after {grace:?}; leaving them");
         }
     }
@@ -220,7 +221,8 @@ impl Ops {
 
 impl EntryState {
     fn is_expired(&self) -> bool {
-        self.finished_at.is_some_and(|t| t.elapsed() > KEEP_FINISHED)
+        self.finished_at
+            .is_some_and(|t| t.elapsed() > KEEP_FINISHED)
     }
 
     fn bump(&mut self) -> u64 {

@@ -15,7 +15,10 @@ use crate::staging::remove_dir;
 pub fn at_start(paths: &Paths, store: &Store, ops: &Ops) -> anyhow::Result<()> {
     let failed = ops.fail_interrupted()?;
     if failed > 0 {
-        tracing::warn!(count = failed, "marked operations interrupted by the last stop as failed");
+        tracing::warn!(
+            count = failed,
+            "marked operations interrupted by the last stop as failed"
+        );
     }
     let staging = paths.staging_dir();
     if staging.exists() {

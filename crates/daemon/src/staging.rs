@@ -115,4 +115,3 @@ pub async fn copy(op: &OpHandle, src: File, tmp: PathBuf) -> Result<stage::Stage
 pub fn commit(tmp: &Path, dest: &Path) -> Result<(), RpcError> {
     stage::commit(tmp, dest).map_err(errors::from_stage)
 }
-

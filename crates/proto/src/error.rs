@@ -158,9 +158,12 @@ impl RpcError {
     }
 
     pub fn already_exists(what: &str, name: &str) -> Self {
-        RpcError::new(ErrorKind::AlreadyExists, format!("{what} {name:?} already exists"))
-            .with("resource", what)
-            .with("name", name)
+        RpcError::new(
+            ErrorKind::AlreadyExists,
+            format!("{what} {name:?} already exists"),
+        )
+        .with("resource", what)
+        .with("name", name)
     }
 
     pub fn invalid_params(message: impl Into<String>) -> Self {

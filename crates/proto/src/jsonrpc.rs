@@ -154,7 +154,12 @@ fn request(value: Value) -> Result<Request, Response> {
         None => None,
         Some(id @ (Value::Null | Value::String(_))) => Some(id),
         Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Some(Value::Number(n)),
-        Some(_) => return Err(invalid(Value::Null, "id must be a string, an integer or null")),
+        Some(_) => {
+            return Err(invalid(
+                Value::Null,
+                "id must be a string, an integer or null",
+            ))
+        }
     };
     let echo = id.clone().unwrap_or(Value::Null);
     match obj.get("jsonrpc") {
@@ -212,20 +217,30 @@ mod tests {
         for (line, id) in [
             (r#"{"jsonrpc":"1.0","id":1,"method":"x"}"#, json!(1)),
             (r#"{"jsonrpc":"2.0","id":"a","method":5}"#, json!("a")),
-            (r#"{"jsonrpc":"2.0","id":2,"method":"x","params":3}"#, json!(2)),
+            (
+                r#"{"jsonrpc":"2.0","id":2,"method":"x","params":3}"#,
+                json!(2),
+            ),
             (r#"{"jsonrpc":"2.0","id":{},"method":"x"}"#, Value::Null),
             (r#"{"jsonrpc":"2.0","id":1.5,"method":"x"}"#, Value::Null),
             (r#"42"#, Value::Null),
         ] {
             let e = single(line).unwrap_err();
             assert_eq!(e.id, id, "{line}");
-            assert!(e.outcome.unwrap_err().is(ErrorKind::InvalidRequest), "{line}");
+            assert!(
+                e.outcome.unwrap_err().is(ErrorKind::InvalidRequest),
+                "{line}"
+            );
         }
     }
 
     #[test]
     fn batches() {
-        assert!(decode(b"[]").unwrap_err().outcome.unwrap_err().is(ErrorKind::InvalidRequest));
+        assert!(decode(b"[]")
+            .unwrap_err()
+            .outcome
+            .unwrap_err()
+            .is(ErrorKind::InvalidRequest));
         let Incoming::Batch(items) =
             decode(br#"[{"jsonrpc":"2.0","id":1,"method":"a"}, 1]"#).unwrap()
         else {

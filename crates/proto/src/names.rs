@@ -58,10 +58,22 @@ mod tests {
     #[test]
     fn refuses_bad_names() {
         assert_eq!(validate_name(""), Err(NameError::Empty));
-        assert!(matches!(validate_name(&"x".repeat(64)), Err(NameError::TooLong(_))));
-        assert!(matches!(validate_name("Dev"), Err(NameError::BadChar { ch: 'D', .. })));
-        assert!(matches!(validate_name("a_b"), Err(NameError::BadChar { ch: '_', .. })));
-        assert!(matches!(validate_name("a.b"), Err(NameError::BadChar { ch: '.', .. })));
+        assert!(matches!(
+            validate_name(&"x".repeat(64)),
+            Err(NameError::TooLong(_))
+        ));
+        assert!(matches!(
+            validate_name("Dev"),
+            Err(NameError::BadChar { ch: 'D', .. })
+        ));
+        assert!(matches!(
+            validate_name("a_b"),
+            Err(NameError::BadChar { ch: '_', .. })
+        ));
+        assert!(matches!(
+            validate_name("a.b"),
+            Err(NameError::BadChar { ch: '.', .. })
+        ));
         assert!(matches!(validate_name("-a"), Err(NameError::Hyphen(_))));
         assert!(matches!(validate_name("a-"), Err(NameError::Hyphen(_))));
         assert!(matches!(validate_name("é"), Err(NameError::BadChar { .. })));

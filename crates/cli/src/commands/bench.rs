@@ -52,7 +52,10 @@ pub fn run(env: &Env, cmd: BenchCmd) -> anyhow::Result<ExitCode> {
         .collect();
     let mut all = Vec::new();
     for h in handles {
-        all.extend(h.join().map_err(|_| anyhow::anyhow!("bench thread panicked"))??);
+        all.extend(
+            h.join()
+                .map_err(|_| anyhow::anyhow!("bench thread panicked"))??,
+        );
     }
     let wall = started.elapsed();
     all.sort();

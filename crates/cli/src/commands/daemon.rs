@@ -109,7 +109,11 @@ fn logs(env: &Env, follow: bool, tail_bytes: u64) -> anyhow::Result<ExitCode> {
             cmd.arg("-f");
         }
         let status = cmd.status()?;
-        return Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        return Ok(if status.success() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
     }
     let mut out = std::io::stdout();
     loop {

@@ -34,8 +34,14 @@ pub fn run(env: &Env) -> anyhow::Result<ExitCode> {
                 Check {
                     name: "daemon".into(),
                     status: CheckStatus::Warn,
-                    detail: format!("{e:#}").lines().next().unwrap_or_default().to_string(),
-                    fix: Some("sudo banger system install (or run any banger command as root)".into()),
+                    detail: format!("{e:#}")
+                        .lines()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string(),
+                    fix: Some(
+                        "sudo banger system install (or run any banger command as root)".into(),
+                    ),
                 },
             );
             DoctorReport {
@@ -50,7 +56,11 @@ pub fn run(env: &Env) -> anyhow::Result<ExitCode> {
     } else {
         print(&report);
     }
-    Ok(if report.failed() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if report.failed() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn print(r: &DoctorReport) {

@@ -55,7 +55,10 @@ pub fn run(env: &Env, cmd: ImageCmd) -> anyhow::Result<ExitCode> {
         } => {
             let interrupt = progress::Interrupt::install()?;
             let root = open_input(&rootfs, "rootfs")?;
-            let seed = work_seed.as_deref().map(|p| open_input(p, "work seed")).transpose()?;
+            let seed = work_seed
+                .as_deref()
+                .map(|p| open_input(p, "work seed"))
+                .transpose()?;
             let mut fds = vec![root.as_fd()];
             if let Some(f) = &seed {
                 fds.push(f.as_fd());
@@ -93,13 +96,22 @@ pub fn run(env: &Env, cmd: ImageCmd) -> anyhow::Result<ExitCode> {
             if env.json {
                 output::json(&imgs)?;
             } else {
-                let mut t = output::Table::new(&["NAME", "KERNEL", "ROOTFS", "WORK SEED", "DEFAULT", "CREATED"]);
+                let mut t = output::Table::new(&[
+                    "NAME",
+                    "KERNEL",
+                    "ROOTFS",
+                    "WORK SEED",
+                    "DEFAULT",
+                    "CREATED",
+                ]);
                 for i in &imgs {
                     t.row(vec![
                         i.name.clone(),
                         i.kernel.clone(),
                         output::size(i.rootfs.size),
-                        i.work_seed.as_ref().map_or("-".into(), |s| output::size(s.size)),
+                        i.work_seed
+                            .as_ref()
+                            .map_or("-".into(), |s| output::size(s.size)),
                         if i.default { "*" } else { "" }.into(),
                         output::ago(&i.created_at),
                     ]);
@@ -141,12 +153,21 @@ fn show(i: &ImageInfo) {
     t.row(vec!["id".into(), i.id.clone()]);
     t.row(vec!["owner".into(), format!("uid {}", i.owner_uid)]);
     t.row(vec!["kernel".into(), i.kernel.clone()]);
-    t.row(vec!["rootfs".into(), format!("{} ({})", i.rootfs.path, output::size(i.rootfs.size))]);
+    t.row(vec![
+        "rootfs".into(),
+        format!("{} ({})", i.rootfs.path, output::size(i.rootfs.size)),
+    ]);
     t.row(vec!["rootfs sha256".into(), i.rootfs.sha256.clone()]);
     if let Some(s) = &i.work_seed {
-        t.row(vec!["work seed".into(), format!("{} ({})", s.path, output::size(s.size))]);
+        t.row(vec![
+            "work seed".into(),
+            format!("{} ({})", s.path, output::size(s.size)),
+        ]);
     }
-    t.row(vec!["default".into(), if i.default { "yes" } else { "no" }.into()]);
+    t.row(vec![
+        "default".into(),
+        if i.default { "yes" } else { "no" }.into(),
+    ]);
     t.row(vec!["created".into(), i.created_at.clone()]);
     t.row(vec!["used by".into(), list_or_dash(&i.used_by)]);
     t.print();

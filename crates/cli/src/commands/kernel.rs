@@ -42,7 +42,10 @@ pub fn run(env: &Env, cmd: KernelCmd) -> anyhow::Result<ExitCode> {
         KernelCmd::Import { path, name, initrd } => {
             let interrupt = progress::Interrupt::install()?;
             let kernel = open_input(&path, "kernel")?;
-            let initrd_file = initrd.as_deref().map(|p| open_input(p, "initrd")).transpose()?;
+            let initrd_file = initrd
+                .as_deref()
+                .map(|p| open_input(p, "initrd"))
+                .transpose()?;
             let mut fds = vec![kernel.as_fd()];
             if let Some(f) = &initrd_file {
                 fds.push(f.as_fd());
@@ -69,7 +72,10 @@ pub fn run(env: &Env, cmd: KernelCmd) -> anyhow::Result<ExitCode> {
                     k.name,
                     k.format,
                     output::size(k.vmlinux.size),
-                    k.release.as_deref().map(|r| format!(", {r}")).unwrap_or_default(),
+                    k.release
+                        .as_deref()
+                        .map(|r| format!(", {r}"))
+                        .unwrap_or_default(),
                     progress::stage_summary(&op)
                 );
             }
@@ -79,7 +85,8 @@ pub fn run(env: &Env, cmd: KernelCmd) -> anyhow::Result<ExitCode> {
             if env.json {
                 output::json(&ks)?;
             } else {
-                let mut t = output::Table::new(&["NAME", "RELEASE", "FORMAT", "SIZE", "INITRD", "CREATED"]);
+                let mut t =
+                    output::Table::new(&["NAME", "RELEASE", "FORMAT", "SIZE", "INITRD", "CREATED"]);
                 for k in &ks {
                     t.row(vec![
                         k.name.clone(),
@@ -119,12 +126,18 @@ fn show(k: &KernelInfo) {
     t.row(vec!["id".into(), k.id.clone()]);
     t.row(vec!["owner".into(), format!("uid {}", k.owner_uid)]);
     t.row(vec!["format".into(), k.format.clone()]);
-    t.row(vec!["release".into(), k.release.clone().unwrap_or_else(|| "-".into())]);
+    t.row(vec![
+        "release".into(),
+        k.release.clone().unwrap_or_else(|| "-".into()),
+    ]);
     t.row(vec!["vmlinux".into(), k.vmlinux.path.clone()]);
     t.row(vec!["size".into(), output::size(k.vmlinux.size)]);
     t.row(vec!["sha256".into(), k.vmlinux.sha256.clone()]);
     if let Some(i) = &k.initrd {
-        t.row(vec!["initrd".into(), format!("{} ({})", i.path, output::size(i.size))]);
+        t.row(vec![
+            "initrd".into(),
+            format!("{} ({})", i.path, output::size(i.size)),
+        ]);
     }
     t.row(vec!["created".into(), k.created_at.clone()]);
     t.row(vec!["used by".into(), list_or_dash(&k.used_by)]);

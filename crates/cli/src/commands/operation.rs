@@ -34,7 +34,8 @@ pub fn run(env: &Env, cmd: OperationCmd) -> anyhow::Result<ExitCode> {
             if env.json {
                 output::json(&ops)?;
             } else {
-                let mut t = output::Table::new(&["ID", "KIND", "TARGET", "STATE", "STAGE", "CREATED"]);
+                let mut t =
+                    output::Table::new(&["ID", "KIND", "TARGET", "STATE", "STAGE", "CREATED"]);
                 for o in &ops {
                     t.row(vec![
                         banger_core::ids::short(&o.id).to_string(),

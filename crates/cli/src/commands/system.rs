@@ -103,7 +103,12 @@ fn require_root() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn install(env: &Env, bin: Option<PathBuf>, unit_dir: &Path, no_start: bool) -> anyhow::Result<ExitCode> {
+fn install(
+    env: &Env,
+    bin: Option<PathBuf>,
+    unit_dir: &Path,
+    no_start: bool,
+) -> anyhow::Result<ExitCode> {
     require_root()?;
     if env.paths.home.is_some() {
         bail!("the systemd unit serves the system layout; unset BANGER_HOME / --home");
@@ -112,18 +117,22 @@ fn install(env: &Env, bin: Option<PathBuf>, unit_dir: &Path, no_start: bool) -> 
         Some(b) => b,
         None => autostart::daemon_binary()?,
     };
-    let bin = std::fs::canonicalize(&bin).with_context(|| format!("no bangerd at {}", bin.display()))?;
+    let bin =
+        std::fs::canonicalize(&bin).with_context(|| format!("no bangerd at {}", bin.display()))?;
     std::fs::create_dir_all(unit_dir)?;
     let path = unit_dir.join(UNIT);
     let tmp = unit_dir.join(format!(".{UNIT}.tmp"));
     std::fs::write(&tmp, unit_text(&bin))?;
     std::fs::rename(&tmp, &path)?;
     println!("wrote {}", path.display());
-    ensure_group()?;
     if !manage_with_systemctl(unit_dir) {
-        println!("not managed by systemctl here: start the daemon with `sudo {}`", bin.display());
+        println!(
+            "not managed by systemctl here: start the daemon with `sudo {}`",
+            bin.display()
+        );
         return Ok(ExitCode::SUCCESS);
     }
+    ensure_group()?;
     systemctl(&["daemon-reload"])?;
     if no_start {
         systemctl(&["enable", UNIT])?;
@@ -142,7 +151,9 @@ fn ensure_group() -> anyhow::Result<()> {
         .map(|o| o.status.success())
         .unwrap_or(false);
     if !exists {
-        let st = Command::new("groupadd").args(["--system", "banger"]).status()?;
+        let st = Command::new("groupadd")
+            .args(["--system", "banger"])
+            .status()?;
         if !st.success() {
             bail!("groupadd --system banger failed");
         }
@@ -160,13 +171,17 @@ fn uninstall(unit_dir: &Path) -> anyhow::Result<ExitCode> {
     }
     match std::fs::remove_file(&path) {
         Ok(()) => println!("removed {}", path.display()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => println!("{} was not installed", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            println!("{} was not installed", path.display())
+        }
         Err(e) => return Err(e).context(format!("cannot remove {}", path.display())),
     }
     if manage_with_systemctl(unit_dir) {
         systemctl(&["daemon-reload"])?;
     }
-    println!("state in /var/lib/banger and the banger group were kept (remove them by hand to purge)");
+    println!(
+        "state in /var/lib/banger and the banger group were kept (remove them by hand to purge)"
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -174,10 +189,16 @@ fn status(env: &Env, unit_dir: &Path) -> anyhow::Result<ExitCode> {
     let path = unit_dir.join(UNIT);
     println!(
         "unit: {}",
-        if path.exists() { path.display().to_string() } else { "not installed".into() }
+        if path.exists() {
+            path.display().to_string()
+        } else {
+            "not installed".into()
+        }
     );
     if manage_with_systemctl(unit_dir) && path.exists() {
-        let out = Command::new("systemctl").args(["is-active", UNIT]).output()?;
+        let out = Command::new("systemctl")
+            .args(["is-active", UNIT])
+            .output()?;
         println!("service: {}", String::from_utf8_lossy(&out.stdout).trim());
     }
     match autostart::connect(&env.paths, false) {

@@ -22,9 +22,15 @@ pub fn run(env: &Env) -> anyhow::Result<ExitCode> {
             })),
         }))?;
     } else {
-        println!("banger {} (protocol {PROTOCOL_VERSION})", env!("CARGO_PKG_VERSION"));
+        println!(
+            "banger {} (protocol {PROTOCOL_VERSION})",
+            env!("CARGO_PKG_VERSION")
+        );
         match daemon {
-            Some(d) => println!("bangerd {} (protocol {}, pid {})", d.version, d.protocol, d.pid),
+            Some(d) => println!(
+                "bangerd {} (protocol {}, pid {})",
+                d.version, d.protocol, d.pid
+            ),
             None => println!("bangerd not running"),
         }
     }

@@ -93,7 +93,9 @@ impl Store {
     pub fn list_images(&self) -> Result<Vec<ImageRow>> {
         let conn = self.lock();
         let mut st = conn.prepare(&format!("SELECT {COLUMNS} FROM images ORDER BY name"))?;
-        let rows = st.query_map([], from_row)?.collect::<rusqlite::Result<_>>()?;
+        let rows = st
+            .query_map([], from_row)?
+            .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
     }
 
@@ -101,7 +103,9 @@ impl Store {
     pub fn image_users(&self, id: &str) -> Result<Vec<String>> {
         let conn = self.lock();
         let mut st = conn.prepare("SELECT name FROM vms WHERE image_id = ? ORDER BY name")?;
-        let rows = st.query_map([id], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+        let rows = st
+            .query_map([id], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
     }
 

@@ -86,7 +86,9 @@ impl Store {
     pub fn list_kernels(&self) -> Result<Vec<KernelRow>> {
         let conn = self.lock();
         let mut st = conn.prepare(&format!("SELECT {COLUMNS} FROM kernels ORDER BY name"))?;
-        let rows = st.query_map([], from_row)?.collect::<rusqlite::Result<_>>()?;
+        let rows = st
+            .query_map([], from_row)?
+            .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
     }
 
@@ -97,7 +99,9 @@ impl Store {
             "SELECT 'image ' || name FROM images WHERE kernel_id = ?1 \
              UNION ALL SELECT 'vm ' || name FROM vms WHERE kernel_id = ?1 ORDER BY 1",
         )?;
-        let rows = st.query_map([id], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+        let rows = st
+            .query_map([id], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
     }
 

@@ -61,7 +61,10 @@ pub enum StoreError {
     },
     /// A row holds something this code cannot read.
     #[error("corrupt row in {table}: {message}")]
-    Corrupt { table: &'static str, message: String },
+    Corrupt {
+        table: &'static str,
+        message: String,
+    },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

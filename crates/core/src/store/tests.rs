@@ -69,9 +69,13 @@ fn newer_schema_is_refused() {
     let path = dir.path().join("state.db");
     drop(Store::open(&path).unwrap());
     let c = rusqlite::Connection::open(&path).unwrap();
-    c.pragma_update(None, "user_version", migrations::LATEST + 1).unwrap();
+    c.pragma_update(None, "user_version", migrations::LATEST + 1)
+        .unwrap();
     drop(c);
-    assert!(matches!(Store::open(&path), Err(StoreError::NewerSchema { .. })));
+    assert!(matches!(
+        Store::open(&path),
+        Err(StoreError::NewerSchema { .. })
+    ));
     assert!(matches!(
         Store::open_read_only(&path),
         Err(StoreError::NewerSchema { .. })
@@ -82,7 +86,10 @@ fn newer_schema_is_refused() {
 fn read_only_open_cannot_write() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.db");
-    Store::open(&path).unwrap().insert_kernel(&kernel("k1")).unwrap();
+    Store::open(&path)
+        .unwrap()
+        .insert_kernel(&kernel("k1"))
+        .unwrap();
     let ro = Store::open_read_only(&path).unwrap();
     assert_eq!(ro.list_kernels().unwrap().len(), 1);
     assert!(ro.insert_kernel(&kernel("k2")).is_err());
@@ -94,7 +101,10 @@ fn names_are_unique() {
     let s = Store::open(&dir.path().join("s.db")).unwrap();
     s.insert_kernel(&kernel("k")).unwrap();
     let e = s.insert_kernel(&kernel("k")).unwrap_err();
-    assert!(matches!(e, StoreError::AlreadyExists { what: "kernel", .. }), "{e}");
+    assert!(
+        matches!(e, StoreError::AlreadyExists { what: "kernel", .. }),
+        "{e}"
+    );
 }
 
 #[test]
@@ -102,7 +112,10 @@ fn image_needs_an_existing_kernel() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(&dir.path().join("s.db")).unwrap();
     let e = s.insert_image(&image("i", "nope", 0)).unwrap_err();
-    assert!(matches!(e, StoreError::NotFound { what: "kernel", .. }), "{e}");
+    assert!(
+        matches!(e, StoreError::NotFound { what: "kernel", .. }),
+        "{e}"
+    );
 }
 
 #[test]
@@ -142,9 +155,15 @@ fn defaults_fall_back_to_root() {
     s.insert_image(&user_img).unwrap();
     assert_eq!(s.default_image_for(1000).unwrap(), None);
     s.set_default_image(0, &root_img.id).unwrap();
-    assert_eq!(s.default_image_for(1000).unwrap(), Some(root_img.id.clone()));
+    assert_eq!(
+        s.default_image_for(1000).unwrap(),
+        Some(root_img.id.clone())
+    );
     s.set_default_image(1000, &user_img.id).unwrap();
-    assert_eq!(s.default_image_for(1000).unwrap(), Some(user_img.id.clone()));
+    assert_eq!(
+        s.default_image_for(1000).unwrap(),
+        Some(user_img.id.clone())
+    );
     assert_eq!(s.default_image_for(0).unwrap(), Some(root_img.id.clone()));
     // Deleting the user's image drops its default; root's shows through again.
     s.delete_image(&user_img.id).unwrap();
@@ -171,11 +190,16 @@ fn running_operations_fail_on_restart() {
         revision: 3,
     };
     s.put_operation(&op).unwrap();
-    let cut = s.fail_running_operations("{\"message\":\"x\"}", &timefmt::now()).unwrap();
+    let cut = s
+        .fail_running_operations("{\"message\":\"x\"}", &timefmt::now())
+        .unwrap();
     assert_eq!(cut.len(), 1);
     let after = s.operation("op1").unwrap().unwrap();
     assert_eq!(after.state, "failed");
     assert_eq!(after.revision, 4);
     assert!(after.finished_at.is_some());
-    assert!(s.fail_running_operations("{}", &timefmt::now()).unwrap().is_empty());
+    assert!(s
+        .fail_running_operations("{}", &timefmt::now())
+        .unwrap()
+        .is_empty());
 }

@@ -74,7 +74,9 @@ impl Store {
     pub fn list_vms(&self) -> Result<Vec<VmRow>> {
         let conn = self.lock();
         let mut st = conn.prepare(&format!("SELECT {COLUMNS} FROM vms ORDER BY name"))?;
-        let rows = st.query_map([], from_row)?.collect::<rusqlite::Result<_>>()?;
+        let rows = st
+            .query_map([], from_row)?
+            .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
     }
 

@@ -47,7 +47,11 @@ pub async fn shutdown(d: Arc<Daemon>, cx: Ctx, _p: Empty) -> Result<Empty, RpcEr
             "only root can stop the daemon (try: sudo banger daemon stop)",
         ));
     }
-    tracing::info!(uid = cx.caller.uid, pid = cx.caller.pid, "shutdown requested");
+    tracing::info!(
+        uid = cx.caller.uid,
+        pid = cx.caller.pid,
+        "shutdown requested"
+    );
     d.shutdown.cancel();
     Ok(Empty {})
 }
@@ -107,11 +111,10 @@ pub async fn operations_list(
 
 pub async fn doctor(d: Arc<Daemon>, _cx: Ctx, _p: Empty) -> Result<DoctorReport, RpcError> {
     let d2 = d.clone();
-    let checks = tokio::task::spawn_blocking(move || {
-        banger_core::doctor::run_checks(&d2.paths, &d2.config)
-    })
-    .await
-    .map_err(|e| RpcError::internal(e.to_string()))?;
+    let checks =
+        tokio::task::spawn_blocking(move || banger_core::doctor::run_checks(&d2.paths, &d2.config))
+            .await
+            .map_err(|e| RpcError::internal(e.to_string()))?;
     Ok(DoctorReport {
         source: "daemon".into(),
         checks,

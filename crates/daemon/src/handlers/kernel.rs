@@ -12,7 +12,11 @@ use crate::daemon::Daemon;
 use crate::errors::Rpc;
 use crate::kernels;
 
-pub async fn import_begin(d: Arc<Daemon>, mut cx: Ctx, p: ImportParams) -> Result<OpBegun, RpcError> {
+pub async fn import_begin(
+    d: Arc<Daemon>,
+    mut cx: Ctx,
+    p: ImportParams,
+) -> Result<OpBegun, RpcError> {
     validate_name(&p.name).map_err(|e| RpcError::invalid_params(e.to_string()))?;
     if d.store.kernel_by_name(&p.name).rpc()?.is_some() {
         return Err(RpcError::already_exists("kernel", &p.name));

@@ -67,7 +67,12 @@ pub async fn serve(d: Arc<Daemon>, table: Arc<Table>, stream: UnixStream, caller
 }
 
 /// Runs one line; `None` when nothing is to be sent (notifications only).
-async fn handle_line(d: &Arc<Daemon>, table: &Table, caller: Caller, line: Line) -> Option<Vec<u8>> {
+async fn handle_line(
+    d: &Arc<Daemon>,
+    table: &Table,
+    caller: Caller,
+    line: Line,
+) -> Option<Vec<u8>> {
     match jsonrpc::decode(&line.bytes) {
         Err(resp) => Some(jsonrpc::encode_responses(&[resp], false)),
         Ok(Incoming::Single(Err(resp))) => Some(jsonrpc::encode_responses(&[resp], false)),
@@ -82,7 +87,10 @@ async fn handle_line(d: &Arc<Daemon>, table: &Table, caller: Caller, line: Line)
                     ErrorKind::InvalidRequest,
                     "descriptors cannot be passed with a batch; send such requests alone",
                 );
-                return Some(jsonrpc::encode_responses(&[Response::error(Value::Null, err)], false));
+                return Some(jsonrpc::encode_responses(
+                    &[Response::error(Value::Null, err)],
+                    false,
+                ));
             }
             let mut out = Vec::new();
             for item in items {
@@ -96,14 +104,22 @@ async fn handle_line(d: &Arc<Daemon>, table: &Table, caller: Caller, line: Line)
     }
 }
 
-async fn run(d: &Arc<Daemon>, table: &Table, caller: Caller, req: Request, fds: Fds) -> Option<Response> {
+async fn run(
+    d: &Arc<Daemon>,
+    table: &Table,
+    caller: Caller,
+    req: Request,
+    fds: Fds,
+) -> Option<Response> {
     let started = std::time::Instant::now();
     let ctx = Ctx { caller, fds };
     let outcome = table.call(d.clone(), ctx, &req.method, req.params).await;
     let elapsed_us = started.elapsed().as_micros() as u64;
     match &outcome {
         Ok(_) => tracing::debug!(method = %req.method, uid = caller.uid, elapsed_us, "ok"),
-        Err(e) => tracing::info!(method = %req.method, uid = caller.uid, elapsed_us, code = e.code, error = %e, "error"),
+        Err(e) => {
+            tracing::info!(method = %req.method, uid = caller.uid, elapsed_us, code = e.code, error = %e, "error")
+        }
     }
     // Notifications get no response, even on error (JSON-RPC 2.0 §4.1).
     let id = req.id?;
@@ -133,7 +149,9 @@ async fn recv(stream: &UnixStream, buf: &mut [u8]) -> std::io::Result<(usize, Ve
                 }
             }
             if msg.flags.bits() & libc::MSG_CTRUNC as u32 != 0 {
-                tracing::warn!("client sent more than {MAX_FDS_PER_REQUEST} descriptors; dropped them");
+                tracing::warn!(
+                    "client sent more than {MAX_FDS_PER_REQUEST} descriptors; dropped them"
+                );
                 fds.clear();
             }
             Ok((msg.bytes, fds))
@@ -157,4 +175,3 @@ async fn write_all(stream: &UnixStream, bytes: &[u8]) -> std::io::Result<()> {
     }
     Ok(())
 }
-

@@ -209,7 +209,10 @@ mod tests {
         f.push(b"abcdef", vec![]);
         f.push(b"gh\nok\n", vec![]);
         assert_eq!(lines(&mut f), [("<too large>".into(), 0), ("ok".into(), 0)]);
-        assert!(f.fds.is_empty(), "the dropped line's descriptors were closed");
+        assert!(
+            f.fds.is_empty(),
+            "the dropped line's descriptors were closed"
+        );
     }
 
     #[test]
