@@ -11,7 +11,7 @@
 
 use std::collections::BTreeSet;
 use std::fs::OpenOptions;
-use std::io::{ErrorKind, Write};
+use std::io::ErrorKind;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -518,50 +518,6 @@ fn fs_type_of(dir: &Path) -> String {
     }
 }
 
-/// Creates two files in `dir`, tries FICLONE from one to the other, removes
-/// both. `Ok(false)` when the filesystem cannot clone.
-fn probe_reflink(dir: &Path) -> std::io::Result<bool> {
-    let mut tag = [0u8; 8];
-    getrandom::getrandom(&mut tag).map_err(|e| std::io::Error::other(e.to_string()))?;
-    let base = format!(".banger-doctor-reflink-{}", hex::encode(tag));
-    let src_path = dir.join(format!("{base}.src"));
-    let dst_path = dir.join(format!("{base}.dst"));
-    struct Cleanup<'a>(&'a Path, &'a Path);
-    impl Drop for Cleanup<'_> {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(self.0);
-            let _ = std::fs::remove_file(self.1);
-        }
-    }
-    let mut src = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&src_path)?;
-    let _cleanup = Cleanup(&src_path, &dst_path);
-    src.write_all(&[0x5a; 4096])?;
-    let dst = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&dst_path)?;
-    match rustix::fs::ioctl_ficlone(&dst, &src) {
-        Ok(()) => Ok(true),
-        Err(e)
-            if [
-                rustix::io::Errno::OPNOTSUPP,
-                rustix::io::Errno::INVAL,
-                rustix::io::Errno::XDEV,
-                rustix::io::Errno::NOTTY,
-                rustix::io::Errno::NOSYS,
-            ]
-            .contains(&e) =>
-        {
-            Ok(false)
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
 /// Whether the state dir's filesystem can reflink (O(1) VM disk clones).
 pub fn check_reflink(state_dir: &Path) -> Check {
     const NAME: &str = "reflink";
@@ -575,7 +531,7 @@ pub fn check_reflink(state_dir: &Path) -> Check {
             dir.display()
         )
     };
-    match probe_reflink(&dir) {
+    match crate::artifact::stage::reflink_supported(&dir) {
         Ok(true) => ok(NAME, format!("state dir on {fstype} supports reflink clones{probed_in}")),
         Ok(false) => warn(
             NAME,

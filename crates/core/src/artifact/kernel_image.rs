@@ -26,6 +26,8 @@ use object::elf;
 use object::read::elf::{FileHeader as _, ProgramHeader as _};
 use object::read::{ReadCache, ReadRef};
 
+use super::read_full_at;
+
 /// Largest decompressed kernel accepted from a bzImage (a bound against
 /// decompression bombs; real `vmlinux` payloads are well under 100 MiB).
 pub const MAX_VMLINUX_SIZE: u64 = 1 << 30;
@@ -907,19 +909,6 @@ impl Read for RangeReader<'_> {
 }
 
 /// Fills `buf` from `f` at `offset` until it is full or the file ends.
-fn read_full_at(f: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read_at(&mut buf[n..], offset + n as u64) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
 fn file_len(f: &File, context: &'static str) -> Result<u64, KernelImageError> {
     Ok(f.metadata().map_err(io_err(context))?.len())
 }

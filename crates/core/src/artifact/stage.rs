@@ -21,6 +21,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use rustix::fs::{FileType, SeekFrom};
 use sha2::{Digest, Sha256};
 
+use super::read_full_at;
+
 /// Bytes read, hashed and written per step; cancellation is checked and
 /// progress reported once per step.
 const CHUNK: usize = 1 << 20;
@@ -359,22 +361,6 @@ fn next_data(seeker: Option<&File>, off: u64, size: u64) -> (u64, u64) {
 }
 
 /// Reads until `buf` is full or EOF; returns the bytes read.
-fn read_full_at(f: &File, buf: &mut [u8], mut off: u64) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read_at(&mut buf[n..], off) {
-            Ok(0) => break,
-            Ok(k) => {
-                n += k;
-                off += k as u64;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
 fn is_zero(b: &[u8]) -> bool {
     match b.split_first() {
         None => true,
