@@ -12,5 +12,6 @@ pub mod doctor;
 pub mod ids;
 pub mod paths;
 pub mod store;
+pub mod stub_guest;
 pub mod timefmt;
 pub mod tools;
