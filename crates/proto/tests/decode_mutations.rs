@@ -28,8 +28,25 @@ const SEEDS: &[&str] = &[
 ];
 
 const TOKENS: &[&[u8]] = &[
-    b"{", b"}", b"[", b"]", b"\"", b":", b",", b"null", b"-1", b"1e999", b"\\u0000", b"\xff",
-    b"\"jsonrpc\"", b"\"2.0\"", b"\"id\"", b"\"method\"", b"\"params\"", b"[]", b"{}",
+    b"{",
+    b"}",
+    b"[",
+    b"]",
+    b"\"",
+    b":",
+    b",",
+    b"null",
+    b"-1",
+    b"1e999",
+    b"\\u0000",
+    b"\xff",
+    b"\"jsonrpc\"",
+    b"\"2.0\"",
+    b"\"id\"",
+    b"\"method\"",
+    b"\"params\"",
+    b"[]",
+    b"{}",
 ];
 
 fn check(bytes: &[u8]) {
