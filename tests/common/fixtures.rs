@@ -16,7 +16,8 @@ pub fn ext4(path: &Path, mib: u64) {
     assert!(st.success(), "mkfs.ext4 failed");
 }
 
-pub use banger_core::stub_guest::{BANNER as STUB_BANNER, LOAD_ADDR as STUB_LOAD_ADDR};
+#[allow(unused_imports)] // not every test binary uses it
+pub use banger_core::stub_guest::BANNER as STUB_BANNER;
 
 /// The stub guest kernel's bytes.
 pub fn stub_kernel() -> Vec<u8> {

@@ -234,3 +234,91 @@ pub fn require_root() {
         "these tests drive a root daemon: run them as root (sudo scripts/test.sh)"
     );
 }
+
+/// Registers the stub guest kernel and a small ext4 rootfs as image `stub`
+/// (the default), so `vm create` works with the real Firecracker here.
+pub fn stub_image(h: &Home) {
+    let k = h.path().join("stub.vmlinux");
+    fixtures::write_stub_kernel(&k);
+    h.ok(&["kernel", "import", k.to_str().unwrap(), "--name", "stub"]);
+    let rootfs = h.path().join("stub-root.ext4");
+    fixtures::ext4(&rootfs, 64);
+    h.ok(&[
+        "image",
+        "register",
+        "--name",
+        "stub",
+        "--kernel",
+        "stub",
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+    ]);
+    h.ok(&["image", "promote", "stub"]);
+}
+
+/// pids of processes whose command line mentions this home (VMMs we made).
+pub fn processes_under(home: &Path) -> Vec<i32> {
+    let needle = home.to_string_lossy().into_owned();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid == std::process::id() as i32 {
+            continue;
+        }
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains("firecracker") && cmd.contains(&needle) && alive(pid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Loop devices backed by banger's files under `home` (its state dir; a
+/// test's own loop-mounted filesystem image lives beside it, not in it).
+pub fn loops_under(home: &Path) -> Vec<String> {
+    let out = Command::new("losetup")
+        .args(["-a", "-n", "-O", "NAME,BACK-FILE"])
+        .output()
+        .unwrap();
+    let state = home.join("state");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&*state.to_string_lossy()))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Nothing a VM made is left: no VMM process, loop device, VM dir or socket.
+pub fn assert_no_vm_leftovers(h: &Home) {
+    assert!(
+        processes_under(h.path()).is_empty(),
+        "VMM processes left: {:?}",
+        processes_under(h.path())
+    );
+    assert!(
+        loops_under(h.path()).is_empty(),
+        "loop devices left: {:?}",
+        loops_under(h.path())
+    );
+    let vms = walk(&h.state().join("vms"));
+    assert!(vms.is_empty(), "VM files left: {vms:?}");
+    let run = walk(&h.path().join("run/vms"));
+    assert!(run.is_empty(), "VM runtime files left: {run:?}");
+}
+
+/// Polls `f` until it returns Some (or panics after `secs`).
+pub fn eventually<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -45,6 +45,9 @@ pub enum Command {
     /// Manage root filesystem images.
     #[command(subcommand)]
     Image(commands::image::ImageCmd),
+    /// Create, run and manage VMs.
+    #[command(subcommand)]
+    Vm(commands::vm::VmCmd),
     /// Manage guest kernels.
     #[command(subcommand)]
     Kernel(commands::kernel::KernelCmd),
@@ -74,6 +77,7 @@ pub fn main() -> ExitCode {
         Command::Daemon(c) => commands::daemon::run(&env, c),
         Command::Image(c) => commands::image::run(&env, c),
         Command::Kernel(c) => commands::kernel::run(&env, c),
+        Command::Vm(c) => commands::vm::run(&env, c),
         Command::Operation(c) => commands::operation::run(&env, c),
         Command::System(c) => commands::system::run(&env, c),
         Command::Completion { shell } => commands::completion::run(shell),
@@ -85,6 +89,19 @@ pub fn main() -> ExitCode {
             report(&e);
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `error: NAME: ...` for one of several targets.
+pub(crate) fn report_for(name: &str, e: &anyhow::Error) {
+    match e.downcast_ref::<ClientError>().and_then(ClientError::rpc) {
+        Some(rpc) => {
+            eprintln!("error: {name}: {}", rpc.message);
+            if let Some(hint) = rpc.hint() {
+                eprintln!("hint: {hint}");
+            }
+        }
+        None => eprintln!("error: {name}: {e:#}"),
     }
 }
 

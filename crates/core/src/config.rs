@@ -13,6 +13,67 @@ pub struct Config {
     /// Path of the firecracker binary; default: PATH, then next to bangerd.
     #[serde(default)]
     pub firecracker_bin: Option<PathBuf>,
+    /// Defaults for `vm create` when the flags are not given.
+    #[serde(default)]
+    pub vm_defaults: VmDefaults,
+    #[serde(default)]
+    pub vm: VmConfig,
+}
+
+/// `[vm_defaults]`: each unset key falls back to a host heuristic.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmDefaults {
+    pub vcpus: Option<u32>,
+    /// A size such as "2G".
+    pub memory: Option<String>,
+    /// Size of the work disk (/root), e.g. "8G".
+    pub disk_size: Option<String>,
+}
+
+/// `[vm]`: lifecycle behaviour.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// Seconds `vm stop` waits for the guest after Ctrl-Alt-Del before SIGTERM.
+    #[serde(default = "default_stop_timeout")]
+    pub stop_timeout_secs: u64,
+    /// Root disk backend: `auto`, `reflink`, `dm-snapshot` or `copy`.
+    #[serde(default = "default_disk_backend")]
+    pub disk_backend: String,
+    /// Console and VMM logs are cut back to this size (the older half kept as `.1`).
+    #[serde(default = "default_vm_log_max")]
+    pub log_max_bytes: u64,
+    /// Kernel command line before banger's own additions.
+    #[serde(default = "default_boot_args")]
+    pub boot_args: String,
+}
+
+fn default_stop_timeout() -> u64 {
+    10
+}
+
+fn default_disk_backend() -> String {
+    "auto".into()
+}
+
+fn default_vm_log_max() -> u64 {
+    8 << 20
+}
+
+fn default_boot_args() -> String {
+    "console=ttyS0 reboot=k panic=1 pci=off".into()
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig {
+            stop_timeout_secs: default_stop_timeout(),
+            disk_backend: default_disk_backend(),
+            log_max_bytes: default_vm_log_max(),
+            boot_args: default_boot_args(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -11,6 +11,7 @@ pub mod config;
 pub mod doctor;
 pub mod ids;
 pub mod paths;
+pub mod size;
 pub mod store;
 pub mod stub_guest;
 pub mod timefmt;

@@ -61,7 +61,6 @@ pub fn elf() -> Vec<u8> {
     elf
 }
 
-
 #[cfg(test)]
 mod tests {
     #[test]
@@ -69,6 +68,8 @@ mod tests {
         let e = super::elf();
         assert_eq!(&e[..4], b"\x7fELF");
         assert_eq!(u16::from_le_bytes([e[18], e[19]]), 62);
-        assert!(e.windows(super::BANNER.len()).any(|w| w == super::BANNER.as_bytes()));
+        assert!(e
+            .windows(super::BANNER.len())
+            .any(|w| w == super::BANNER.as_bytes()));
     }
 }

@@ -14,6 +14,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::logging::LogTarget;
 use crate::ops::Ops;
+use crate::privileged::HostOps;
+use crate::vm::procs::Procs;
+use crate::vmm::registry::Vmms;
 
 pub struct Daemon {
     pub paths: Paths,
@@ -25,6 +28,12 @@ pub struct Daemon {
     /// Tripped by SIGTERM/SIGINT or `daemon.shutdown`.
     pub shutdown: CancellationToken,
     pub log_target: LogTarget,
+    /// Every privileged host operation goes through this (see crate::privileged).
+    pub host: Arc<dyn HostOps>,
+    /// The VMM backends.
+    pub vmms: Vmms,
+    /// Live VMM processes.
+    pub procs: Procs,
 }
 
 impl Daemon {

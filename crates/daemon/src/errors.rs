@@ -72,3 +72,38 @@ pub fn from_ext4(e: banger_core::artifact::ext4::Ext4Error, what: &str) -> RpcEr
         e => RpcError::invalid_params(format!("{what}: {e}")),
     }
 }
+
+pub fn from_vmm(e: crate::vmm::backend::VmmError) -> RpcError {
+    use crate::vmm::backend::VmmError as V;
+    match e {
+        V::Unavailable(m) => RpcError::new(ErrorKind::PreconditionFailed, m).with(
+            "hint",
+            "run `banger doctor`; ./install.sh installs a supported Firecracker",
+        ),
+        V::Unsupported(m) => RpcError::new(ErrorKind::PreconditionFailed, m),
+        V::Launch(m) | V::Api(m) => RpcError::internal(m),
+    }
+}
+
+pub fn from_disk(e: crate::disk::DiskError) -> RpcError {
+    if e.is_no_space() {
+        return RpcError::new(
+            ErrorKind::PreconditionFailed,
+            format!("not enough space: {e}"),
+        )
+        .with(
+            "hint",
+            "free space in the state directory (see `banger doctor`)",
+        );
+    }
+    if e.is_cancelled() {
+        return crate::ops::cancelled();
+    }
+    match e {
+        e @ crate::disk::DiskError::Unsupported { .. } => {
+            RpcError::new(ErrorKind::PreconditionFailed, e.to_string())
+        }
+        e @ crate::disk::DiskError::Shrink { .. } => RpcError::invalid_params(e.to_string()),
+        e => RpcError::internal(e.to_string()),
+    }
+}

@@ -11,18 +11,23 @@
 
 pub mod caller;
 pub mod daemon;
+pub mod disk;
 pub mod dispatch;
 pub mod errors;
 pub mod handlers;
 pub mod images;
 pub mod kernels;
+pub mod logfile;
 pub mod logging;
 mod notify;
 pub mod ops;
+pub mod privileged;
 pub mod reconcile;
 pub mod server;
 pub mod staging;
 mod system_groups;
+pub mod vm;
+pub mod vmm;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -100,7 +105,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let ops = Ops::new(store.clone());
     reconcile::at_start(&paths, &store, &ops).context("start-up reconciliation failed")?;
     let gid = socket_gid(&config)?;
-    let listener = server::bind(&paths, gid)?;
+    let vmms = vmm::registry::Vmms::new(&config);
     let d = Arc::new(Daemon {
         paths: paths.clone(),
         config,
@@ -110,7 +115,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         started: Instant::now(),
         shutdown: CancellationToken::new(),
         log_target,
+        host: Arc::new(privileged::SystemHost),
+        vmms,
+        procs: Default::default(),
     });
+    // Before accepting requests: re-adopt running VMs, settle the rest.
+    vm::reaper::reconcile_at_start(&d)
+        .await
+        .context("VM reconciliation failed")?;
+    let listener = server::bind(&paths, gid)?;
+    tokio::spawn(vm::reaper::cap_logs_forever(d.clone()));
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         pid = std::process::id(),

@@ -32,10 +32,16 @@ use tokio_util::task::TaskTracker;
 /// Finished operations stay in memory this long (the store keeps them longer).
 const KEEP_FINISHED: Duration = Duration::from_secs(3600);
 
+/// After a cancel, how long a body gets to clean up after itself before it
+/// is dropped. Bodies check their token between steps and undo what they
+/// made; dropping is the backstop for one that does not look.
+const CANCEL_GRACE: Duration = Duration::from_secs(60);
+
 pub struct Ops {
     entries: Mutex<HashMap<String, Arc<Entry>>>,
     store: Arc<Store>,
     tracker: TaskTracker,
+    grace: Duration,
 }
 
 struct Entry {
@@ -60,10 +66,15 @@ pub struct OpHandle {
 
 impl Ops {
     pub fn new(store: Arc<Store>) -> Ops {
+        Ops::with_cancel_grace(store, CANCEL_GRACE)
+    }
+
+    pub fn with_cancel_grace(store: Arc<Store>, grace: Duration) -> Ops {
         Ops {
             entries: Mutex::new(HashMap::new()),
             store,
             tracker: TaskTracker::new(),
+            grace,
         }
     }
 
@@ -122,14 +133,16 @@ impl Ops {
             map.retain(|_, e| !lock(&e.state).is_expired());
             map.insert(id.clone(), entry);
         }
+        let grace = self.grace;
         self.tracker.spawn(async move {
             let token = handle.entry.token.clone();
-            // The body sees cancellation through its handle; racing it here as
-            // well guarantees a cancel ends the operation even if a body forgot
-            // to look (its future is dropped, which runs its cleanup guards).
+            // The body sees cancellation through its handle and cleans up
+            // itself; the grace timer guarantees a cancel ends the operation
+            // even if a body never looks (its future is then dropped, which
+            // still runs its synchronous cleanup guards).
             let outcome = tokio::select! {
                 r = body(handle.clone()) => r,
-                _ = token.cancelled() => Err(cancelled()),
+                _ = async { token.cancelled().await; tokio::time::sleep(grace).await } => Err(cancelled()),
             };
             handle.finish(outcome);
         });

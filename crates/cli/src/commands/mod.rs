@@ -9,6 +9,7 @@ pub mod kernel;
 pub mod operation;
 pub mod system;
 pub mod version;
+pub mod vm;
 
 use std::fs::File;
 use std::path::Path;

@@ -24,7 +24,7 @@ mod vms;
 pub use images::ImageRow;
 pub use kernels::KernelRow;
 pub use operations::OperationRow;
-pub use vms::VmRow;
+pub use vms::{Transition, VmRow};
 
 /// A file the store points at, relative to the state directory.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -203,3 +203,75 @@ fn running_operations_fail_on_restart() {
         .unwrap()
         .is_empty());
 }
+
+#[test]
+fn vm_transitions_are_compare_and_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&dir.path().join("s.db")).unwrap();
+    let k = kernel("k");
+    s.insert_kernel(&k).unwrap();
+    let i = image("img", &k.id, 0);
+    s.insert_image(&i).unwrap();
+    let v = vm("box", &i);
+    s.insert_vm(&v).unwrap();
+
+    match s
+        .transition_vm(&v.id, &["stopped"], "starting", |r| {
+            r.runtime = "{\"x\":1}".into()
+        })
+        .unwrap()
+    {
+        Transition::Done(r) => {
+            assert_eq!(r.state, "starting");
+            assert_eq!(r.runtime, "{\"x\":1}");
+        }
+        t => panic!("{t:?}"),
+    }
+    // A second claim from the same state fails and reports what it found.
+    match s
+        .transition_vm(&v.id, &["stopped"], "starting", |_| panic!("not applied"))
+        .unwrap()
+    {
+        Transition::WrongState(r) => assert_eq!(r.state, "starting"),
+        t => panic!("{t:?}"),
+    }
+    assert_eq!(
+        s.transition_vm("nope", &["stopped"], "x", |_| {}).unwrap(),
+        Transition::Missing
+    );
+    let r = s
+        .update_vm(&v.id, |r| r.spec = "{\"vcpus\":2}".into())
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.state, "starting");
+    assert_eq!(s.vm_by_id(&v.id).unwrap().unwrap().spec, "{\"vcpus\":2}");
+}
+
+#[test]
+fn concurrent_claims_have_exactly_one_winner() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = std::sync::Arc::new(Store::open(&dir.path().join("s.db")).unwrap());
+    let k = kernel("k");
+    s.insert_kernel(&k).unwrap();
+    let i = image("img", &k.id, 0);
+    s.insert_image(&i).unwrap();
+    let v = vm("box", &i);
+    s.insert_vm(&v).unwrap();
+    let wins: usize = (0..16)
+        .map(|_| {
+            let s = s.clone();
+            let id = v.id.clone();
+            std::thread::spawn(move || {
+                matches!(
+                    s.transition_vm(&id, &["stopped"], "starting", |_| {})
+                        .unwrap(),
+                    Transition::Done(_)
+                ) as usize
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .sum();
+    assert_eq!(wins, 1);
+}

@@ -20,6 +20,17 @@ pub struct VmRow {
     pub updated_at: String,
 }
 
+/// The outcome of [`Store::transition_vm`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transition {
+    /// Applied; the row as written.
+    Done(VmRow),
+    /// The VM was not in an allowed state; the row as found.
+    WrongState(VmRow),
+    /// No such VM.
+    Missing,
+}
+
 const COLUMNS: &str =
     "id, name, owner_uid, image_id, kernel_id, state, spec, runtime, created_at, updated_at";
 
@@ -78,6 +89,77 @@ impl Store {
             .query_map([], from_row)?
             .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
+    }
+
+    pub fn vm_by_id(&self, id: &str) -> Result<Option<VmRow>> {
+        Ok(self
+            .lock()
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM vms WHERE id = ?"),
+                [id],
+                from_row,
+            )
+            .optional()?)
+    }
+
+    /// Compare-and-set of a VM's state: if the VM is in one of `from`, moves it
+    /// to `to` and applies `f`, all in one transaction. This is how lifecycle
+    /// operations claim a VM: the transitional state they write is the lock,
+    /// visible to every reader and surviving a crash, and no mutex is held
+    /// while the slow work it guards runs.
+    pub fn transition_vm(
+        &self,
+        id: &str,
+        from: &[&str],
+        to: &str,
+        f: impl FnOnce(&mut VmRow),
+    ) -> Result<Transition> {
+        self.modify_vm(id, |row| {
+            if !from.contains(&row.state.as_str()) {
+                return false;
+            }
+            row.state = to.to_string();
+            f(row);
+            true
+        })
+    }
+
+    /// Read-modify-write of one VM row in one transaction, whatever its state.
+    pub fn update_vm(&self, id: &str, f: impl FnOnce(&mut VmRow)) -> Result<Option<VmRow>> {
+        Ok(
+            match self.modify_vm(id, |row| {
+                f(row);
+                true
+            })? {
+                Transition::Done(r) => Some(r),
+                _ => None,
+            },
+        )
+    }
+
+    fn modify_vm(&self, id: &str, f: impl FnOnce(&mut VmRow) -> bool) -> Result<Transition> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let row = tx
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM vms WHERE id = ?"),
+                [id],
+                from_row,
+            )
+            .optional()?;
+        let Some(mut row) = row else {
+            return Ok(Transition::Missing);
+        };
+        if !f(&mut row) {
+            return Ok(Transition::WrongState(row));
+        }
+        row.updated_at = crate::timefmt::now();
+        tx.execute(
+            "UPDATE vms SET state = ?2, spec = ?3, runtime = ?4, updated_at = ?5 WHERE id = ?1",
+            params![row.id, row.state, row.spec, row.runtime, row.updated_at],
+        )?;
+        tx.commit()?;
+        Ok(Transition::Done(row))
     }
 
     pub fn delete_vm(&self, id: &str) -> Result<()> {

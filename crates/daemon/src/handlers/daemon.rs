@@ -1,6 +1,5 @@
 //! `daemon.*` handlers.
 
-use std::io::{Read, Seek, SeekFrom};
 use std::sync::Arc;
 
 use banger_proto::methods::daemon::{
@@ -14,9 +13,6 @@ use crate::caller::Ctx;
 use crate::daemon::Daemon;
 use crate::errors::Rpc;
 use crate::logging::LogTarget;
-
-/// Most log bytes one `daemon.logs` call returns.
-const LOG_CHUNK: u64 = 256 * 1024;
 
 pub async fn status(d: Arc<Daemon>, _cx: Ctx, _p: Empty) -> Result<StatusInfo, RpcError> {
     let p = &d.paths;
@@ -58,47 +54,17 @@ pub async fn shutdown(d: Arc<Daemon>, cx: Ctx, _p: Empty) -> Result<Empty, RpcEr
 
 pub async fn logs(d: Arc<Daemon>, _cx: Ctx, p: LogsParams) -> Result<LogChunk, RpcError> {
     let path = d.paths.log_file();
-    let journald = d.log_target == LogTarget::Journald;
-    let empty = |offset| LogChunk {
-        path: path.display().to_string(),
-        journald,
-        offset,
-        next_offset: offset,
-        data: String::new(),
-    };
     if !matches!(d.log_target, LogTarget::File(_)) {
-        return Ok(empty(0));
+        // journald (or stderr): the client reads the journal itself.
+        return Ok(LogChunk {
+            path: path.display().to_string(),
+            journald: d.log_target == LogTarget::Journald,
+            offset: 0,
+            next_offset: 0,
+            data: String::new(),
+        });
     }
-    let mut f = match std::fs::File::open(&path) {
-        Ok(f) => f,
-        Err(_) => return Ok(empty(0)),
-    };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut offset = match p.offset {
-        // Past the end: the file was rotated; start over in the new one.
-        Some(o) if o > len => 0,
-        Some(o) => o,
-        None => len.saturating_sub(p.tail_bytes.unwrap_or(16 * 1024)),
-    };
-    let want = (len - offset).min(LOG_CHUNK);
-    f.seek(SeekFrom::Start(offset)).rpc_io()?;
-    let mut buf = Vec::with_capacity(want as usize);
-    f.take(want).read_to_end(&mut buf).rpc_io()?;
-    if p.offset.is_none() && offset > 0 {
-        // Start a tail at a line boundary.
-        if let Some(nl) = buf.iter().position(|&b| b == b'\n') {
-            buf.drain(..=nl);
-            offset += nl as u64 + 1;
-        }
-    }
-    let next_offset = offset + buf.len() as u64;
-    Ok(LogChunk {
-        path: path.display().to_string(),
-        journald,
-        offset,
-        next_offset,
-        data: String::from_utf8_lossy(&buf).into_owned(),
-    })
+    crate::logfile::read_chunk(&path, p.offset, p.tail_bytes)
 }
 
 pub async fn operations_list(
@@ -119,14 +85,4 @@ pub async fn doctor(d: Arc<Daemon>, _cx: Ctx, _p: Empty) -> Result<DoctorReport,
         source: "daemon".into(),
         checks,
     })
-}
-
-trait IoRpc<T> {
-    fn rpc_io(self) -> Result<T, RpcError>;
-}
-
-impl<T> IoRpc<T> for std::io::Result<T> {
-    fn rpc_io(self) -> Result<T, RpcError> {
-        self.map_err(|e| RpcError::internal(format!("reading the log: {e}")))
-    }
 }

@@ -1,7 +1,7 @@
 //! One handler per RPC method, grouped by area. [`table`] is the single place
 //! that maps method names to handlers.
 
-use banger_proto::methods::{daemon as d, image as i, kernel as k, op as o};
+use banger_proto::methods::{daemon as d, image as i, kernel as k, op as o, vm as v};
 
 use crate::dispatch::Table;
 
@@ -9,6 +9,7 @@ mod daemon;
 mod image;
 mod kernel;
 mod op;
+mod vm;
 
 pub fn table() -> Table {
     let mut t = Table::default();
@@ -29,6 +30,22 @@ pub fn table() -> Table {
     t.add::<i::Show, _, _>(image::show);
     t.add::<i::Delete, _, _>(image::delete);
     t.add::<i::Promote, _, _>(image::promote);
+    t.add::<v::CreateBegin, _, _>(vm::create_begin);
+    t.add::<v::CreateStatus, _, _>(vm::create_status);
+    t.add::<v::CreateCancel, _, _>(vm::create_cancel);
+    t.add::<v::Start, _, _>(vm::start);
+    t.add::<v::Stop, _, _>(vm::stop);
+    t.add::<v::Restart, _, _>(vm::restart);
+    t.add::<v::Kill, _, _>(vm::kill);
+    t.add::<v::Delete, _, _>(vm::delete);
+    t.add::<v::Prune, _, _>(vm::prune);
+    t.add::<v::Set, _, _>(vm::set);
+    t.add::<v::List, _, _>(vm::list);
+    t.add::<v::Show, _, _>(vm::show);
+    t.add::<v::Logs, _, _>(vm::logs);
+    t.add::<v::Stats, _, _>(vm::stats);
+    t.add::<v::Health, _, _>(vm::health);
+    t.add::<v::Ping, _, _>(vm::ping);
     t
 }
 

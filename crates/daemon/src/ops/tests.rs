@@ -11,7 +11,7 @@ use super::Ops;
 fn ops() -> (tempfile::TempDir, Arc<Store>, Ops) {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(&dir.path().join("s.db")).unwrap());
-    let ops = Ops::new(store.clone());
+    let ops = Ops::with_cancel_grace(store.clone(), Duration::from_millis(50));
     (dir, store, ops)
 }
 

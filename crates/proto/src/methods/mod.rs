@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod image;
 pub mod kernel;
 pub mod op;
+pub mod vm;
 
 /// Ties a method name to its params and result types.
 pub trait Method {
@@ -77,4 +78,20 @@ pub const ALL: &[&str] = &[
     image::Show::NAME,
     image::Delete::NAME,
     image::Promote::NAME,
+    vm::CreateBegin::NAME,
+    vm::CreateStatus::NAME,
+    vm::CreateCancel::NAME,
+    vm::Start::NAME,
+    vm::Stop::NAME,
+    vm::Restart::NAME,
+    vm::Kill::NAME,
+    vm::Delete::NAME,
+    vm::Prune::NAME,
+    vm::Set::NAME,
+    vm::List::NAME,
+    vm::Show::NAME,
+    vm::Logs::NAME,
+    vm::Stats::NAME,
+    vm::Health::NAME,
+    vm::Ping::NAME,
 ];

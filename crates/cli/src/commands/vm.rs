@@ -1,0 +1,580 @@
+//! `banger vm ...`: the VM lifecycle.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use banger_core::size;
+use banger_proto::methods::op::StageInfo;
+use banger_proto::methods::vm::{
+    CreateBegin, CreateParams, Delete, DeleteParams, Health, Kill, KillParams, LifecycleResult,
+    List, ListParams, LogSource, Logs, Ping, Prune, Restart, Set, SetParams, Show, Start, Stats,
+    Stop, StopParams, VmInfo, VmLogsParams,
+};
+use banger_proto::methods::{Empty, NameParams};
+use clap::Subcommand;
+use serde_json::json;
+
+use super::Env;
+use crate::client::Client;
+use crate::{output, progress};
+
+#[derive(Debug, Subcommand)]
+pub enum VmCmd {
+    /// Create a VM (and start it, unless --no-start).
+    Create {
+        /// Name (default: a generated one like brave-otter).
+        #[arg(long)]
+        name: Option<String>,
+        /// Image (default: your default image, see `banger image promote`).
+        #[arg(long)]
+        image: Option<String>,
+        /// Virtual CPUs.
+        #[arg(long = "vcpu", value_name = "N")]
+        vcpus: Option<u32>,
+        /// Memory, e.g. 2G or 512M (a bare number is MiB).
+        #[arg(long, value_name = "SIZE")]
+        memory: Option<String>,
+        /// Size of the work disk mounted at /root, e.g. 8G.
+        #[arg(long, value_name = "SIZE")]
+        disk_size: Option<String>,
+        /// Make the disks but do not boot.
+        #[arg(long)]
+        no_start: bool,
+        /// Let the guest reach the outside network (NAT).
+        #[arg(long)]
+        nat: bool,
+    },
+    /// Boot stopped VMs.
+    Start {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Stop VMs: Ctrl-Alt-Del, then SIGTERM, then SIGKILL.
+    Stop {
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Seconds to wait for the guest before SIGTERM (default: config, 10).
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<u64>,
+    },
+    /// Stop, then start.
+    Restart {
+        #[arg(required = true)]
+        names: Vec<String>,
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<u64>,
+    },
+    /// Send a signal to the VMs' VMM now (for when stop hangs).
+    Kill {
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Signal name or number.
+        #[arg(short, long, default_value = "KILL")]
+        signal: String,
+    },
+    /// Delete VMs and their disks (irreversible).
+    #[command(visible_alias = "rm")]
+    Delete {
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Also delete running VMs (they are killed).
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Delete all your stopped VMs.
+    Prune {
+        /// Do not ask.
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Change a stopped VM's vCPUs, memory or work disk size (grow only).
+    Set {
+        name: String,
+        #[arg(long = "vcpu", value_name = "N")]
+        vcpus: Option<u32>,
+        #[arg(long, value_name = "SIZE")]
+        memory: Option<String>,
+        #[arg(long, value_name = "SIZE")]
+        disk_size: Option<String>,
+    },
+    /// List running VMs (-a: all).
+    #[command(visible_aliases = ["ps", "ls"])]
+    List {
+        #[arg(short, long)]
+        all: bool,
+    },
+    /// Show one VM.
+    Show { name: String },
+    /// The guest's serial console (or, with --vmm, the VMM's own log).
+    Logs {
+        name: String,
+        #[arg(short, long)]
+        follow: bool,
+        #[arg(long)]
+        vmm: bool,
+    },
+    /// State, uptime, VMM pid, RSS and CPU, VMM metrics.
+    Stats { name: String },
+    /// Is the VM healthy?
+    Health { name: String },
+    /// Round trip to the VM.
+    Ping { name: String },
+}
+
+pub fn run(env: &Env, cmd: VmCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        VmCmd::Create {
+            name,
+            image,
+            vcpus,
+            memory,
+            disk_size,
+            no_start,
+            nat,
+        } => create(
+            env,
+            CreateParams {
+                name,
+                image,
+                vcpus,
+                memory_mib: memory
+                    .as_deref()
+                    .map(size::parse_mib)
+                    .transpose()
+                    .map_err(anyhow::Error::msg)?,
+                disk_bytes: disk_size
+                    .as_deref()
+                    .map(size::parse)
+                    .transpose()
+                    .map_err(anyhow::Error::msg)?,
+                no_start,
+                nat,
+            },
+        ),
+        VmCmd::Start { names } => each(env, names, "started", |c, n| {
+            c.call::<Start>(&NameParams { name: n.into() })
+        }),
+        VmCmd::Stop { names, timeout } => each(env, names, "stopped", move |c, n| {
+            c.call::<Stop>(&StopParams {
+                name: n.into(),
+                timeout_secs: timeout,
+            })
+        }),
+        VmCmd::Restart { names, timeout } => each(env, names, "restarted", move |c, n| {
+            c.call::<Restart>(&StopParams {
+                name: n.into(),
+                timeout_secs: timeout,
+            })
+        }),
+        VmCmd::Kill { names, signal } => each(env, names, "signalled", move |c, n| {
+            c.call::<Kill>(&KillParams {
+                name: n.into(),
+                signal: Some(signal.clone()),
+            })
+        }),
+        VmCmd::Delete { names, force } => delete(env, names, force),
+        VmCmd::Prune { force } => prune(env, force),
+        VmCmd::Set {
+            name,
+            vcpus,
+            memory,
+            disk_size,
+        } => {
+            let vm = env.client()?.call::<Set>(&SetParams {
+                name,
+                vcpus,
+                memory_mib: memory
+                    .as_deref()
+                    .map(size::parse_mib)
+                    .transpose()
+                    .map_err(anyhow::Error::msg)?,
+                disk_bytes: disk_size
+                    .as_deref()
+                    .map(size::parse)
+                    .transpose()
+                    .map_err(anyhow::Error::msg)?,
+            })?;
+            if env.json {
+                output::json(&vm)?;
+            } else {
+                println!("{}: {}", vm.name, spec_line(&vm));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        VmCmd::List { all } => list(env, all),
+        VmCmd::Show { name } => {
+            let vm = env.client()?.call::<Show>(&NameParams { name })?;
+            if env.json {
+                output::json(&vm)?;
+            } else {
+                show(&vm);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        VmCmd::Logs { name, follow, vmm } => logs(env, name, follow, vmm),
+        VmCmd::Stats { name } => {
+            let s = env.client()?.call::<Stats>(&NameParams { name })?;
+            if env.json {
+                output::json(&s)?;
+            } else {
+                let mut t = output::Table::new(&["FIELD", "VALUE"]);
+                t.row(vec!["name".into(), s.name.clone()]);
+                t.row(vec!["state".into(), s.state.as_str().into()]);
+                t.row(vec![
+                    "uptime".into(),
+                    s.uptime_secs.map_or("-".into(), output::age),
+                ]);
+                t.row(vec![
+                    "vmm pid".into(),
+                    s.pid.map_or("-".into(), |p| p.to_string()),
+                ]);
+                t.row(vec![
+                    "vmm rss".into(),
+                    s.rss_bytes.map_or("-".into(), output::size),
+                ]);
+                t.row(vec![
+                    "vmm cpu".into(),
+                    s.cpu_secs.map_or("-".into(), |c| format!("{c:.2}s")),
+                ]);
+                t.row(vec![
+                    "vmm metrics".into(),
+                    if s.vmm_metrics.is_some() {
+                        "yes (--json)"
+                    } else {
+                        "-"
+                    }
+                    .into(),
+                ]);
+                t.print();
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        VmCmd::Health { name } => health(env, name, false),
+        VmCmd::Ping { name } => health(env, name, true),
+    }
+}
+
+fn spec_line(vm: &VmInfo) -> String {
+    format!(
+        "{} vcpu, {} memory, {} disk, image {}, kernel {}",
+        vm.vcpus,
+        output::size(vm.memory_mib << 20),
+        output::size(vm.disk_bytes),
+        vm.image,
+        vm.kernel
+    )
+}
+
+fn stages_line(stages: &[StageInfo]) -> String {
+    stages
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {}",
+                s.name,
+                output::millis(s.duration_ms.unwrap_or(0.0))
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn create(env: &Env, params: CreateParams) -> anyhow::Result<ExitCode> {
+    let interrupt = progress::Interrupt::install()?;
+    let mut client = env.client()?;
+    let begun = client.call::<CreateBegin>(&params)?;
+    if !env.json {
+        eprintln!("spec: {}", spec_line(&begun.vm));
+    }
+    let op = progress::follow(&mut client, &begun.operation_id, env.json, &interrupt)?;
+    let vm: VmInfo = serde_json::from_value(op.result.clone().unwrap_or_default())
+        .context("unexpected create result")?;
+    if env.json {
+        output::json(&json!({ "vm": vm, "operation": { "id": op.id, "stages": op.stages } }))?;
+    } else {
+        let total: f64 = op.stages.iter().filter_map(|s| s.duration_ms).sum();
+        println!(
+            "created vm {} ({}) in {}: {}",
+            vm.name,
+            vm.state.as_str(),
+            output::millis(total),
+            stages_line(&op.stages)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `call` for every name in parallel (a connection each), prints one
+/// line per VM in the order given; fails if any failed.
+fn each<F>(env: &Env, names: Vec<String>, done: &str, call: F) -> anyhow::Result<ExitCode>
+where
+    F: Fn(&mut Client, &str) -> Result<LifecycleResult, crate::client::ClientError>
+        + Send
+        + Sync
+        + Clone
+        + 'static,
+{
+    drop(env.client()?); // start the daemon once, before the fan-out
+    let handles: Vec<_> = names
+        .iter()
+        .map(|n| {
+            let (n, call, paths) = (n.clone(), call.clone(), env.paths.clone());
+            std::thread::spawn(move || -> anyhow::Result<LifecycleResult> {
+                let mut c = crate::autostart::connect(&paths, false)?;
+                Ok(call(&mut c, &n)?)
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    let mut failed = false;
+    for (name, h) in names.iter().zip(handles) {
+        match h.join().map_err(|_| anyhow::anyhow!("worker panicked"))? {
+            Ok(r) => {
+                if !env.json {
+                    let by = r
+                        .ended_by
+                        .as_deref()
+                        .map(|b| format!(" (by {b})"))
+                        .unwrap_or_default();
+                    let timing = if r.stages.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", stages_line(&r.stages))
+                    };
+                    println!("{done} {}{by}{timing}", r.vm.name);
+                }
+                results.push(json!(r));
+            }
+            Err(e) => {
+                failed = true;
+                crate::report_for(name, &e);
+                results.push(json!({ "name": name, "error": format!("{e:#}") }));
+            }
+        }
+    }
+    if env.json {
+        output::json(&results)?;
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn delete(env: &Env, names: Vec<String>, force: bool) -> anyhow::Result<ExitCode> {
+    let mut client = env.client()?;
+    let mut failed = false;
+    for name in &names {
+        match client.call::<Delete>(&DeleteParams {
+            name: name.clone(),
+            force,
+        }) {
+            Ok(_) => {
+                if !env.json {
+                    println!("deleted {name}");
+                }
+            }
+            Err(e) => {
+                failed = true;
+                crate::report_for(name, &e.into());
+            }
+        }
+    }
+    if env.json {
+        output::json(&json!({ "deleted": names, "failed": failed }))?;
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn prune(env: &Env, force: bool) -> anyhow::Result<ExitCode> {
+    let mut client = env.client()?;
+    if !force {
+        let me = rustix::process::geteuid().as_raw();
+        let stopped: Vec<String> = client
+            .call::<List>(&ListParams { all: true })?
+            .into_iter()
+            .filter(|v| v.owner_uid == me && v.state.as_str() == "stopped")
+            .map(|v| v.name)
+            .collect();
+        if stopped.is_empty() {
+            println!("no stopped VMs");
+            return Ok(ExitCode::SUCCESS);
+        }
+        if !std::io::stdin().is_terminal() {
+            bail!(
+                "refusing to delete {} VM(s) without confirmation: use -f",
+                stopped.len()
+            );
+        }
+        eprint!(
+            "delete {} stopped VM(s): {}? [y/N] ",
+            stopped.len(),
+            stopped.join(", ")
+        );
+        std::io::stderr().flush()?;
+        let mut answer = String::new();
+        std::io::stdin().lock().read_line(&mut answer)?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            println!("nothing deleted");
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    let r = client.call::<Prune>(&Empty {})?;
+    if env.json {
+        output::json(&r)?;
+    } else if r.deleted.is_empty() {
+        println!("no stopped VMs");
+    } else {
+        println!("deleted {}", r.deleted.join(", "));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn list(env: &Env, all: bool) -> anyhow::Result<ExitCode> {
+    let vms = env.client()?.call::<List>(&ListParams { all })?;
+    if env.json {
+        output::json(&vms)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut t = output::Table::new(&[
+        "NAME", "STATE", "IMAGE", "VCPU", "MEMORY", "DISK", "PID", "UPTIME", "CREATED",
+    ]);
+    for v in &vms {
+        t.row(vec![
+            v.name.clone(),
+            v.state.as_str().into(),
+            v.image.clone(),
+            v.vcpus.to_string(),
+            output::size(v.memory_mib << 20),
+            output::size(v.disk_bytes),
+            v.pid.map_or("-".into(), |p| p.to_string()),
+            v.uptime_secs.map_or("-".into(), output::age),
+            output::ago(&v.created_at),
+        ]);
+    }
+    t.print();
+    Ok(ExitCode::SUCCESS)
+}
+
+fn show(v: &VmInfo) {
+    let mut t = output::Table::new(&["FIELD", "VALUE"]);
+    let mut row = |k: &str, v: String| t.row(vec![k.into(), v]);
+    row("name", v.name.clone());
+    row("id", v.id.clone());
+    row("state", v.state.as_str().into());
+    row("owner", format!("uid {}", v.owner_uid));
+    row("spec", spec_line(v));
+    row(
+        "vmm",
+        match v.pid {
+            Some(p) => format!("{} (pid {p})", v.vmm),
+            None => v.vmm.clone(),
+        },
+    );
+    if let Some(s) = &v.api_socket {
+        row("api socket", s.clone());
+    }
+    if let Some(d) = &v.root_disk {
+        row(
+            "root disk",
+            format!("{} ({}, {})", d.path, d.backend, output::size(d.size)),
+        );
+    }
+    if let Some(d) = &v.work_disk {
+        row(
+            "work disk",
+            format!("{} ({})", d.path, output::size(d.size)),
+        );
+    }
+    row("nat", if v.nat { "on" } else { "off" }.into());
+    row("created", v.created_at.clone());
+    if let Some(s) = &v.started_at {
+        row("started", s.clone());
+    }
+    if let Some(u) = v.uptime_secs {
+        row("uptime", output::age(u));
+    }
+    if !v.last_start.is_empty() {
+        row("last start", stages_line(&v.last_start));
+    }
+    if let Some(e) = &v.last_exit {
+        row("last exit", format!("{} by {}: {}", e.at, e.by, e.detail));
+    }
+    row("console log", v.console_log.clone());
+    row("vmm log", v.vmm_log.clone());
+    t.print();
+}
+
+fn logs(env: &Env, name: String, follow: bool, vmm: bool) -> anyhow::Result<ExitCode> {
+    let mut client = env.client()?;
+    let source = if vmm {
+        LogSource::Vmm
+    } else {
+        LogSource::Console
+    };
+    let mut offset = None;
+    let mut out = std::io::stdout();
+    loop {
+        let chunk = client.call::<Logs>(&VmLogsParams {
+            name: name.clone(),
+            source,
+            offset,
+            tail_bytes: if offset.is_none() {
+                Some(64 * 1024)
+            } else {
+                None
+            },
+        })?;
+        out.write_all(chunk.data.as_bytes())?;
+        out.flush()?;
+        let caught_up = chunk.next_offset == chunk.offset;
+        offset = Some(chunk.next_offset);
+        if caught_up {
+            if !follow {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn health(env: &Env, name: String, ping: bool) -> anyhow::Result<ExitCode> {
+    let mut c = env.client()?;
+    let h = if ping {
+        c.call::<Ping>(&NameParams { name })?
+    } else {
+        c.call::<Health>(&NameParams { name })?
+    };
+    if env.json {
+        output::json(&h)?;
+    } else if ping {
+        match h.latency_ms {
+            Some(ms) if h.healthy => println!(
+                "{}: {} in {ms:.2}ms",
+                h.name,
+                h.vmm_state.as_deref().unwrap_or("?")
+            ),
+            _ => println!("{}: no answer ({})", h.name, h.detail),
+        }
+    } else {
+        println!(
+            "{}: {} — {}",
+            h.name,
+            if h.healthy { "healthy" } else { "unhealthy" },
+            h.detail
+        );
+    }
+    Ok(if h.healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,242 @@
+//! The host-operations seam: every privileged thing the daemon does to the
+//! host (loop devices, device-mapper, making and growing ext4 images; later
+//! taps, bridges and nftables) goes through [`HostOps`].
+//!
+//! Two reasons. The logic above it (which devices to set up, in which order,
+//! what to undo when a step fails) is unit-tested with a recording fake,
+//! without root and on machines that lack a feature (these machines have no
+//! device-mapper). And the real implementation, [`SystemHost`], is small and
+//! self-contained, so it can later move into a root helper process while the
+//! daemon itself drops privileges.
+//!
+//! The methods are synchronous: each is one quick command or ioctl. Callers on
+//! the async runtime run them with `spawn_blocking`. Paths are absolute.
+
+mod system;
+#[cfg(test)]
+pub(crate) mod testutil;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+
+pub use system::SystemHost;
+
+/// A failed host operation.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// A host tool ran and failed; `stderr` holds what it said.
+    #[error(
+        "{} failed ({status}){}",
+        command_line(program, args),
+        stderr_suffix(stderr)
+    )]
+    Command {
+        program: PathBuf,
+        args: Vec<String>,
+        status: ExitStatus,
+        stderr: String,
+    },
+    /// A system call or starting a tool failed; `what` says which, `path`
+    /// names the file or program.
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The host cannot do this at all: a tool is not installed (the message
+    /// names the Debian package) or a kernel feature is missing (no
+    /// device-mapper).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl HostError {
+    pub(crate) fn io(what: impl Into<String>, path: &Path, source: std::io::Error) -> HostError {
+        HostError::Io {
+            what: what.into(),
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+fn command_line(program: &Path, args: &[String]) -> String {
+    let mut s = program.display().to_string();
+    for a in args {
+        s.push(' ');
+        s.push_str(a);
+    }
+    s
+}
+
+/// `": <stderr>"` with blank lines dropped and at most 5 lines kept, or
+/// nothing when the tool said nothing.
+fn stderr_suffix(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    let mut s = format!(": {}", lines[..lines.len().min(5)].join("; "));
+    if lines.len() > 5 {
+        s.push_str("; ...");
+    }
+    s
+}
+
+/// One line of a device-mapper table: `<start> <sectors> <target> <params>`,
+/// in 512-byte sectors. `Display` prints exactly what `dmsetup create
+/// --table` takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DmTable {
+    pub start: u64,
+    pub sectors: u64,
+    pub target: String,
+    pub params: String,
+}
+
+impl fmt::Display for DmTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {} {} {}",
+            self.start, self.sectors, self.target, self.params
+        )
+    }
+}
+
+/// The table of a `snapshot` target: reads come from `cow_dev` for chunks
+/// written since, else from `origin_dev`; writes go to `cow_dev` only.
+/// `persistent` (`P`) keeps the exception table in the COW device so the
+/// snapshot survives being torn down and set up again (a VM stop and start);
+/// `N` keeps it in memory only. `chunk_sectors` is the copy-on-write unit
+/// (8 = 4 KiB, the ext4 block size).
+pub fn snapshot_table(
+    origin_dev: &Path,
+    cow_dev: &Path,
+    sectors: u64,
+    persistent: bool,
+    chunk_sectors: u64,
+) -> DmTable {
+    DmTable {
+        start: 0,
+        sectors,
+        target: "snapshot".into(),
+        params: format!(
+            "{} {} {} {chunk_sectors}",
+            origin_dev.display(),
+            cow_dev.display(),
+            if persistent { "P" } else { "N" },
+        ),
+    }
+}
+
+/// Privileged operations on the host. [`SystemHost`] is the real one; tests
+/// use fakes. Methods are grouped by subsystem; new subsystems (tap devices,
+/// bridges, nftables) add their group here, with a real implementation in
+/// [`SystemHost`] and defaults nowhere, so a fake must decide what it does.
+pub trait HostOps: Send + Sync {
+    // ---- Loop devices ----
+
+    /// Attaches `file` to a free loop device and returns its path
+    /// (`/dev/loopN`). `read_only` makes the device refuse writes.
+    fn loop_attach(&self, file: &Path, read_only: bool) -> Result<PathBuf, HostError>;
+
+    /// Detaches loop device `dev`. A device still held open (by a
+    /// device-mapper table, say) is detached by the kernel when released.
+    fn loop_detach(&self, dev: &Path) -> Result<(), HostError>;
+
+    /// The loop devices whose backing file is `file` (none: empty). The reaper
+    /// uses it to find devices leaked by a crash.
+    fn loop_devices_for(&self, file: &Path) -> Result<Vec<PathBuf>, HostError>;
+
+    // ---- Device-mapper ----
+
+    /// Whether device-mapper can be used: the kernel driver is there and
+    /// `dmsetup` is installed. Never fails; `false` when unsure.
+    fn dm_available(&self) -> bool;
+
+    /// Creates device `name` with the one-line `table`, active, and returns
+    /// its path (`/dev/mapper/<name>`). [`HostError::Unavailable`] without
+    /// device-mapper.
+    fn dm_create(&self, name: &str, table: &DmTable) -> Result<PathBuf, HostError>;
+
+    /// Removes device `name`.
+    fn dm_remove(&self, name: &str) -> Result<(), HostError>;
+
+    /// Whether a device named `name` exists.
+    fn dm_exists(&self, name: &str) -> Result<bool, HostError>;
+
+    // ---- Block devices and images ----
+
+    /// The size of a block device or regular file in 512-byte sectors
+    /// (rounded down).
+    fn block_size_sectors(&self, dev_or_file: &Path) -> Result<u64, HostError>;
+
+    /// Makes an empty ext4 filesystem labelled `label` (at most 16 bytes)
+    /// filling `file`: creates the file (mode 0600) or empties an existing
+    /// one, sets its length to `size_bytes` without allocating (sparse), then
+    /// runs `mkfs.ext4`. The root directory is owned by root; blocks are 4 KiB.
+    fn mkfs_ext4(&self, file: &Path, size_bytes: u64, label: &str) -> Result<(), HostError>;
+
+    /// Checks and repairs the unmounted ext4 image `file` (`e2fsck -f -y`).
+    /// Succeeds when the filesystem is clean or every error was fixed.
+    fn fsck_ext4(&self, file: &Path) -> Result<(), HostError>;
+
+    /// Grows the unmounted ext4 image `file` to `new_size` bytes: extends the
+    /// file sparse, checks it ([`HostOps::fsck_ext4`], which `resize2fs`
+    /// requires) and grows the filesystem to fill it. Never shrinks: a
+    /// `new_size` below the file's length is refused.
+    fn resize_ext4(&self, file: &Path, new_size: u64) -> Result<(), HostError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_table_is_one_dmsetup_line() {
+        let t = snapshot_table(
+            Path::new("/dev/loop7"),
+            Path::new("/dev/loop8"),
+            409600,
+            true,
+            8,
+        );
+        assert_eq!(t.to_string(), "0 409600 snapshot /dev/loop7 /dev/loop8 P 8");
+        assert_eq!(t.target, "snapshot");
+        assert_eq!((t.start, t.sectors), (0, 409600));
+        let n = snapshot_table(Path::new("/dev/a"), Path::new("/dev/b"), 16, false, 16);
+        assert_eq!(n.to_string(), "0 16 snapshot /dev/a /dev/b N 16");
+    }
+
+    #[test]
+    fn command_errors_show_the_command_and_stderr() {
+        use std::os::unix::process::ExitStatusExt;
+        let e = HostError::Command {
+            program: "/sbin/losetup".into(),
+            args: vec!["--detach".into(), "/dev/loop9".into()],
+            status: ExitStatus::from_raw(1 << 8),
+            stderr: "losetup: /dev/loop9: detach failed: No such device or address\n\n".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "/sbin/losetup --detach /dev/loop9 failed (exit status: 1): losetup: /dev/loop9: \
+             detach failed: No such device or address"
+        );
+        let quiet = HostError::Command {
+            program: "/sbin/e2fsck".into(),
+            args: vec![],
+            status: ExitStatus::from_raw(8 << 8),
+            stderr: " \n".into(),
+        };
+        assert_eq!(quiet.to_string(), "/sbin/e2fsck failed (exit status: 8)");
+        let long = stderr_suffix("1\n2\n3\n4\n5\n6\n");
+        assert_eq!(long, ": 1; 2; 3; 4; 5; ...");
+    }
+}

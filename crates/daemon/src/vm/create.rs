@@ -1,0 +1,109 @@
+//! `vm create`: an asynchronous operation. The begin handler validates,
+//! resolves the spec and reserves the name (a row in state `creating`);
+//! the operation body makes the disks and, unless `--no-start`, runs the
+//! start pipeline. Any failure or a cancel removes everything it made,
+//! including the row.
+
+use std::sync::Arc;
+
+use banger_core::artifact::stage;
+use banger_proto::methods::vm::VmState;
+use banger_proto::RpcError;
+use serde_json::Value;
+
+use super::access;
+use super::record::{self, Vm};
+use super::release;
+use super::stages::Stages;
+use super::start;
+use crate::daemon::Daemon;
+use crate::errors;
+use crate::ops::OpHandle;
+use crate::staging::blocking;
+
+pub async fn run(
+    d: Arc<Daemon>,
+    op: OpHandle,
+    vm_id: String,
+    no_start: bool,
+) -> Result<Value, RpcError> {
+    let stages = Stages::new(Some(op.clone()));
+    match make(&d, &op, &vm_id, no_start, &stages).await {
+        Ok(vm) => {
+            let info = super::info::vm_info(&d, &vm)?;
+            serde_json::to_value(info).map_err(|e| RpcError::internal(e.to_string()))
+        }
+        Err(e) => {
+            let e = super::start::explain(&d, &vm_id, e);
+            stages.stage("cleanup");
+            if let Err(te) = release::teardown(&d, &vm_id).await {
+                tracing::error!(vm = %vm_id, error = %te, "cleanup after a failed create failed");
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn make(
+    d: &Arc<Daemon>,
+    op: &OpHandle,
+    id: &str,
+    no_start: bool,
+    stages: &Stages,
+) -> Result<Vm, RpcError> {
+    let vm = access::load(d, id)?;
+    let image = d
+        .store
+        .image_by_id(&vm.row.image_id)
+        .map_err(errors::from_store)?
+        .ok_or_else(|| RpcError::internal("the image record vanished"))?;
+    let vm_dir = record::vm_dir(&d.paths, id);
+    std::fs::create_dir_all(&vm_dir)
+        .map_err(|e| RpcError::internal(format!("cannot create {}: {e}", vm_dir.display())))?;
+    let backend = super::disks::backend(d)?;
+
+    stages.stage("disk-root");
+    let origin = d.state_path(&image.rootfs.rel_path);
+    let (op2, dir) = (op.clone(), vm_dir.clone());
+    let root = blocking(move || {
+        let flag = op2.cancel_flag();
+        let report = |done, total| op2.progress(done, total, "bytes");
+        let ctl = stage::Ctl {
+            cancel: &flag,
+            progress: &report,
+        };
+        crate::disk::create_root(backend, &origin, &dir, &ctl).map_err(errors::from_disk)
+    })
+    .await?;
+    access::update(d, id, |vm| vm.runtime.root = Some(root))?;
+    op.check()?;
+
+    stages.stage("disk-work");
+    let seed = image.work_seed.as_ref().map(|f| d.state_path(&f.rel_path));
+    let (op2, dir, host, size) = (
+        op.clone(),
+        vm_dir.clone(),
+        d.host.clone(),
+        vm.spec.disk_bytes,
+    );
+    let work = blocking(move || {
+        let flag = op2.cancel_flag();
+        let report = |done, total| op2.progress(done, total, "bytes");
+        let ctl = stage::Ctl {
+            cancel: &flag,
+            progress: &report,
+        };
+        crate::disk::create_work(seed.as_deref(), &dir, size, host.as_ref(), &ctl)
+            .map_err(errors::from_disk)
+    })
+    .await?;
+    access::update(d, id, |vm| vm.runtime.work = Some(work))?;
+    op.check()?;
+
+    if no_start {
+        return access::settle(d, id, VmState::Creating, VmState::Stopped, |_| {});
+    }
+    let vm = access::settle(d, id, VmState::Creating, VmState::Starting, |_| {})?;
+    start::boot(d, &vm, stages, op.token()).await?;
+    start::mark_running(d, id, stages)
+}

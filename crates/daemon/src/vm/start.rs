@@ -1,0 +1,185 @@
+//! The start pipeline, shared by `vm start`, `vm restart` and `vm create`:
+//! disk → network → spawn → configure → boot, each a timed stage. The VM is
+//! in `starting` the whole time — claimed in the store, not locked in memory
+//! — so `vm list/show/stats` answer immediately while it boots.
+
+use std::sync::Arc;
+
+use banger_core::timefmt;
+use banger_proto::methods::vm::VmState;
+use banger_proto::RpcError;
+use tokio_util::sync::CancellationToken;
+
+use super::access;
+use super::record::{self, Vm};
+use super::release;
+use super::stages::Stages;
+use crate::daemon::Daemon;
+use crate::errors;
+use crate::staging::blocking;
+use crate::vmm::backend::LaunchSpec;
+
+/// Boots a VM the caller has claimed (`starting`). On error the caller runs
+/// [`abort`] (or a create's full teardown).
+pub async fn boot(
+    d: &Arc<Daemon>,
+    vm: &Vm,
+    stages: &Stages,
+    cancel: &CancellationToken,
+) -> Result<Vm, RpcError> {
+    let id = vm.id().to_string();
+    let check = || {
+        if cancel.is_cancelled() {
+            Err(crate::ops::cancelled())
+        } else {
+            Ok(())
+        }
+    };
+    let image = d
+        .store
+        .image_by_id(&vm.row.image_id)
+        .map_err(errors::from_store)?
+        .ok_or_else(|| RpcError::internal("the VM's image record is missing"))?;
+    let kernel = d
+        .store
+        .kernel_by_id(&image.kernel_id)
+        .map_err(errors::from_store)?
+        .ok_or_else(|| RpcError::internal("the VM's kernel record is missing"))?;
+    let vmm = d.vmms.get(&vm.spec.vmm)?;
+    vmm.preflight().map_err(errors::from_vmm)?;
+    let root = vm
+        .runtime
+        .root
+        .clone()
+        .ok_or_else(|| RpcError::internal("the VM has no root disk record"))?;
+    let work = vm
+        .runtime
+        .work
+        .clone()
+        .ok_or_else(|| RpcError::internal("the VM has no work disk record"))?;
+
+    stages.stage("disk");
+    let host = d.host.clone();
+    let vm_id = id.clone();
+    let active = blocking(move || {
+        crate::disk::activate(&root, &vm_id, host.as_ref()).map_err(errors::from_disk)
+    })
+    .await?;
+    let root_device = active.device.clone();
+    access::update(d, &id, |vm| vm.runtime.active_root = Some(active))?;
+    check()?;
+
+    stages.stage("network");
+    let net = super::network::attach(d, vm).await?;
+    access::update(d, &id, |vm| vm.runtime.net = net.clone())?;
+    check()?;
+
+    stages.stage("spawn");
+    let run_dir = record::run_dir(&d.paths, &id);
+    std::fs::create_dir_all(&run_dir)
+        .map_err(|e| RpcError::internal(format!("cannot create {}: {e}", run_dir.display())))?;
+    let spec = LaunchSpec {
+        vm_id: id.clone(),
+        vcpus: vm.spec.vcpus,
+        memory_mib: vm.spec.memory_mib,
+        kernel: d.state_path(&kernel.vmlinux.rel_path),
+        initrd: kernel.initrd.as_ref().map(|f| d.state_path(&f.rel_path)),
+        boot_args: boot_args(&d.config.vm.boot_args, vm.name()),
+        root_disk: root_device,
+        work_disk: work.file.clone(),
+        net,
+        run_dir,
+        vm_dir: record::vm_dir(&d.paths, &id),
+    };
+    let (handle, pidfd) = vmm.spawn(&spec).await.map_err(errors::from_vmm)?;
+    let pid = handle.pid;
+    // Recorded before anything else can fail, so a crash from here on leaves
+    // enough behind for the next start to find and end this process.
+    access::update(d, &id, |vm| vm.runtime.vmm = Some(handle.clone()))?;
+    d.procs.track(d, &id, pid, pidfd);
+    check()?;
+
+    stages.stage("configure");
+    vmm.configure(&handle, &spec)
+        .await
+        .map_err(errors::from_vmm)?;
+    check()?;
+
+    stages.stage("boot");
+    vmm.boot(&handle).await.map_err(errors::from_vmm)?;
+    access::load(d, &id)
+}
+
+/// The kernel command line: the configured base, the disks, the VM's name.
+pub fn boot_args(base: &str, name: &str) -> String {
+    format!("{base} root=/dev/vda rw systemd.hostname={name}")
+}
+
+/// `starting` → `running`, recording the start's stages. If the VMM died
+/// while we were finishing, hand it to the reaper right away.
+pub fn mark_running(d: &Arc<Daemon>, id: &str, stages: &Stages) -> Result<Vm, RpcError> {
+    let timing = stages.since("disk");
+    let vm = access::settle(d, id, VmState::Starting, VmState::Running, |vm| {
+        vm.runtime.started_at = Some(timefmt::now());
+        vm.runtime.last_start = timing;
+    })?;
+    if let Some(proc) = d.procs.get(id) {
+        if let Some(info) = proc.exited() {
+            let d = d.clone();
+            let id = id.to_string();
+            tokio::spawn(async move { super::reaper::on_exit(d, id, info, None).await });
+        }
+    }
+    Ok(vm)
+}
+
+/// When a start fails because its VMM died under it (a concurrent `vm kill`,
+/// a crash), say so instead of quoting the API error that followed.
+pub fn explain(d: &Daemon, id: &str, err: RpcError) -> RpcError {
+    match d
+        .procs
+        .get(id)
+        .and_then(|p| p.exited().map(|e| (p.expected_exit(), e)))
+    {
+        Some((Some(why), exit)) => RpcError::new(
+            banger_proto::ErrorKind::Cancelled,
+            format!("start aborted: the VMM was ended by {why} ({exit})"),
+        ),
+        Some((None, exit)) => RpcError::internal(format!(
+            "the VMM died during start ({exit}); see `banger vm logs --vmm`"
+        )),
+        None => err,
+    }
+}
+
+/// A start failed: end the VMM, release what was set up, back to stopped.
+pub async fn abort(d: &Arc<Daemon>, id: &str, err: &RpcError) {
+    if let Ok(vm) = access::load(d, id) {
+        release::kill_process(d, &vm, "start-failed").await;
+    }
+    if let Err(e) = release::settle_stopped(
+        d,
+        id,
+        VmState::Starting,
+        "start-failed",
+        err.message.clone(),
+    )
+    .await
+    {
+        tracing::error!(vm = id, error = %e, "cleanup after a failed start failed");
+    }
+}
+
+/// `vm start`.
+pub async fn start(d: &Arc<Daemon>, vm: Vm) -> Result<(Vm, Stages), RpcError> {
+    let vm = access::claim(d, &vm, &[VmState::Stopped], VmState::Starting, "start")?;
+    let stages = Stages::new(None);
+    match boot(d, &vm, &stages, &CancellationToken::new()).await {
+        Ok(_) => Ok((mark_running(d, vm.id(), &stages)?, stages)),
+        Err(e) => {
+            let e = explain(d, vm.id(), e);
+            abort(d, vm.id(), &e).await;
+            Err(e)
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! The VMM seam: what the VM lifecycle needs from a virtual machine monitor.
+//!
+//! The lifecycle code (crate::vm) only talks to this trait; Firecracker is
+//! one implementation, QEMU will be another. Process-level control (signals,
+//! waiting for exit, identity across daemon restarts) is not here: every VMM
+//! is a process tracked by pidfd in [`super::process`], the same way.
+
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+/// Everything needed to launch one VM.
+#[derive(Debug, Clone)]
+pub struct LaunchSpec {
+    pub vm_id: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub boot_args: String,
+    /// What the VMM opens as the root disk (a file or a /dev/mapper device).
+    pub root_disk: PathBuf,
+    pub work_disk: PathBuf,
+    pub net: Option<NetAttach>,
+    /// Per-VM runtime dir (sockets); per-VM state dir (logs, metrics).
+    pub run_dir: PathBuf,
+    pub vm_dir: PathBuf,
+}
+
+/// A host network device handed to the guest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetAttach {
+    pub tap: String,
+    pub mac: String,
+}
+
+/// What the daemon records to find a VMM again, also after a restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmmHandle {
+    /// `firecracker` or `qemu`.
+    pub kind: String,
+    pub pid: u32,
+    /// /proc starttime: with the pid, identifies the process across restarts.
+    pub start_time: u64,
+    /// The VMM's control socket (Firecracker API / QMP).
+    pub api_socket: PathBuf,
+    #[serde(default)]
+    pub metrics: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    /// The VMM binary is missing or unusable; the message says how to fix it.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The VMM process did not come up.
+    #[error("{0}")]
+    Launch(String),
+    /// The VMM refused or failed a request.
+    #[error("{0}")]
+    Api(String),
+    /// The operation is not supported by this VMM.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+#[async_trait]
+pub trait Vmm: Send + Sync {
+    fn kind(&self) -> &'static str;
+    /// Checks the binary exists and its version is supported (cached).
+    fn preflight(&self) -> Result<(), VmmError>;
+    /// Starts the VMM process and waits until it accepts configuration.
+    async fn spawn(&self, spec: &LaunchSpec) -> Result<(VmmHandle, OwnedFd), VmmError>;
+    /// Machine, kernel, disks, network, logging.
+    async fn configure(&self, h: &VmmHandle, spec: &LaunchSpec) -> Result<(), VmmError>;
+    /// Starts the guest.
+    async fn boot(&self, h: &VmmHandle) -> Result<(), VmmError>;
+    /// Asks the guest to shut down (Ctrl-Alt-Del or equivalent).
+    async fn request_shutdown(&self, h: &VmmHandle) -> Result<(), VmmError>;
+    async fn pause(&self, h: &VmmHandle) -> Result<(), VmmError>;
+    async fn resume(&self, h: &VmmHandle) -> Result<(), VmmError>;
+    /// The VMM's view of the guest (`Running`, `Paused`, `Not started`).
+    async fn status(&self, h: &VmmHandle) -> Result<String, VmmError>;
+    /// The VMM's metrics, freshly flushed, if it has any.
+    async fn metrics(&self, h: &VmmHandle) -> Result<Option<serde_json::Value>, VmmError>;
+    /// The effective configuration as the VMM reports it.
+    async fn effective_config(&self, h: &VmmHandle) -> Result<serde_json::Value, VmmError>;
+}

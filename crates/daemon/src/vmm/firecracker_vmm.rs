@@ -1,0 +1,198 @@
+//! Firecracker as a [`Vmm`]: one process per VM, configured over its API
+//! socket. The building blocks (launch, typed API client) live in
+//! [`super::firecracker`]; this file maps the lifecycle's verbs onto them.
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use banger_core::config::Config;
+use banger_core::tools;
+
+use super::backend::{LaunchSpec, Vmm, VmmError, VmmHandle};
+use super::firecracker::api::{
+    Action, ApiClient, BootSource, Drive, MachineConfig, NetworkInterface,
+};
+use super::firecracker::launch::{self, LaunchPaths, API_READY_TIMEOUT};
+use super::process;
+
+pub const KIND: &str = "firecracker";
+
+/// The last version check: (binary, its mtime, outcome).
+type VersionCheck = (PathBuf, SystemTime, Result<(), String>);
+
+pub struct FirecrackerVmm {
+    config: Config,
+    /// Re-run only when the binary changes, so a start does not pay for
+    /// `--version`.
+    checked: Mutex<Option<VersionCheck>>,
+}
+
+impl FirecrackerVmm {
+    pub fn new(config: Config) -> FirecrackerVmm {
+        FirecrackerVmm {
+            config,
+            checked: Mutex::new(None),
+        }
+    }
+
+    fn binary(&self) -> Result<PathBuf, VmmError> {
+        match tools::find_firecracker(&self.config) {
+            Ok(Some(p)) => Ok(p),
+            Ok(None) => Err(VmmError::Unavailable(
+                "firecracker not found (config firecracker_bin, PATH, or next to bangerd)".into(),
+            )),
+            Err(e) => Err(VmmError::Unavailable(e.to_string())),
+        }
+    }
+
+    fn paths(spec_run: &Path, spec_vm: &Path) -> LaunchPaths {
+        LaunchPaths {
+            api_socket: spec_run.join("api.sock"),
+            console_log: spec_vm.join(crate::vm::record::CONSOLE_LOG),
+            vmm_log: spec_vm.join(crate::vm::record::VMM_LOG),
+            metrics: spec_vm.join(crate::vm::record::METRICS),
+        }
+    }
+}
+
+fn api(h: &VmmHandle) -> ApiClient {
+    ApiClient::new(&h.api_socket)
+}
+
+fn api_err(e: impl std::fmt::Display) -> VmmError {
+    VmmError::Api(e.to_string())
+}
+
+#[async_trait]
+impl Vmm for FirecrackerVmm {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn preflight(&self) -> Result<(), VmmError> {
+        let bin = self.binary()?;
+        let mtime = std::fs::metadata(&bin)
+            .and_then(|m| m.modified())
+            .map_err(|e| VmmError::Unavailable(format!("{}: {e}", bin.display())))?;
+        let mut cache = self.checked.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((b, t, r)) = cache.as_ref() {
+            if *b == bin && *t == mtime {
+                return r.clone().map_err(VmmError::Unavailable);
+            }
+        }
+        let outcome = tools::firecracker_version(&bin)
+            .map_err(|e| format!("cannot run {}: {e}", bin.display()))
+            .and_then(|v| {
+                tools::check_firecracker_supported(v)
+                    .map_err(|why| format!("{}: {why}", bin.display()))
+            });
+        *cache = Some((bin, mtime, outcome.clone()));
+        outcome.map_err(VmmError::Unavailable)
+    }
+
+    async fn spawn(&self, spec: &LaunchSpec) -> Result<(VmmHandle, OwnedFd), VmmError> {
+        let bin = self.binary()?;
+        let paths = Self::paths(&spec.run_dir, &spec.vm_dir);
+        let spawned = launch::launch(&bin, &spec.vm_id, &paths)
+            .map_err(|e| VmmError::Launch(e.to_string()))?;
+        if let Err(e) = launch::wait_api_ready(&paths, &spawned.pidfd, API_READY_TIMEOUT).await {
+            // Nobody else knows this process yet: end and reap it here.
+            let _ = process::signal(&spawned.pidfd, rustix::process::Signal::Kill);
+            process::wait_exit(&spawned.pidfd).await;
+            return Err(VmmError::Launch(e.to_string()));
+        }
+        let handle = VmmHandle {
+            kind: KIND.into(),
+            pid: spawned.pid,
+            start_time: spawned.start_time,
+            api_socket: paths.api_socket,
+            metrics: Some(paths.metrics),
+        };
+        Ok((handle, spawned.pidfd))
+    }
+
+    async fn configure(&self, h: &VmmHandle, spec: &LaunchSpec) -> Result<(), VmmError> {
+        let api = api(h);
+        let vcpu_count = u8::try_from(spec.vcpus)
+            .map_err(|_| VmmError::Api(format!("{} vcpus is too many", spec.vcpus)))?;
+        api.put_machine_config(&MachineConfig {
+            vcpu_count,
+            mem_size_mib: spec.memory_mib,
+            smt: None,
+            track_dirty_pages: None,
+        })
+        .await
+        .map_err(api_err)?;
+        api.put_boot_source(&BootSource {
+            kernel_image_path: spec.kernel.clone(),
+            boot_args: Some(spec.boot_args.clone()),
+            initrd_path: spec.initrd.clone(),
+        })
+        .await
+        .map_err(api_err)?;
+        for (id, path, root) in [
+            ("rootfs", &spec.root_disk, true),
+            ("work", &spec.work_disk, false),
+        ] {
+            api.put_drive(&Drive {
+                drive_id: id.into(),
+                path_on_host: path.clone(),
+                is_root_device: root,
+                is_read_only: false,
+                cache_type: None,
+                io_engine: None,
+            })
+            .await
+            .map_err(api_err)?;
+        }
+        if let Some(net) = &spec.net {
+            api.put_network_interface(&NetworkInterface {
+                iface_id: "eth0".into(),
+                host_dev_name: net.tap.clone(),
+                guest_mac: Some(net.mac.clone()),
+            })
+            .await
+            .map_err(api_err)?;
+        }
+        Ok(())
+    }
+
+    async fn boot(&self, h: &VmmHandle) -> Result<(), VmmError> {
+        api(h).action(Action::InstanceStart).await.map_err(api_err)
+    }
+
+    async fn request_shutdown(&self, h: &VmmHandle) -> Result<(), VmmError> {
+        api(h).action(Action::SendCtrlAltDel).await.map_err(api_err)
+    }
+
+    async fn pause(&self, h: &VmmHandle) -> Result<(), VmmError> {
+        api(h).pause().await.map_err(api_err)
+    }
+
+    async fn resume(&self, h: &VmmHandle) -> Result<(), VmmError> {
+        api(h).resume().await.map_err(api_err)
+    }
+
+    async fn status(&self, h: &VmmHandle) -> Result<String, VmmError> {
+        Ok(api(h).instance_info().await.map_err(api_err)?.state)
+    }
+
+    async fn metrics(&self, h: &VmmHandle) -> Result<Option<serde_json::Value>, VmmError> {
+        let Some(path) = &h.metrics else {
+            return Ok(None);
+        };
+        api(h).action(Action::FlushMetrics).await.map_err(api_err)?;
+        let text = std::fs::read_to_string(path).map_err(|e| VmmError::Api(e.to_string()))?;
+        Ok(text
+            .lines()
+            .rev()
+            .find_map(|l| serde_json::from_str(l).ok()))
+    }
+
+    async fn effective_config(&self, h: &VmmHandle) -> Result<serde_json::Value, VmmError> {
+        api(h).vm_config().await.map_err(api_err)
+    }
+}

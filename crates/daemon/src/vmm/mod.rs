@@ -1,0 +1,10 @@
+//! Virtual machine monitors: the processes that run a VM.
+//!
+//! [`process`] tracks a VMM process race-free (pidfd + start time), whatever
+//! the VMM; [`firecracker`] spawns Firecracker and drives its HTTP API.
+
+pub mod backend;
+pub mod firecracker;
+pub mod firecracker_vmm;
+pub mod process;
+pub mod registry;
