@@ -34,6 +34,7 @@ pub const CHECK_NAMES: &[&str] = &[
     "loop",
     "device-mapper",
     "reflink",
+    "disk-backend",
     "e2fsprogs",
     "git",
     "ssh",
@@ -44,6 +45,9 @@ pub const CHECK_NAMES: &[&str] = &[
 
 /// Runs every check, in the order of [`CHECK_NAMES`].
 pub fn run_checks(paths: &Paths, config: &Config) -> Vec<Check> {
+    let dm = check_device_mapper();
+    let reflink = check_reflink(&paths.state_dir);
+    let backend = check_disk_backend(&config.vm.disk_backend, &dm, &reflink);
     vec![
         check_kvm(),
         check_firecracker(config),
@@ -52,8 +56,9 @@ pub fn run_checks(paths: &Paths, config: &Config) -> Vec<Check> {
         check_tun(),
         check_bridge(),
         check_loop(),
-        check_device_mapper(),
-        check_reflink(&paths.state_dir),
+        dm,
+        reflink,
+        backend,
         check_e2fsprogs(),
         check_git(),
         check_ssh(),
@@ -515,6 +520,46 @@ fn fs_type_of(dir: &Path) -> String {
         // f_type is a 32-bit magic number in a wider signed field.
         Ok(st) => fs_type_name(st.f_type as u32),
         Err(_) => "an unknown filesystem".into(),
+    }
+}
+
+/// Which root-disk backend new VMs get, from the config and the two checks
+/// above (the daemon picks the same way: reflink, else dm-snapshot, else copy).
+pub fn check_disk_backend(configured: &str, dm: &Check, reflink: &Check) -> Check {
+    const NAME: &str = "disk-backend";
+    let has_reflink = reflink.status == CheckStatus::Ok;
+    let has_dm = dm.status == CheckStatus::Ok;
+    let usable = |b: &str| match b {
+        "reflink" => has_reflink,
+        "dm-snapshot" => has_dm,
+        "copy" => true,
+        _ => false,
+    };
+    match configured {
+        "auto" => {
+            let (b, why) = if has_reflink {
+                ("reflink", "O(1) copy-on-write clones")
+            } else if has_dm {
+                ("dm-snapshot", "copy-on-write snapshots, no copying")
+            } else {
+                ("copy", "each VM gets a full sparse copy of its image")
+            };
+            ok(
+                NAME,
+                format!("VM root disks: {b} ({why}; [vm] disk_backend = auto)"),
+            )
+        }
+        b if usable(b) => ok(NAME, format!("VM root disks: {b} (set in config)")),
+        b @ ("reflink" | "dm-snapshot") => fail(
+            NAME,
+            format!("config [vm] disk_backend = {b:?}, but this host cannot do it"),
+            "set [vm] disk_backend = \"auto\" (or fix the host, see the checks above)",
+        ),
+        b => fail(
+            NAME,
+            format!("config [vm] disk_backend = {b:?} is not a backend"),
+            "use auto, reflink, dm-snapshot or copy",
+        ),
     }
 }
 
@@ -980,5 +1025,39 @@ mod tests {
         let store = checks.last().unwrap();
         assert_eq!(store.status, CheckStatus::Ok, "{store:?}");
         assert!(!paths.db().exists());
+    }
+
+    #[test]
+    fn disk_backend_follows_the_host_and_config() {
+        let okc = |n: &str| Check {
+            name: n.into(),
+            status: CheckStatus::Ok,
+            detail: String::new(),
+            fix: None,
+        };
+        let warnc = |n: &str| Check {
+            name: n.into(),
+            status: CheckStatus::Warn,
+            detail: String::new(),
+            fix: None,
+        };
+        let b = check_disk_backend("auto", &warnc("device-mapper"), &okc("reflink"));
+        assert!(b.detail.contains("reflink"), "{b:?}");
+        let b = check_disk_backend("auto", &okc("device-mapper"), &warnc("reflink"));
+        assert!(b.detail.contains("dm-snapshot"), "{b:?}");
+        let b = check_disk_backend("auto", &warnc("device-mapper"), &warnc("reflink"));
+        assert!(b.detail.contains("copy"), "{b:?}");
+        assert_eq!(
+            check_disk_backend("reflink", &okc("dm"), &warnc("r")).status,
+            CheckStatus::Fail
+        );
+        assert_eq!(
+            check_disk_backend("copy", &warnc("dm"), &warnc("r")).status,
+            CheckStatus::Ok
+        );
+        assert_eq!(
+            check_disk_backend("zfs", &okc("dm"), &okc("r")).status,
+            CheckStatus::Fail
+        );
     }
 }

@@ -6,9 +6,11 @@
 //! long-poll with `op.wait` (woken on every change via a watch channel);
 //! `op.cancel` trips the operation's token and its flag for blocking code.
 //!
-//! Stage changes and the end are written to the store, progress ticks only to
-//! memory (they are many and cheap to lose). At daemon start every operation
-//! the store still shows as running is marked failed: a crash cut it off.
+//! The store gets the operation at its start and at its end (with every
+//! stage's timing); stages and progress in between live in memory, because a
+//! write (an fsync) per stage would cost more than some stages take. At
+//! daemon start every operation the store still shows as running is marked
+//! failed: a crash cut it off.
 //!
 //! Locks: each entry's `state` mutex is a leaf, held only to copy or update a
 //! few fields; `entries` is held only to insert or look up. Neither is held
@@ -261,7 +263,6 @@ impl OpHandle {
             let rev = st.bump();
             self.entry.changed.send_replace(rev);
         }
-        self.persist();
     }
 
     /// Updates progress within the current stage (memory only).

@@ -14,6 +14,18 @@ use crate::output;
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCmd {
+    /// Create N VMs one after another and report the median host-side time
+    /// of each create stage (default image: a stub guest registered on the fly).
+    Create {
+        #[arg(long, default_value_t = 20)]
+        count: usize,
+        /// Image to boot (default: `bench-stub`, made if missing).
+        #[arg(long)]
+        image: Option<String>,
+        /// Keep the VMs instead of deleting them.
+        #[arg(long)]
+        keep: bool,
+    },
     /// Time daemon.status round trips (one connection per client thread).
     Rpc {
         /// Calls per client.
@@ -26,7 +38,13 @@ pub enum BenchCmd {
 }
 
 pub fn run(env: &Env, cmd: BenchCmd) -> anyhow::Result<ExitCode> {
-    let BenchCmd::Rpc { count, clients } = cmd;
+    match cmd {
+        BenchCmd::Rpc { count, clients } => rpc(env, count, clients),
+        BenchCmd::Create { count, image, keep } => create(env, count, image, keep),
+    }
+}
+
+fn rpc(env: &Env, count: usize, clients: usize) -> anyhow::Result<ExitCode> {
     // Make sure a daemon is up before timing anything.
     drop(env.client()?);
     let socket = env.paths.socket();
@@ -73,6 +91,167 @@ pub fn run(env: &Env, cmd: BenchCmd) -> anyhow::Result<ExitCode> {
             all.len(),
             clients
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+const BENCH_IMAGE: &str = "bench-stub";
+
+/// Registers the stub guest kernel and a 64 MiB ext4 rootfs as `bench-stub`.
+fn ensure_stub_image(client: &mut Client) -> anyhow::Result<()> {
+    use banger_proto::methods::{image, kernel, NameParams};
+    use std::os::fd::AsFd;
+    if client
+        .call::<image::Show>(&NameParams {
+            name: BENCH_IMAGE.into(),
+        })
+        .is_ok()
+    {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let k = dir.path().join("stub.vmlinux");
+    std::fs::write(&k, banger_core::stub_guest::elf())?;
+    let rootfs = dir.path().join("rootfs.ext4");
+    std::fs::File::create(&rootfs)?.set_len(64 << 20)?;
+    let st = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(&rootfs)
+        .status()?;
+    anyhow::ensure!(st.success(), "mkfs.ext4 failed");
+    let interrupt = crate::progress::Interrupt::install()?;
+    if client
+        .call::<kernel::Show>(&NameParams {
+            name: BENCH_IMAGE.into(),
+        })
+        .is_err()
+    {
+        let f = std::fs::File::open(&k)?;
+        let begun = client.call_with_fds::<kernel::ImportBegin>(
+            &kernel::ImportParams {
+                name: BENCH_IMAGE.into(),
+                kernel: banger_proto::FdRef { fd: 0 },
+                initrd: None,
+                source: None,
+            },
+            &[f.as_fd()],
+        )?;
+        crate::progress::follow(client, &begun.operation_id, true, &interrupt)?;
+    }
+    let f = std::fs::File::open(&rootfs)?;
+    let begun = client.call_with_fds::<image::RegisterBegin>(
+        &image::RegisterParams {
+            name: BENCH_IMAGE.into(),
+            kernel: BENCH_IMAGE.into(),
+            rootfs: banger_proto::FdRef { fd: 0 },
+            work_seed: None,
+            rootfs_source: None,
+            work_seed_source: None,
+        },
+        &[f.as_fd()],
+    )?;
+    crate::progress::follow(client, &begun.operation_id, true, &interrupt)?;
+    Ok(())
+}
+
+fn create(env: &Env, count: usize, image: Option<String>, keep: bool) -> anyhow::Result<ExitCode> {
+    use banger_proto::methods::vm::{CreateBegin, CreateParams, Delete, DeleteParams};
+    use std::collections::BTreeMap;
+    let mut client = env.client()?;
+    let image = match image {
+        Some(i) => i,
+        None => {
+            ensure_stub_image(&mut client)?;
+            BENCH_IMAGE.to_string()
+        }
+    };
+    let interrupt = crate::progress::Interrupt::install()?;
+    let tag = &banger_core::ids::new_id()[..6];
+    let mut per_stage: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut order: Vec<String> = Vec::new();
+    let mut totals = Vec::new();
+    let mut without_disk = Vec::new();
+    let mut names = Vec::new();
+    let result = (|| -> anyhow::Result<()> {
+        for i in 0..count {
+            let name = format!("bench-{tag}-{i}");
+            let t = Instant::now();
+            let begun = client.call::<CreateBegin>(&CreateParams {
+                name: Some(name.clone()),
+                image: Some(image.clone()),
+                vcpus: Some(1),
+                memory_mib: Some(128),
+                disk_bytes: Some(128 << 20),
+                ..Default::default()
+            })?;
+            names.push(name);
+            let op = crate::progress::follow(&mut client, &begun.operation_id, true, &interrupt)?;
+            let total = t.elapsed().as_secs_f64() * 1000.0;
+            totals.push(total);
+            let disk: f64 = op
+                .stages
+                .iter()
+                .filter(|s| s.name.starts_with("disk-"))
+                .filter_map(|s| s.duration_ms)
+                .sum();
+            without_disk.push(total - disk);
+            for s in &op.stages {
+                if !order.contains(&s.name) {
+                    order.push(s.name.clone());
+                }
+                per_stage
+                    .entry(s.name.clone())
+                    .or_default()
+                    .push(s.duration_ms.unwrap_or(0.0));
+            }
+        }
+        Ok(())
+    })();
+    if !keep {
+        for n in &names {
+            if let Err(e) = client.call::<Delete>(&DeleteParams {
+                name: n.clone(),
+                force: true,
+            }) {
+                eprintln!("warning: could not delete {n}: {e}");
+            }
+        }
+    }
+    result?;
+    let median = |v: &mut Vec<f64>| -> f64 {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let mut rows = Vec::new();
+    for s in &order {
+        let v = per_stage.get_mut(s).expect("recorded");
+        rows.push((s.clone(), median(v)));
+    }
+    let total = median(&mut totals);
+    let rest = median(&mut without_disk);
+    if env.json {
+        output::json(&json!({
+            "count": count,
+            "image": image,
+            "stages_median_ms": rows.iter().map(|(n, m)| json!({"stage": n, "median_ms": m})).collect::<Vec<_>>(),
+            "total_median_ms": total,
+            "total_excluding_disk_creation_median_ms": rest,
+        }))?;
+    } else {
+        let mut t = output::Table::new(&["STAGE", "MEDIAN"]);
+        for (n, m) in &rows {
+            t.row(vec![n.clone(), format!("{m:.2}ms")]);
+        }
+        t.row(vec![
+            "total (request to running)".into(),
+            format!("{total:.2}ms"),
+        ]);
+        t.row(vec![
+            "total without disk creation".into(),
+            format!("{rest:.2}ms"),
+        ]);
+        println!("{count} creates of image {image}, 1 vcpu, 128 MiB, 128 MiB work disk (medians):");
+        t.print();
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -66,12 +66,19 @@ pub async fn boot(
     })
     .await?;
     let root_device = active.device.clone();
-    access::update(d, &id, |vm| vm.runtime.active_root = Some(active))?;
+    // Devices (dm-snapshot) must be on record before anything else can fail,
+    // so a crash leaves enough behind to release them; a plain file needs no
+    // record until the VM runs.
+    if active.dm_name.is_some() || !active.loops.is_empty() {
+        access::update(d, &id, |vm| vm.runtime.active_root = Some(active.clone()))?;
+    }
     check()?;
 
     stages.stage("network");
     let net = super::network::attach(d, vm).await?;
-    access::update(d, &id, |vm| vm.runtime.net = net.clone())?;
+    if net.is_some() {
+        access::update(d, &id, |vm| vm.runtime.net = net.clone())?;
+    }
     check()?;
 
     stages.stage("spawn");
@@ -95,7 +102,10 @@ pub async fn boot(
     let pid = handle.pid;
     // Recorded before anything else can fail, so a crash from here on leaves
     // enough behind for the next start to find and end this process.
-    access::update(d, &id, |vm| vm.runtime.vmm = Some(handle.clone()))?;
+    access::update(d, &id, |vm| {
+        vm.runtime.vmm = Some(handle.clone());
+        vm.runtime.active_root = Some(active.clone());
+    })?;
     d.procs.track(d, &id, pid, pidfd);
     check()?;
 
