@@ -79,11 +79,12 @@ started=$(date +%s)
 #   downloads:             curl ca-certificates (rustup, GitHub release), python3-pip (PyPI fallback for Firecracker)
 #   what bangerd drives:   iproute2 nftables (bridge/tap/NAT), e2fsprogs xfsprogs btrfs-progs util-linux (images,
 #                          loop devices, reflink), kmod (loading tun/kvm/loop modules), git (workspaces),
-#                          openssh-client (guest access), lz4 zstd xz-utils (kernel and image decompression)
+#                          openssh-client (guest access), lz4 zstd xz-utils (kernel and image decompression),
+#                          bind9-dnsutils (dig: resolving <name>.vm by hand, and the DNS tests)
 #   optional:              qemu-system-x86 (the QEMU backend; banger works without it)
 # ---------------------------------------------------------------------------------------------------------------
 required_pkgs=(build-essential pkg-config curl ca-certificates iproute2 nftables e2fsprogs xfsprogs btrfs-progs git
-    openssh-client util-linux kmod lz4 zstd xz-utils)
+    openssh-client util-linux kmod lz4 zstd xz-utils bind9-dnsutils)
 optional_pkgs=(qemu-system-x86)
 
 # A pip that works is enough for the Firecracker fallback; only ask apt for one when there is none.

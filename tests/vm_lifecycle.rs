@@ -19,7 +19,8 @@ fn state(h: &Home, name: &str) -> String {
 #[test]
 fn create_console_stop_start_delete() {
     require_root();
-    let h = Home::new();
+    let mut h = Home::new();
+    h.start_daemon();
     common::stub_image(&h);
     let r = h.json(&[
         "vm",
@@ -119,7 +120,8 @@ fn create_console_stop_start_delete() {
 #[test]
 fn wrong_states_are_refused_clearly() {
     require_root();
-    let h = Home::new();
+    let mut h = Home::new();
+    h.start_daemon();
     common::stub_image(&h);
     h.ok(&[
         "vm",
@@ -249,7 +251,8 @@ fn daemon_sigkill_keeps_vms_running_and_readopts_them() {
 #[test]
 fn ten_vms_created_concurrently_all_run() {
     require_root();
-    let h = Home::new();
+    let mut h = Home::new();
+    h.start_daemon();
     common::stub_image(&h);
     let home = h.path().to_path_buf();
     let workers: Vec<_> = (0..10)
@@ -458,7 +461,8 @@ fn cancelling_a_create_removes_everything() {
 #[test]
 fn create_failures_leave_nothing_behind() {
     require_root();
-    let h = Home::new();
+    let mut h = Home::new();
+    h.start_daemon();
     // No image at all.
     let e = h.fails(&["vm", "create", "--name", "x"]);
     assert!(e.contains("no image"), "{e}");

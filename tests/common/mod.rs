@@ -26,6 +26,9 @@ pub const NOBODY: u32 = 65534;
 pub struct Home {
     pub dir: tempfile::TempDir,
     daemon: Option<Child>,
+    /// The network namespace daemons started by [`Home::start_daemon`] run in
+    /// (made on first use): bridges, taps, nftables rules and VMMs stay in it.
+    netns: Option<String>,
 }
 
 impl Home {
@@ -39,10 +42,56 @@ impl Home {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::write(
             dir.path().join("config.toml"),
-            format!("[daemon]\nsocket_group = \"{NOBODY}\"\n"),
+            format!(
+                "[daemon]\nsocket_group = \"{NOBODY}\"\n\n[network]\ndns_listen = \"127.0.0.1:0\"\n"
+            ),
         )
         .unwrap();
-        Home { dir, daemon: None }
+        Home {
+            dir,
+            daemon: None,
+            netns: None,
+        }
+    }
+
+    /// Appends TOML to the config (before the daemon starts).
+    pub fn config(&self, toml: &str) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.path().join("config.toml"))
+            .unwrap();
+        writeln!(f, "\n{toml}").unwrap();
+    }
+
+    /// The test's own network namespace, created on first use.
+    pub fn netns(&mut self) -> String {
+        if let Some(ns) = &self.netns {
+            return ns.clone();
+        }
+        let ns = format!("banger-t-{}", &banger_core::ids::new_id()[..10]);
+        let st = Command::new("ip")
+            .args(["netns", "add", &ns])
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip netns add {ns}");
+        let st = Command::new("ip")
+            .args(["-n", &ns, "link", "set", "lo", "up"])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        self.netns = Some(ns.clone());
+        ns
+    }
+
+    /// Runs a command inside the test's network namespace.
+    pub fn in_netns(&mut self, program: &str, args: &[&str]) -> Output {
+        let ns = self.netns();
+        Command::new("ip")
+            .args(["netns", "exec", &ns, program])
+            .args(args)
+            .output()
+            .unwrap()
     }
 
     pub fn path(&self) -> &Path {
@@ -97,10 +146,14 @@ impl Home {
         String::from_utf8(out.stderr).unwrap()
     }
 
-    /// Starts `bangerd` directly (not through the CLI) and waits for its socket.
+    /// Starts `bangerd` directly (not through the CLI), inside the test's own
+    /// network namespace, and waits for its socket.
     pub fn start_daemon(&mut self) {
         assert!(self.daemon.is_none(), "daemon already started by this test");
-        let child = Command::new(BANGERD)
+        let ns = self.netns();
+        // `ip netns exec` execs the program, so the child's pid is bangerd's.
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns, BANGERD])
             .arg("--home")
             .arg(self.path())
             .stdin(Stdio::null())
@@ -165,6 +218,14 @@ impl Home {
 impl Drop for Home {
     fn drop(&mut self) {
         self.kill_daemon();
+        // VMMs outlive their daemon by design; a test that failed midway may
+        // leave some: end them by pid.
+        for pid in processes_under(self.path()) {
+            kill(pid, libc::SIGKILL);
+        }
+        if let Some(ns) = self.netns.take() {
+            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        }
     }
 }
 

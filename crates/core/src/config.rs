@@ -18,6 +18,63 @@ pub struct Config {
     pub vm_defaults: VmDefaults,
     #[serde(default)]
     pub vm: VmConfig,
+    #[serde(default)]
+    pub network: NetworkConfig,
+}
+
+/// `[network]`: host networking for VMs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// Give VMs a network interface at all.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    #[serde(default = "default_bridge_name")]
+    pub bridge_name: String,
+    /// The bridge holds the first address; guests get the others.
+    #[serde(default = "default_bridge_cidr")]
+    pub bridge_cidr: String,
+    /// Let VMs on the bridge talk to each other.
+    #[serde(default)]
+    pub allow_vm_to_vm: bool,
+    /// Where the `<name>.vm` DNS server listens on the host (port 0: any).
+    #[serde(default = "default_dns_listen")]
+    pub dns_listen: String,
+    /// Route the `vm` domain to banger's DNS through systemd-resolved when it runs.
+    #[serde(default = "default_true")]
+    pub resolved: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_bridge_name() -> String {
+    "br-banger".into()
+}
+
+/// A /24 inside 172.16.0.0/12 but away from the ranges Docker (172.17-172.31
+/// upwards from .17), libvirt (192.168.122) and home routers (192.168.0/1) use
+/// first; configurable when it collides anyway (`doctor` reports overlaps).
+fn default_bridge_cidr() -> String {
+    "172.16.213.0/24".into()
+}
+
+fn default_dns_listen() -> String {
+    "127.0.0.1:42069".into()
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            enabled: true,
+            bridge_name: default_bridge_name(),
+            bridge_cidr: default_bridge_cidr(),
+            allow_vm_to_vm: false,
+            dns_listen: default_dns_listen(),
+            resolved: true,
+        }
+    }
 }
 
 /// `[vm_defaults]`: each unset key falls back to a host heuristic.

@@ -10,6 +10,7 @@ pub mod artifact;
 pub mod config;
 pub mod doctor;
 pub mod ids;
+pub mod net_alloc;
 pub mod paths;
 pub mod size;
 pub mod store;

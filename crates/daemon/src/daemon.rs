@@ -34,6 +34,9 @@ pub struct Daemon {
     pub vmms: Vmms,
     /// Live VMM processes.
     pub procs: Procs,
+    /// The `<name>.vm` DNS server (None when networking is off).
+    pub dns: Option<crate::dns::DnsServer>,
+    pub net: crate::vm::network::NetState,
 }
 
 impl Daemon {

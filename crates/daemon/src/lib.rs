@@ -13,12 +13,14 @@ pub mod caller;
 pub mod daemon;
 pub mod disk;
 pub mod dispatch;
+pub mod dns;
 pub mod errors;
 pub mod handlers;
 pub mod images;
 pub mod kernels;
 pub mod logfile;
 pub mod logging;
+pub mod netfilter;
 mod notify;
 pub mod ops;
 pub mod privileged;
@@ -106,6 +108,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     reconcile::at_start(&paths, &store, &ops).context("start-up reconciliation failed")?;
     let gid = socket_gid(&config)?;
     let vmms = vmm::registry::Vmms::new(&config);
+    let shutdown = CancellationToken::new();
+    let dns = start_dns(&config, &store, &shutdown).await;
     let d = Arc::new(Daemon {
         paths: paths.clone(),
         config,
@@ -113,16 +117,22 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ops,
         started_at: timefmt::now(),
         started: Instant::now(),
-        shutdown: CancellationToken::new(),
+        shutdown,
         log_target,
         host: Arc::new(privileged::SystemHost),
         vmms,
         procs: Default::default(),
+        dns,
+        net: Default::default(),
     });
     // Before accepting requests: re-adopt running VMs, settle the rest.
     vm::reaper::reconcile_at_start(&d)
         .await
         .context("VM reconciliation failed")?;
+    if let Err(e) = vm::network::reconcile_at_start(&d).await {
+        // The registry and stopped VMs still work; starts will report it.
+        tracing::error!(error = %e, "host network reconciliation failed");
+    }
     let listener = server::bind(&paths, gid)?;
     tokio::spawn(vm::reaper::cap_logs_forever(d.clone()));
     tracing::info!(
@@ -139,11 +149,44 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     notify::notify("STOPPING=1");
     server::remove_socket(&paths.socket());
     d.ops.shutdown(SHUTDOWN_GRACE).await;
+    vm::network::shutdown(&d).await;
     if let Err(e) = store.checkpoint() {
         tracing::warn!(error = %e, "WAL checkpoint failed");
     }
     tracing::info!("bye");
     Ok(())
+}
+
+/// The DNS server on `[network] dns_listen`; a failure to bind is logged,
+/// not fatal (VMs run without name resolution).
+async fn start_dns(
+    config: &Config,
+    store: &Arc<Store>,
+    shutdown: &CancellationToken,
+) -> Option<dns::DnsServer> {
+    if !config.network.enabled {
+        return None;
+    }
+    let addr: std::net::SocketAddr = match config.network.dns_listen.parse() {
+        Ok(a) => a,
+        Err(_) => {
+            tracing::error!(value = %config.network.dns_listen, "config [network] dns_listen is not an address:port");
+            return None;
+        }
+    };
+    let store = store.clone();
+    let lookup: dns::Lookup =
+        Arc::new(move |name: &str| store.address_by_vm_name(name).ok().flatten());
+    match dns::DnsServer::start(&[addr], lookup, shutdown.clone()).await {
+        Ok(s) => {
+            tracing::info!(addrs = ?s.local_addrs(), "DNS for <name>.vm listening");
+            Some(s)
+        }
+        Err(e) => {
+            tracing::error!(addr = %addr, error = %e, "cannot start the DNS server");
+            None
+        }
+    }
 }
 
 fn spawn_signal_watch(token: CancellationToken) -> anyhow::Result<()> {

@@ -31,7 +31,10 @@ impl LogTarget {
 /// Installs the global subscriber. `level` is an EnvFilter directive
 /// (`RUST_LOG` wins when set).
 pub fn init(paths: &Paths, config: &Config, stderr: bool, level: &str) -> io::Result<LogTarget> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    // hickory logs every answered query at info; banger logs what matters itself.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(format!("{level},hickory_server=warn,hickory_proto=warn"))
+    });
     let under_systemd = std::env::var_os("JOURNAL_STREAM").is_some();
     let target = match (stderr, config.daemon.log_target.as_str(), under_systemd) {
         (true, _, _) => LogTarget::Stderr,

@@ -9,8 +9,9 @@ use banger_core::size;
 use banger_proto::methods::op::StageInfo;
 use banger_proto::methods::vm::{
     CreateBegin, CreateParams, Delete, DeleteParams, Health, Kill, KillParams, LifecycleResult,
-    List, ListParams, LogSource, Logs, Ping, Prune, Restart, Set, SetParams, Show, Start, Stats,
-    Stop, StopParams, VmInfo, VmLogsParams,
+    List, ListParams, LogSource, Logs, Ping, PortAdd, PortAddParams, PortList, PortMapping,
+    PortRemove, PortRemoveParams, Prune, Restart, Set, SetParams, Show, Start, Stats, Stop,
+    StopParams, VmInfo, VmLogsParams,
 };
 use banger_proto::methods::{Empty, NameParams};
 use clap::Subcommand;
@@ -45,6 +46,9 @@ pub enum VmCmd {
         /// Let the guest reach the outside network (NAT).
         #[arg(long)]
         nat: bool,
+        /// Publish a guest port on the host: [HOST_IP:]HOST_PORT:GUEST_PORT[/tcp|udp] (repeatable).
+        #[arg(short = 'p', long = "publish", value_name = "SPEC", value_parser = parse_port)]
+        ports: Vec<PortMapping>,
     },
     /// Boot stopped VMs.
     Start {
@@ -98,7 +102,13 @@ pub enum VmCmd {
         memory: Option<String>,
         #[arg(long, value_name = "SIZE")]
         disk_size: Option<String>,
+        /// NAT on or off (also while running).
+        #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
+        nat: Option<bool>,
     },
+    /// Published ports: add, remove, list.
+    #[command(subcommand)]
+    Port(PortCmd),
     /// List running VMs (-a: all).
     #[command(visible_aliases = ["ps", "ls"])]
     List {
@@ -123,6 +133,35 @@ pub enum VmCmd {
     Ping { name: String },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum PortCmd {
+    /// Publish HOST_PORT on the host to GUEST_PORT in the VM.
+    Add {
+        name: String,
+        /// [HOST_IP:]HOST_PORT:GUEST_PORT[/tcp|udp]
+        #[arg(value_parser = parse_port)]
+        spec: PortMapping,
+    },
+    /// Stop publishing HOST_PORT[/tcp|udp].
+    #[command(visible_alias = "remove")]
+    Rm { name: String, port: String },
+    /// The VM's published ports.
+    #[command(visible_alias = "ls")]
+    List { name: String },
+}
+
+fn parse_port(s: &str) -> Result<PortMapping, String> {
+    PortMapping::parse(s)
+}
+
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        _ => Err(format!("{s:?}: use on or off")),
+    }
+}
+
 pub fn run(env: &Env, cmd: VmCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         VmCmd::Create {
@@ -133,9 +172,11 @@ pub fn run(env: &Env, cmd: VmCmd) -> anyhow::Result<ExitCode> {
             disk_size,
             no_start,
             nat,
+            ports,
         } => create(
             env,
             CreateParams {
+                ports,
                 name,
                 image,
                 vcpus,
@@ -181,9 +222,11 @@ pub fn run(env: &Env, cmd: VmCmd) -> anyhow::Result<ExitCode> {
             vcpus,
             memory,
             disk_size,
+            nat,
         } => {
             let vm = env.client()?.call::<Set>(&SetParams {
                 name,
+                nat,
                 vcpus,
                 memory_mib: memory
                     .as_deref()
@@ -203,6 +246,7 @@ pub fn run(env: &Env, cmd: VmCmd) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        VmCmd::Port(p) => port(env, p),
         VmCmd::List { all } => list(env, all),
         VmCmd::Show { name } => {
             let vm = env.client()?.call::<Show>(&NameParams { name })?;
@@ -437,6 +481,51 @@ fn prune(env: &Env, force: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn port(env: &Env, cmd: PortCmd) -> anyhow::Result<ExitCode> {
+    let mut c = env.client()?;
+    let (name, ports) = match cmd {
+        PortCmd::Add { name, spec } => {
+            let r = c.call::<PortAdd>(&PortAddParams {
+                name: name.clone(),
+                port: spec,
+            })?;
+            (name, r)
+        }
+        PortCmd::Rm { name, port } => {
+            let (p, proto) = port.split_once('/').unwrap_or((&port, "tcp"));
+            let host_port = p
+                .parse()
+                .map_err(|_| anyhow::anyhow!("{port:?}: expected HOST_PORT[/tcp|udp]"))?;
+            let r = c.call::<PortRemove>(&PortRemoveParams {
+                name: name.clone(),
+                host_port,
+                proto: proto.into(),
+            })?;
+            (name, r)
+        }
+        PortCmd::List { name } => {
+            let r = c.call::<PortList>(&NameParams { name: name.clone() })?;
+            (name, r)
+        }
+    };
+    if env.json {
+        output::json(&ports)?;
+    } else if ports.is_empty() {
+        println!("{name}: no published ports");
+    } else {
+        let mut t = output::Table::new(&["HOST", "GUEST", "PROTO"]);
+        for p in &ports {
+            let host = match p.host_ip {
+                Some(ip) => format!("{ip}:{}", p.host_port),
+                None => format!("*:{}", p.host_port),
+            };
+            t.row(vec![host, p.guest_port.to_string(), p.proto.clone()]);
+        }
+        t.print();
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn list(env: &Env, all: bool) -> anyhow::Result<ExitCode> {
     let vms = env.client()?.call::<List>(&ListParams { all })?;
     if env.json {
@@ -492,6 +581,26 @@ fn show(v: &VmInfo) {
             "work disk",
             format!("{} ({})", d.path, output::size(d.size)),
         );
+    }
+    match &v.network {
+        Some(n) => {
+            row(
+                "address",
+                format!("{}/{} via {} ({})", n.ip, n.prefix, n.gateway, n.dns_name),
+            );
+            row("tap", format!("{} (mac {})", n.tap, n.mac));
+            if !n.ports.is_empty() {
+                row(
+                    "ports",
+                    n.ports
+                        .iter()
+                        .map(|p| p.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                );
+            }
+        }
+        None => row("network", "none".into()),
     }
     row("nat", if v.nat { "on" } else { "off" }.into());
     row("created", v.created_at.clone());

@@ -7,7 +7,7 @@ use rusqlite::Connection;
 use super::{Result, StoreError};
 
 /// Each entry moves the schema from version N to N+1 (index 0: empty -> 1).
-pub const MIGRATIONS: &[&str] = &[V1];
+pub const MIGRATIONS: &[&str] = &[V1, V2];
 
 pub const LATEST: u32 = MIGRATIONS.len() as u32;
 
@@ -77,6 +77,25 @@ CREATE TABLE operations (
     revision     INTEGER NOT NULL
 );
 CREATE INDEX operations_by_created ON operations(created_at);
+"#;
+
+/// Host networking: one address per VM (unique, freed with the VM), and the
+/// ports it publishes on the host.
+const V2: &str = r#"
+CREATE TABLE vm_addresses (
+    vm_id  TEXT PRIMARY KEY REFERENCES vms(id) ON DELETE CASCADE,
+    ip     TEXT NOT NULL UNIQUE
+);
+
+CREATE TABLE vm_ports (
+    vm_id       TEXT NOT NULL REFERENCES vms(id) ON DELETE CASCADE,
+    host_ip     TEXT NOT NULL,
+    host_port   INTEGER NOT NULL,
+    guest_port  INTEGER NOT NULL,
+    proto       TEXT NOT NULL,
+    PRIMARY KEY (host_ip, host_port, proto)
+);
+CREATE INDEX vm_ports_by_vm ON vm_ports(vm_id);
 "#;
 
 pub fn user_version(conn: &Connection) -> Result<u32> {

@@ -18,11 +18,13 @@ use rusqlite::{Connection, OpenFlags};
 mod images;
 mod kernels;
 pub mod migrations;
+mod network;
 mod operations;
 mod vms;
 
 pub use images::ImageRow;
 pub use kernels::KernelRow;
+pub use network::PortRow;
 pub use operations::OperationRow;
 pub use vms::{Transition, VmRow};
 

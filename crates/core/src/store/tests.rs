@@ -1,3 +1,4 @@
+use super::PortRow;
 use super::*;
 use crate::{ids, timefmt};
 
@@ -274,4 +275,76 @@ fn concurrent_claims_have_exactly_one_winner() {
         .map(|h| h.join().unwrap())
         .sum();
     assert_eq!(wins, 1);
+}
+
+#[test]
+fn addresses_are_unique_and_freed_with_the_vm() {
+    use std::net::Ipv4Addr;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&dir.path().join("s.db")).unwrap();
+    let k = kernel("k");
+    s.insert_kernel(&k).unwrap();
+    let i = image("img", &k.id, 0);
+    s.insert_image(&i).unwrap();
+    let subnet = crate::net_alloc::Subnet::parse("10.1.0.0/30").unwrap();
+    let a = vm("a", &i);
+    let b = vm("b", &i);
+    s.insert_vm(&a).unwrap();
+    s.insert_vm(&b).unwrap();
+    let ip = s.allocate_address(&a.id, |t| subnet.first_free(t)).unwrap();
+    assert_eq!(ip, Some(Ipv4Addr::new(10, 1, 0, 2)));
+    assert_eq!(s.address_by_vm_name("a").unwrap(), ip);
+    assert_eq!(
+        s.allocate_address(&b.id, |t| subnet.first_free(t)).unwrap(),
+        None,
+        "exhausted"
+    );
+    s.delete_vm(&a.id).unwrap();
+    assert_eq!(
+        s.allocate_address(&b.id, |t| subnet.first_free(t)).unwrap(),
+        ip,
+        "reused after delete"
+    );
+}
+
+#[test]
+fn published_ports_clash_by_address_and_protocol() {
+    use std::net::Ipv4Addr;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&dir.path().join("s.db")).unwrap();
+    let k = kernel("k");
+    s.insert_kernel(&k).unwrap();
+    let i = image("img", &k.id, 0);
+    s.insert_image(&i).unwrap();
+    let a = vm("a", &i);
+    s.insert_vm(&a).unwrap();
+    let port = |ip: Ipv4Addr, p: u16, proto: &str| PortRow {
+        vm_id: a.id.clone(),
+        host_ip: ip,
+        host_port: p,
+        guest_port: 80,
+        proto: proto.into(),
+    };
+    s.add_port(&port(Ipv4Addr::UNSPECIFIED, 8080, "tcp"))
+        .unwrap();
+    assert!(matches!(
+        s.add_port(&port(Ipv4Addr::LOCALHOST, 8080, "tcp")),
+        Err(StoreError::AlreadyExists { .. })
+    ));
+    s.add_port(&port(Ipv4Addr::UNSPECIFIED, 8080, "udp"))
+        .unwrap();
+    s.add_port(&port(Ipv4Addr::LOCALHOST, 9090, "tcp")).unwrap();
+    s.add_port(&port(Ipv4Addr::new(10, 0, 0, 1), 9090, "tcp"))
+        .unwrap();
+    assert!(s
+        .add_port(&port(Ipv4Addr::UNSPECIFIED, 9090, "tcp"))
+        .is_err());
+    assert_eq!(s.ports_of(&a.id).unwrap().len(), 4);
+    assert!(s.remove_port(&a.id, 8080, "udp").unwrap());
+    assert!(!s.remove_port(&a.id, 8080, "udp").unwrap());
+    s.delete_vm(&a.id).unwrap();
+    assert!(
+        s.ports_of(&a.id).unwrap().is_empty(),
+        "ports go with the VM"
+    );
 }

@@ -1,12 +1,13 @@
 //! A [`HostOps`] that records what it is asked to do and fails on demand;
 //! loop devices are named `/dev/loopA`, `/dev/loopB`, ... in attach order.
 
+use std::net::Ipv4Addr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::Mutex;
 
-use crate::privileged::{DmTable, HostError, HostOps};
+use crate::privileged::{BridgeChange, DmTable, HostError, HostOps};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
@@ -149,4 +150,59 @@ impl HostOps for FakeHost {
         self.record(Call::ResizeExt4(file.to_path_buf(), new_size));
         Ok(())
     }
+
+    // The disk fake has no network: every network method is unavailable.
+
+    fn bridge_ensure(&self, _: &str, _: Ipv4Addr, _: u8) -> Result<BridgeChange, HostError> {
+        Err(no_network())
+    }
+
+    fn bridge_delete(&self, _: &str) -> Result<(), HostError> {
+        Err(no_network())
+    }
+
+    fn link_exists(&self, _: &str) -> Result<bool, HostError> {
+        Err(no_network())
+    }
+
+    fn links_with_prefix(&self, _: &str) -> Result<Vec<String>, HostError> {
+        Err(no_network())
+    }
+
+    fn tap_create(&self, _: &str, _: &str, _: bool) -> Result<(), HostError> {
+        Err(no_network())
+    }
+
+    fn tap_delete(&self, _: &str) -> Result<(), HostError> {
+        Err(no_network())
+    }
+
+    fn default_route_dev(&self) -> Result<Option<String>, HostError> {
+        Err(no_network())
+    }
+
+    fn ip_forward_enable(&self) -> Result<(), HostError> {
+        Err(no_network())
+    }
+
+    fn routes_overlapping(
+        &self,
+        _: Ipv4Addr,
+        _: u8,
+        _: Option<&str>,
+    ) -> Result<Vec<String>, HostError> {
+        Err(no_network())
+    }
+
+    fn nft_apply(&self, _: &str) -> Result<(), HostError> {
+        Err(no_network())
+    }
+
+    fn nft_list_table(&self, _: &str, _: &str) -> Result<Option<serde_json::Value>, HostError> {
+        Err(no_network())
+    }
+}
+
+fn no_network() -> HostError {
+    HostError::Unavailable("the disk test fake has no network".into())
 }

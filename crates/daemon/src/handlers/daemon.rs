@@ -33,6 +33,11 @@ pub async fn status(d: Arc<Daemon>, _cx: Ctx, _p: Empty) -> Result<StatusInfo, R
         },
         log_target: d.log_target.label().to_string(),
         operations_running: d.ops.running() as u32,
+        dns: d
+            .dns
+            .as_ref()
+            .map(|s| s.local_addrs().iter().map(|a| a.to_string()).collect())
+            .unwrap_or_default(),
     })
 }
 

@@ -44,6 +44,9 @@ pub fn table() -> Table {
     t.add::<v::Show, _, _>(vm::show);
     t.add::<v::Logs, _, _>(vm::logs);
     t.add::<v::Stats, _, _>(vm::stats);
+    t.add::<v::PortAdd, _, _>(vm::port_add);
+    t.add::<v::PortRemove, _, _>(vm::port_remove);
+    t.add::<v::PortList, _, _>(vm::port_list);
     t.add::<v::Health, _, _>(vm::health);
     t.add::<v::Ping, _, _>(vm::ping);
     t

@@ -8,7 +8,8 @@ use banger_proto::methods::daemon::LogChunk;
 use banger_proto::methods::op::{OpIdParams, OperationInfo};
 use banger_proto::methods::vm::{
     CreateBegun, CreateParams, DeleteParams, KillParams, LifecycleResult, ListParams, LogSource,
-    PruneResult, SetParams, StopParams, VmHealth, VmInfo, VmLogsParams, VmState, VmStats,
+    PortAddParams, PortMapping, PortRemoveParams, PruneResult, SetParams, StopParams, VmHealth,
+    VmInfo, VmLogsParams, VmState, VmStats,
 };
 use banger_proto::methods::{Empty, NameParams};
 use banger_proto::names::validate_name;
@@ -18,7 +19,7 @@ use crate::caller::Ctx;
 use crate::daemon::Daemon;
 use crate::errors::{self, Rpc};
 use crate::vm::record::{self, Spec, Vm};
-use crate::vm::{access, create, defaults, delete, info, names, set, start, stop};
+use crate::vm::{access, create, defaults, delete, info, names, network, set, start, stop};
 
 pub async fn create_begin(
     d: Arc<Daemon>,
@@ -86,6 +87,12 @@ pub async fn create_begin(
         updated_at: now,
     };
     d.store.insert_vm(&row).rpc()?;
+    // Address and ports are part of the reservation: if either fails, the
+    // row goes and nothing is left half-made.
+    if let Err(e) = reserve_network(&d, &row.id, &p.ports) {
+        d.store.delete_vm(&row.id).rpc()?;
+        return Err(e);
+    }
     let vm = Vm::from_row(row)?;
     let vm_info = info::vm_info(&d, &vm)?;
     let (d2, id, no_start) = (d.clone(), vm.id().to_string(), p.no_start);
@@ -96,6 +103,104 @@ pub async fn create_begin(
         operation_id: op,
         vm: vm_info,
     })
+}
+
+fn reserve_network(d: &Daemon, vm_id: &str, ports: &[PortMapping]) -> Result<(), RpcError> {
+    let ip = network::allocate(d, vm_id)?;
+    if ip.is_none() && !ports.is_empty() {
+        return Err(RpcError::new(
+            ErrorKind::PreconditionFailed,
+            "cannot publish ports: networking is off ([network] enabled = false)",
+        ));
+    }
+    for p in ports {
+        add_port_row(d, vm_id, p)?;
+    }
+    Ok(())
+}
+
+fn add_port_row(d: &Daemon, vm_id: &str, p: &PortMapping) -> Result<(), RpcError> {
+    if p.proto != "tcp" && p.proto != "udp" {
+        return Err(RpcError::invalid_params(format!(
+            "protocol {:?}: use tcp or udp",
+            p.proto
+        )));
+    }
+    if network::host_port_in_use(p) {
+        return Err(RpcError::new(
+            ErrorKind::AlreadyExists,
+            format!("host port {p} is already in use by a process on the host"),
+        ));
+    }
+    d.store
+        .add_port(&banger_core::store::PortRow {
+            vm_id: vm_id.to_string(),
+            host_ip: p.host_ip.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+            host_port: p.host_port,
+            guest_port: p.guest_port,
+            proto: p.proto.clone(),
+        })
+        .rpc()
+}
+
+fn ports_of(d: &Daemon, vm_id: &str) -> Result<Vec<PortMapping>, RpcError> {
+    Ok(d.store
+        .ports_of(vm_id)
+        .rpc()?
+        .iter()
+        .map(network::mapping)
+        .collect())
+}
+
+/// Rules follow the store for running VMs.
+async fn resync_if_running(d: &Arc<Daemon>, vm: &Vm) -> Result<(), RpcError> {
+    let now = access::load(d, vm.id())?;
+    if matches!(now.state, VmState::Running | VmState::Starting) {
+        network::sync(d, None).await?;
+    }
+    Ok(())
+}
+
+pub async fn port_add(
+    d: Arc<Daemon>,
+    cx: Ctx,
+    p: PortAddParams,
+) -> Result<Vec<PortMapping>, RpcError> {
+    let vm = access::find(&d, &cx.caller, &p.name)?;
+    if d.store.vm_address(vm.id()).rpc()?.is_none() {
+        return Err(RpcError::new(
+            ErrorKind::PreconditionFailed,
+            format!("vm {:?} has no network", p.name),
+        ));
+    }
+    add_port_row(&d, vm.id(), &p.port)?;
+    resync_if_running(&d, &vm).await?;
+    ports_of(&d, vm.id())
+}
+
+pub async fn port_remove(
+    d: Arc<Daemon>,
+    cx: Ctx,
+    p: PortRemoveParams,
+) -> Result<Vec<PortMapping>, RpcError> {
+    let vm = access::find(&d, &cx.caller, &p.name)?;
+    if !d.store.remove_port(vm.id(), p.host_port, &p.proto).rpc()? {
+        return Err(RpcError::not_found(
+            "published port",
+            &format!("{}/{} of vm {}", p.host_port, p.proto, p.name),
+        ));
+    }
+    resync_if_running(&d, &vm).await?;
+    ports_of(&d, vm.id())
+}
+
+pub async fn port_list(
+    d: Arc<Daemon>,
+    cx: Ctx,
+    p: NameParams,
+) -> Result<Vec<PortMapping>, RpcError> {
+    let vm = access::find(&d, &cx.caller, &p.name)?;
+    ports_of(&d, vm.id())
 }
 
 fn create_op(d: &Daemon, cx: &Ctx, id: &str) -> Result<OperationInfo, RpcError> {
@@ -179,7 +284,16 @@ pub async fn prune(d: Arc<Daemon>, cx: Ctx, _p: Empty) -> Result<PruneResult, Rp
 
 pub async fn set(d: Arc<Daemon>, cx: Ctx, p: SetParams) -> Result<VmInfo, RpcError> {
     let vm = access::find(&d, &cx.caller, &p.name)?;
-    let vm = set::set(&d, vm, &p).await?;
+    let only_nat = p.vcpus.is_none() && p.memory_mib.is_none() && p.disk_bytes.is_none();
+    let vm = match (p.nat, only_nat) {
+        // NAT is a rule, not a machine setting: it changes in any state.
+        (Some(nat), true) => {
+            let vm = access::update(&d, vm.id(), |v| v.spec.nat = nat)?;
+            resync_if_running(&d, &vm).await?;
+            vm
+        }
+        _ => set::set(&d, vm, &p).await?,
+    };
     info::vm_info(&d, &vm)
 }
 

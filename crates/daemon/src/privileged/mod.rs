@@ -1,6 +1,6 @@
 //! The host-operations seam: every privileged thing the daemon does to the
-//! host (loop devices, device-mapper, making and growing ext4 images; later
-//! taps, bridges and nftables) goes through [`HostOps`].
+//! host (loop devices, device-mapper, making and growing ext4 images, the
+//! bridge, tap devices, sysctls and nftables) goes through [`HostOps`].
 //!
 //! Two reasons. The logic above it (which devices to set up, in which order,
 //! what to undo when a step fails) is unit-tested with a recording fake,
@@ -9,14 +9,22 @@
 //! self-contained, so it can later move into a root helper process while the
 //! daemon itself drops privileges.
 //!
-//! The methods are synchronous: each is one quick command or ioctl. Callers on
-//! the async runtime run them with `spawn_blocking`. Paths are absolute.
+//! The methods are synchronous: each is one quick command, ioctl or netlink
+//! exchange. Callers on the async runtime run them with `spawn_blocking`.
+//! Paths are absolute. Network methods act on the network namespace of the
+//! calling thread (tests run them on a thread inside a private namespace).
 
+mod net;
 mod system;
 #[cfg(test)]
 pub(crate) mod testutil;
 
+pub(crate) use net::check_ifname;
+#[cfg(test)]
+pub(crate) use net::{attach_to_bridge, netns};
+
 use std::fmt;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 
@@ -136,6 +144,55 @@ pub fn snapshot_table(
     }
 }
 
+/// What [`HostOps::bridge_ensure`] had to change. All false and empty when
+/// the bridge was already as asked ([`BridgeChange::is_unchanged`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BridgeChange {
+    /// The bridge did not exist and was created.
+    pub created: bool,
+    /// IPv4 addresses that were removed from it (`a.b.c.d/len`): a wrong
+    /// prefix length or a subnet from an earlier configuration.
+    pub removed_addresses: Vec<String>,
+    /// The gateway address was added.
+    pub address_added: bool,
+    /// It was down and was set up.
+    pub brought_up: bool,
+    /// `route_localnet` was off and was turned on.
+    pub route_localnet_set: bool,
+}
+
+impl BridgeChange {
+    pub fn is_unchanged(&self) -> bool {
+        *self == BridgeChange::default()
+    }
+}
+
+impl fmt::Display for BridgeChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts: Vec<String> = Vec::new();
+        if self.created {
+            parts.push("created".into());
+        }
+        for a in &self.removed_addresses {
+            parts.push(format!("removed {a}"));
+        }
+        if self.address_added {
+            parts.push("address added".into());
+        }
+        if self.brought_up {
+            parts.push("set up".into());
+        }
+        if self.route_localnet_set {
+            parts.push("route_localnet turned on".into());
+        }
+        if parts.is_empty() {
+            f.write_str("unchanged")
+        } else {
+            f.write_str(&parts.join(", "))
+        }
+    }
+}
+
 /// Privileged operations on the host. [`SystemHost`] is the real one; tests
 /// use fakes. Methods are grouped by subsystem; new subsystems (tap devices,
 /// bridges, nftables) add their group here, with a real implementation in
@@ -193,6 +250,83 @@ pub trait HostOps: Send + Sync {
     /// requires) and grows the filesystem to fill it. Never shrinks: a
     /// `new_size` below the file's length is refused.
     fn resize_ext4(&self, file: &Path, new_size: u64) -> Result<(), HostError>;
+
+    // ---- Network: links, addresses, routes, sysctls ----
+    //
+    // Interface names are 1 to 15 bytes without '/', ':', whitespace, quotes
+    // or backslashes (the kernel's rule, plus what keeps them safe to quote
+    // in an nft script); anything else is refused before touching the host.
+
+    /// Makes sure bridge `name` exists, holds `gateway/prefix_len` as its
+    /// only IPv4 address, is up and has `net.ipv4.conf.<name>.route_localnet`
+    /// set (so connections from 127.0.0.1 that nftables DNATs to a guest may
+    /// leave through it). The bridge is banger's: any other IPv4 address on
+    /// it is a leftover and is removed. Created bridges get a fixed MAC
+    /// address, so it does not change as taps come and go. A link of that
+    /// name that is not a bridge is an error. Returns what it changed.
+    fn bridge_ensure(
+        &self,
+        name: &str,
+        gateway: Ipv4Addr,
+        prefix_len: u8,
+    ) -> Result<BridgeChange, HostError>;
+
+    /// Deletes bridge `name` (its ports are released, not deleted). Missing:
+    /// `Ok`. A link of that name that is not a bridge is an error.
+    fn bridge_delete(&self, name: &str) -> Result<(), HostError>;
+
+    /// Whether a network link named `name` exists.
+    fn link_exists(&self, name: &str) -> Result<bool, HostError>;
+
+    /// The names of the links whose name starts with `prefix`, sorted (the
+    /// reaper uses it to find taps leaked by a crash).
+    fn links_with_prefix(&self, prefix: &str) -> Result<Vec<String>, HostError>;
+
+    /// Makes `name` a persistent TAP device (`IFF_TAP | IFF_NO_PI |
+    /// IFF_VNET_HDR`, single queue, as Firecracker opens it), a port of
+    /// `bridge`, and up. `isolated` sets the bridge port flag that stops it
+    /// exchanging frames with other isolated ports (VM-to-VM traffic) while
+    /// it still reaches the bridge itself. An existing tap of that name is
+    /// reused and re-attached with the given flag; an existing link that is
+    /// not a tap is an error.
+    fn tap_create(&self, name: &str, bridge: &str, isolated: bool) -> Result<(), HostError>;
+
+    /// Deletes tap `name`, even while a VMM holds it open. Missing: `Ok`. A
+    /// link of that name that is not a tun/tap device is an error.
+    fn tap_delete(&self, name: &str) -> Result<(), HostError>;
+
+    /// The device of the IPv4 default route in the main table (the lowest
+    /// metric when there are several; the first hop of a multipath route),
+    /// or `None` without one. NAT masquerades out of it.
+    fn default_route_dev(&self) -> Result<Option<String>, HostError>;
+
+    /// Sets `net.ipv4.ip_forward=1` (no write when it already is).
+    fn ip_forward_enable(&self) -> Result<(), HostError>;
+
+    /// IPv4 routes, in any table, that overlap `net/prefix` (either contains
+    /// the other), described as `ip route` would (`10.0.0.0/8 via 192.0.2.1
+    /// dev eth0`). Default routes, local and broadcast routes and routes
+    /// through `except_dev` (the banger bridge itself) are left out. For
+    /// `doctor`'s subnet conflict check.
+    fn routes_overlapping(
+        &self,
+        net: Ipv4Addr,
+        prefix: u8,
+        except_dev: Option<&str>,
+    ) -> Result<Vec<String>, HostError>;
+
+    // ---- Network: nftables ----
+
+    /// Runs `script` with `nft -f -`: one transaction, all or nothing.
+    fn nft_apply(&self, script: &str) -> Result<(), HostError>;
+
+    /// `nft -j list table <family> <table>` parsed, or `None` when the table
+    /// does not exist.
+    fn nft_list_table(
+        &self,
+        family: &str,
+        table: &str,
+    ) -> Result<Option<serde_json::Value>, HostError>;
 }
 
 #[cfg(test)]

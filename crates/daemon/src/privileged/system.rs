@@ -1,6 +1,7 @@
 //! [`SystemHost`]: [`HostOps`] done for real, by running the standard host
-//! tools (`losetup`, `dmsetup`, `mkfs.ext4`, `e2fsck`, `resize2fs`) as the
-//! daemon's user (root). Tools are found with
+//! tools (`losetup`, `dmsetup`, `mkfs.ext4`, `e2fsck`, `resize2fs`, `nft`) as
+//! the daemon's user (root). The network methods (rtnetlink, the tun ioctls,
+//! sysctls, `nft`) live in [`super::net`]. Tools are found with
 //! [`banger_core::tools::find_system_tool`] on every call, so installing one
 //! while the daemon runs is enough; a missing tool is
 //! [`HostError::Unavailable`] naming the Debian package.
@@ -12,22 +13,23 @@
 use std::ffi::{OsStr, OsString};
 use std::fs::OpenOptions;
 use std::io;
+use std::net::Ipv4Addr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use banger_core::tools::find_system_tool;
 
-use super::{DmTable, HostError, HostOps};
+use super::{net, BridgeChange, DmTable, HostError, HostOps};
 
 /// The real host.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemHost;
 
 /// A host tool and the Debian package that ships it.
-struct Tool {
-    name: &'static str,
-    package: &'static str,
+pub(super) struct Tool {
+    pub(super) name: &'static str,
+    pub(super) package: &'static str,
 }
 
 const LOSETUP: Tool = Tool {
@@ -61,7 +63,7 @@ const DM_NAME_MAX: usize = 127;
 const EXT4_LABEL_MAX: usize = 16;
 
 impl Tool {
-    fn locate(&self) -> Result<PathBuf, HostError> {
+    pub(super) fn locate(&self) -> Result<PathBuf, HostError> {
         find_system_tool(self.name).ok_or_else(|| {
             HostError::Unavailable(format!(
                 "{} is not installed (looked in PATH and /usr/local/sbin, /usr/sbin, /sbin); \
@@ -92,7 +94,7 @@ impl Tool {
 
 /// Runs `program` with `args` (stdin closed, `LC_ALL=C`) and keeps what a
 /// [`HostError::Command`] needs.
-fn execute<I, S>(program: PathBuf, args: I) -> Result<Ran, HostError>
+pub(super) fn execute<I, S>(program: PathBuf, args: I) -> Result<Ran, HostError>
 where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
@@ -116,18 +118,18 @@ where
     })
 }
 
-struct Ran {
-    program: PathBuf,
-    args: Vec<String>,
-    output: Output,
+pub(super) struct Ran {
+    pub(super) program: PathBuf,
+    pub(super) args: Vec<String>,
+    pub(super) output: Output,
 }
 
 impl Ran {
-    fn stderr(&self) -> String {
+    pub(super) fn stderr(&self) -> String {
         String::from_utf8_lossy(&self.output.stderr).into_owned()
     }
 
-    fn stdout_if_success(self) -> Result<String, HostError> {
+    pub(super) fn stdout_if_success(self) -> Result<String, HostError> {
         if self.output.status.success() {
             Ok(String::from_utf8_lossy(&self.output.stdout).into_owned())
         } else {
@@ -135,7 +137,7 @@ impl Ran {
         }
     }
 
-    fn into_error(self) -> HostError {
+    pub(super) fn into_error(self) -> HostError {
         HostError::Command {
             stderr: self.stderr(),
             program: self.program,
@@ -380,6 +382,64 @@ impl HostOps for SystemHost {
         execute(resize2fs, [file])?.stdout_if_success()?;
         tracing::debug!(file = %file.display(), new_size, "ext4 filesystem grown");
         Ok(())
+    }
+
+    fn bridge_ensure(
+        &self,
+        name: &str,
+        gateway: Ipv4Addr,
+        prefix_len: u8,
+    ) -> Result<BridgeChange, HostError> {
+        net::bridge_ensure(name, gateway, prefix_len)
+    }
+
+    fn bridge_delete(&self, name: &str) -> Result<(), HostError> {
+        net::bridge_delete(name)
+    }
+
+    fn link_exists(&self, name: &str) -> Result<bool, HostError> {
+        net::link_exists(name)
+    }
+
+    fn links_with_prefix(&self, prefix: &str) -> Result<Vec<String>, HostError> {
+        net::links_with_prefix(prefix)
+    }
+
+    fn tap_create(&self, name: &str, bridge: &str, isolated: bool) -> Result<(), HostError> {
+        net::tap_create(name, bridge, isolated)
+    }
+
+    fn tap_delete(&self, name: &str) -> Result<(), HostError> {
+        net::tap_delete(name)
+    }
+
+    fn default_route_dev(&self) -> Result<Option<String>, HostError> {
+        net::default_route_dev()
+    }
+
+    fn ip_forward_enable(&self) -> Result<(), HostError> {
+        net::ip_forward_enable()
+    }
+
+    fn routes_overlapping(
+        &self,
+        net: Ipv4Addr,
+        prefix: u8,
+        except_dev: Option<&str>,
+    ) -> Result<Vec<String>, HostError> {
+        net::routes_overlapping(net, prefix, except_dev)
+    }
+
+    fn nft_apply(&self, script: &str) -> Result<(), HostError> {
+        net::nft_apply(script)
+    }
+
+    fn nft_list_table(
+        &self,
+        family: &str,
+        table: &str,
+    ) -> Result<Option<serde_json::Value>, HostError> {
+        net::nft_list_table(family, table)
     }
 }
 

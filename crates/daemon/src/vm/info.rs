@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use banger_core::timefmt;
-use banger_proto::methods::vm::{DiskInfo, VmHealth, VmInfo, VmState, VmStats};
+use banger_proto::methods::vm::{DiskInfo, NetworkInfo, VmHealth, VmInfo, VmState, VmStats};
 use banger_proto::RpcError;
 
 use super::record::{self, Vm};
@@ -58,7 +58,30 @@ pub fn vm_info(d: &Daemon, vm: &Vm) -> Result<VmInfo, RpcError> {
         last_start: rt.last_start.clone(),
         console_log: dir.join(record::CONSOLE_LOG).display().to_string(),
         vmm_log: dir.join(record::VMM_LOG).display().to_string(),
+        network: network_info(d, vm)?,
     })
+}
+
+fn network_info(d: &Daemon, vm: &Vm) -> Result<Option<NetworkInfo>, RpcError> {
+    let Some(ip) = d.store.vm_address(vm.id()).rpc()? else {
+        return Ok(None);
+    };
+    let subnet = super::network::subnet(d)?;
+    Ok(Some(NetworkInfo {
+        ip,
+        gateway: subnet.gateway(),
+        prefix: subnet.prefix,
+        dns_name: format!("{}.vm", vm.name()),
+        tap: super::network::tap_name(vm.id()),
+        mac: super::network::mac_for(vm.id()),
+        ports: d
+            .store
+            .ports_of(vm.id())
+            .rpc()?
+            .iter()
+            .map(super::network::mapping)
+            .collect(),
+    }))
 }
 
 pub async fn stats(d: &Arc<Daemon>, vm: &Vm) -> Result<VmStats, RpcError> {

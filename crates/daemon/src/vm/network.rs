@@ -1,25 +1,354 @@
-//! The network stage of the start pipeline.
+//! The network stage of the start pipeline, and the host network state it
+//! keeps in step with the store.
 //!
-//! Host networking (bridge, TAP per VM, addresses, NAT, DNS) is not built
-//! yet, so VMs run without a network interface: `attach` hands the VMM no
-//! device and `release` has nothing to undo. This module is the seam the
-//! networking work fills in; the lifecycle already calls it at the right
-//! points and times the stage.
+//! Each VM with networking has an address (allocated at create, freed with
+//! the VM), a TAP device named `bgr-<short id>` attached to the bridge while
+//! it runs, and a MAC derived from its id. nftables state (NAT, published
+//! ports, the no-NAT drop) lives in banger's one table and is rebuilt from
+//! the store in one atomic nft transaction whenever it changes
+//! ([`sync`]): exact, idempotent, and a crash can never leave half a rule set.
 
+use std::net::Ipv4Addr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use banger_proto::RpcError;
+use banger_core::net_alloc::Subnet;
+use banger_proto::methods::vm::{PortMapping, VmState};
+use banger_proto::{ErrorKind, RpcError};
 
 use super::record::Vm;
 use crate::daemon::Daemon;
+use crate::errors::Rpc;
+use crate::netfilter::{self, Plan, PortMap, Proto, VmNet};
+use crate::staging::blocking;
 use crate::vmm::backend::NetAttach;
 
-/// Prepares the VM's network device before its VMM starts.
-pub async fn attach(_d: &Arc<Daemon>, _vm: &Vm) -> Result<Option<NetAttach>, RpcError> {
-    Ok(None)
+/// `bgr-` + 10 hex chars of the VM id: 14 bytes, within IFNAMSIZ.
+pub fn tap_name(vm_id: &str) -> String {
+    format!("bgr-{}", &vm_id[..10.min(vm_id.len())])
 }
 
-/// Undoes [`attach`] when the VM stops or is deleted.
-pub async fn release(_d: &Arc<Daemon>, _vm: &Vm) -> Result<(), RpcError> {
+/// A stable, locally administered unicast MAC from the VM id.
+pub fn mac_for(vm_id: &str) -> String {
+    let hex: Vec<&str> = (0..5)
+        .map(|i| vm_id.get(i * 2..i * 2 + 2).unwrap_or("00"))
+        .collect();
+    format!("02:{}", hex.join(":"))
+}
+
+pub fn subnet(d: &Daemon) -> Result<Subnet, RpcError> {
+    Subnet::parse(&d.config.network.bridge_cidr).map_err(|e| {
+        RpcError::new(
+            ErrorKind::PreconditionFailed,
+            format!("config [network] bridge_cidr: {e}"),
+        )
+    })
+}
+
+fn host_err(e: crate::privileged::HostError) -> RpcError {
+    RpcError::new(
+        ErrorKind::PreconditionFailed,
+        format!("host networking: {e}"),
+    )
+}
+
+/// Reserves an address for a new VM. Exhaustion is a clear error.
+pub fn allocate(d: &Daemon, vm_id: &str) -> Result<Option<Ipv4Addr>, RpcError> {
+    if !d.config.network.enabled {
+        return Ok(None);
+    }
+    let subnet = subnet(d)?;
+    match d
+        .store
+        .allocate_address(vm_id, |taken| subnet.first_free(taken))
+        .rpc()?
+    {
+        Some(ip) => Ok(Some(ip)),
+        None => Err(RpcError::new(
+            ErrorKind::PreconditionFailed,
+            format!(
+                "no free address left in {subnet} ({} VMs fit)",
+                subnet.capacity()
+            ),
+        )
+        .with(
+            "hint",
+            "delete VMs you no longer need, or widen [network] bridge_cidr",
+        )),
+    }
+}
+
+/// Prepares the VM's network device before its VMM starts: bridge (made on
+/// first need, checked every time), TAP, rules; on the first VM also the DNS
+/// listener on the bridge address and systemd-resolved routing.
+pub async fn attach(d: &Arc<Daemon>, vm: &Vm) -> Result<Option<NetAttach>, RpcError> {
+    if !d.config.network.enabled {
+        return Ok(None);
+    }
+    let Some(ip) = d.store.vm_address(vm.id()).rpc()? else {
+        return Ok(None);
+    };
+    let subnet = subnet(d)?;
+    let tap = tap_name(vm.id());
+    let (host, bridge, t) = (
+        d.host.clone(),
+        d.config.network.bridge_name.clone(),
+        tap.clone(),
+    );
+    let isolated = !d.config.network.allow_vm_to_vm;
+    let gw = subnet.gateway();
+    blocking(move || {
+        host.bridge_ensure(&bridge, gw, subnet.prefix)
+            .map_err(host_err)?;
+        host.tap_create(&t, &bridge, isolated).map_err(host_err)
+    })
+    .await?;
+    bridge_ready(d).await;
+    if let Err(e) = sync(d, None).await {
+        let _ = blocking({
+            let (host, t) = (d.host.clone(), tap.clone());
+            move || host.tap_delete(&t).map_err(host_err)
+        })
+        .await;
+        return Err(e);
+    }
+    Ok(Some(NetAttach {
+        tap,
+        mac: mac_for(vm.id()),
+        ip,
+        gateway: gw,
+        prefix: subnet.prefix,
+    }))
+}
+
+/// Undoes [`attach`]: the TAP goes, the rules are rebuilt without this VM.
+pub async fn release(d: &Arc<Daemon>, vm: &Vm) -> Result<(), RpcError> {
+    if !d.config.network.enabled {
+        return Ok(());
+    }
+    let tap = vm
+        .runtime
+        .net
+        .as_ref()
+        .map_or_else(|| tap_name(vm.id()), |n| n.tap.clone());
+    let host = d.host.clone();
+    let exists = {
+        let (host, tap) = (host.clone(), tap.clone());
+        blocking(move || host.link_exists(&tap).map_err(host_err)).await?
+    };
+    if exists {
+        blocking(move || host.tap_delete(&tap).map_err(host_err)).await?;
+    }
+    if exists || table_exists(d).await {
+        sync(d, Some(vm.id())).await?;
+    }
     Ok(())
+}
+
+async fn table_exists(d: &Arc<Daemon>) -> bool {
+    let host = d.host.clone();
+    blocking(move || {
+        host.nft_list_table(netfilter::FAMILY, netfilter::TABLE)
+            .map(|t| t.is_some())
+            .map_err(host_err)
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// The DNS listener on the bridge address and systemd-resolved routing,
+/// once per daemon, as soon as the bridge exists. Failures are logged, not
+/// fatal: a VM without name resolution still runs.
+pub async fn bridge_ready(d: &Arc<Daemon>) {
+    if d.net.bridge_ready.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let Ok(subnet) = subnet(d) else { return };
+    let gw = subnet.gateway();
+    if let Some(dns) = &d.dns {
+        match dns.listen((gw, 53).into()).await {
+            Ok(a) => tracing::info!(addr = %a, "DNS answering on the bridge"),
+            Err(e) => tracing::warn!(error = %e, "cannot serve DNS on the bridge address"),
+        }
+    }
+    if d.config.network.resolved
+        && crate::dns::resolved::detect() == crate::dns::resolved::Resolver::Resolved
+    {
+        let bridge = d.config.network.bridge_name.clone();
+        let r = blocking(move || {
+            crate::dns::resolved::route_vm_domain(&crate::dns::resolved::SystemRunner, &bridge, gw)
+                .map_err(|e| RpcError::internal(e.to_string()))
+        })
+        .await;
+        match r {
+            Ok(()) => {
+                d.net.resolved_routed.store(true, Ordering::SeqCst);
+                tracing::info!("systemd-resolved routes *.vm to banger's DNS");
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot route *.vm through systemd-resolved"),
+        }
+    }
+}
+
+/// Undoes the systemd-resolved routing at shutdown.
+pub async fn shutdown(d: &Arc<Daemon>) {
+    if d.net.resolved_routed.load(Ordering::SeqCst) {
+        let bridge = d.config.network.bridge_name.clone();
+        let _ = blocking(move || {
+            crate::dns::resolved::revert(&crate::dns::resolved::SystemRunner, &bridge)
+                .map_err(|e| RpcError::internal(e.to_string()))
+        })
+        .await;
+    }
+}
+
+fn port_map(p: &banger_core::store::PortRow) -> PortMap {
+    PortMap {
+        host_ip: (!p.host_ip.is_unspecified()).then_some(p.host_ip),
+        host_port: p.host_port,
+        guest_port: p.guest_port,
+        proto: if p.proto == "udp" {
+            Proto::Udp
+        } else {
+            Proto::Tcp
+        },
+    }
+}
+
+pub fn mapping(p: &banger_core::store::PortRow) -> PortMapping {
+    PortMapping {
+        host_ip: (!p.host_ip.is_unspecified()).then_some(p.host_ip),
+        host_port: p.host_port,
+        guest_port: p.guest_port,
+        proto: p.proto.clone(),
+    }
+}
+
+/// Rebuilds banger's nftables table from the store: every VM that is
+/// starting or running (except `exclude`, which is being stopped). One sync
+/// at a time, so two VMs starting together cannot apply stale plans over
+/// each other; the lock is held for one plan + one nft transaction.
+pub async fn sync(d: &Arc<Daemon>, exclude: Option<&str>) -> Result<(), RpcError> {
+    if !d.config.network.enabled {
+        return Ok(());
+    }
+    let _one_at_a_time = d.net.sync.lock().await;
+    let subnet = subnet(d)?;
+    let mut vms = Vec::new();
+    for row in d.store.list_vms().rpc()? {
+        if Some(row.id.as_str()) == exclude {
+            continue;
+        }
+        if !matches!(
+            VmState::parse(&row.state),
+            Some(VmState::Starting | VmState::Running)
+        ) {
+            continue;
+        }
+        let Some(ip) = d.store.vm_address(&row.id).rpc()? else {
+            continue;
+        };
+        let vm = Vm::from_row(row)?;
+        vms.push(VmNet {
+            vm_id: vm.id().to_string(),
+            vm_name: vm.name().to_string(),
+            ip,
+            tap: tap_name(vm.id()),
+            nat: vm.spec.nat,
+            ports: d
+                .store
+                .ports_of(vm.id())
+                .rpc()?
+                .iter()
+                .map(port_map)
+                .collect(),
+        });
+    }
+    let needs_forwarding = vms.iter().any(|v| v.nat || !v.ports.is_empty());
+    let host = d.host.clone();
+    let bridge = d.config.network.bridge_name.clone();
+    blocking(move || {
+        let uplink = host.default_route_dev().map_err(host_err)?;
+        if needs_forwarding {
+            host.ip_forward_enable().map_err(host_err)?;
+        }
+        let plan = Plan {
+            bridge,
+            subnet: (subnet.network, subnet.prefix),
+            uplink,
+            vms,
+        };
+        netfilter::apply(host.as_ref(), &plan).map_err(host_err)
+    })
+    .await
+}
+
+/// At daemon start: the bridge and DNS for running VMs, no TAPs of VMs that
+/// are not running, and rules matching the store (dead VMs' rules gone,
+/// missing ones back). Touches nothing when banger has no network state here.
+pub async fn reconcile_at_start(d: &Arc<Daemon>) -> Result<(), RpcError> {
+    if !d.config.network.enabled {
+        return Ok(());
+    }
+    let running: Vec<String> = d
+        .store
+        .list_vms()
+        .rpc()?
+        .into_iter()
+        .filter(|r| r.state == VmState::Running.as_str())
+        .map(|r| r.id)
+        .collect();
+    let wanted: Vec<String> = running.iter().map(|id| tap_name(id)).collect();
+    let host = d.host.clone();
+    let stale = blocking(move || {
+        let taps = host.links_with_prefix("bgr-").map_err(host_err)?;
+        let stale: Vec<String> = taps.into_iter().filter(|t| !wanted.contains(t)).collect();
+        for t in &stale {
+            host.tap_delete(t).map_err(host_err)?;
+        }
+        Ok(stale)
+    })
+    .await?;
+    for t in &stale {
+        tracing::warn!(tap = %t, "removed a TAP no running VM owns");
+    }
+    if !running.is_empty() {
+        let subnet = subnet(d)?;
+        let (host, bridge) = (d.host.clone(), d.config.network.bridge_name.clone());
+        blocking(move || {
+            host.bridge_ensure(&bridge, subnet.gateway(), subnet.prefix)
+                .map(|_| ())
+                .map_err(host_err)
+        })
+        .await?;
+        bridge_ready(d).await;
+    }
+    if !running.is_empty() || table_exists(d).await {
+        sync(d, None).await?;
+    }
+    Ok(())
+}
+
+/// The daemon's network bookkeeping.
+#[derive(Default)]
+pub struct NetState {
+    /// Serialises [`sync`].
+    pub sync: tokio::sync::Mutex<()>,
+    /// The bridge-side DNS listener and resolved routing are set up.
+    pub bridge_ready: std::sync::atomic::AtomicBool,
+    /// We routed `vm` through systemd-resolved (and undo it at shutdown).
+    pub resolved_routed: std::sync::atomic::AtomicBool,
+}
+
+/// Whether something on the host already listens on the port, which DNAT
+/// would silently shadow.
+pub fn host_port_in_use(p: &PortMapping) -> bool {
+    let ip = p.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
+    let addr = std::net::SocketAddr::from((ip, p.host_port));
+    let free = if p.proto == "udp" {
+        std::net::UdpSocket::bind(addr).is_ok()
+    } else {
+        std::net::TcpListener::bind(addr).is_ok()
+    };
+    !free
 }

@@ -39,6 +39,9 @@ pub async fn set(d: &Arc<Daemon>, vm: Vm, p: &SetParams) -> Result<Vm, RpcError>
     };
     match grown {
         Ok(work) => access::settle(d, vm.id(), VmState::Updating, VmState::Stopped, |vm| {
+            if let Some(nat) = p.nat {
+                vm.spec.nat = nat;
+            }
             vm.spec.vcpus = vcpus;
             vm.spec.memory_mib = memory_mib;
             vm.spec.disk_bytes = disk_bytes;

@@ -17,7 +17,7 @@ use super::stages::Stages;
 use crate::daemon::Daemon;
 use crate::errors;
 use crate::staging::blocking;
-use crate::vmm::backend::LaunchSpec;
+use crate::vmm::backend::{LaunchSpec, NetAttach};
 
 /// Boots a VM the caller has claimed (`starting`). On error the caller runs
 /// [`abort`] (or a create's full teardown).
@@ -91,7 +91,7 @@ pub async fn boot(
         memory_mib: vm.spec.memory_mib,
         kernel: d.state_path(&kernel.vmlinux.rel_path),
         initrd: kernel.initrd.as_ref().map(|f| d.state_path(&f.rel_path)),
-        boot_args: boot_args(&d.config.vm.boot_args, vm.name()),
+        boot_args: boot_args(&d.config.vm.boot_args, vm.name(), net.as_ref()),
         root_disk: root_device,
         work_disk: work.file.clone(),
         net,
@@ -120,9 +120,24 @@ pub async fn boot(
     access::load(d, &id)
 }
 
-/// The kernel command line: the configured base, the disks, the VM's name.
-pub fn boot_args(base: &str, name: &str) -> String {
-    format!("{base} root=/dev/vda rw systemd.hostname={name}")
+/// The kernel command line: the configured base, the disks, the VM's name
+/// and, with a network, its static address (`ip=` autoconfiguration:
+/// client::gateway:netmask:hostname:device:off:dns) — the gateway also
+/// answers DNS, so the guest resolves `<name>.vm` with no DHCP involved.
+pub fn boot_args(base: &str, name: &str, net: Option<&NetAttach>) -> String {
+    let mut args = format!("{base} root=/dev/vda rw systemd.hostname={name}");
+    if let Some(n) = net {
+        let mask = banger_core::net_alloc::Subnet {
+            network: n.gateway,
+            prefix: n.prefix,
+        }
+        .mask();
+        args.push_str(&format!(
+            " ip={}::{}:{}:{name}:eth0:off:{}",
+            n.ip, n.gateway, mask, n.gateway
+        ));
+    }
+    args
 }
 
 /// `starting` → `running`, recording the start's stages. If the VMM died
@@ -191,5 +206,27 @@ pub async fn start(d: &Arc<Daemon>, vm: Vm) -> Result<(Vm, Stages), RpcError> {
             abort(d, vm.id(), &e).await;
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boot_args_carry_the_address() {
+        assert_eq!(
+            boot_args("console=ttyS0", "box", None),
+            "console=ttyS0 root=/dev/vda rw systemd.hostname=box"
+        );
+        let net = NetAttach {
+            tap: "bgr-0123456789".into(),
+            mac: "02:01:23:45:67:89".into(),
+            ip: "172.16.213.5".parse().unwrap(),
+            gateway: "172.16.213.1".parse().unwrap(),
+            prefix: 24,
+        };
+        assert!(boot_args("c", "box", Some(&net))
+            .ends_with(" ip=172.16.213.5::172.16.213.1:255.255.255.0:box:eth0:off:172.16.213.1"));
     }
 }

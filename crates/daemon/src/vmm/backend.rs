@@ -29,11 +29,15 @@ pub struct LaunchSpec {
     pub vm_dir: PathBuf,
 }
 
-/// A host network device handed to the guest.
+/// A host network device handed to the guest, and the address the guest
+/// takes (from the kernel command line: no DHCP).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NetAttach {
     pub tap: String,
     pub mac: String,
+    pub ip: std::net::Ipv4Addr,
+    pub gateway: std::net::Ipv4Addr,
+    pub prefix: u8,
 }
 
 /// What the daemon records to find a VMM again, also after a restart.

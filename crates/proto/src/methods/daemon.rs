@@ -38,6 +38,9 @@ pub struct StatusInfo {
     /// `file` or `journald`.
     pub log_target: String,
     pub operations_running: u32,
+    /// Where the `<name>.vm` DNS server answers.
+    #[serde(default)]
+    pub dns: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -92,6 +92,9 @@ pub const ALL: &[&str] = &[
     vm::Show::NAME,
     vm::Logs::NAME,
     vm::Stats::NAME,
+    vm::PortAdd::NAME,
+    vm::PortRemove::NAME,
+    vm::PortList::NAME,
     vm::Health::NAME,
     vm::Ping::NAME,
 ];

@@ -63,6 +63,18 @@ method!(
     Stats = "vm.stats", NameParams => VmStats
 );
 method!(
+    /// Publishes a host port to a guest port.
+    PortAdd = "vm.port.add", PortAddParams => Vec<PortMapping>
+);
+method!(
+    /// Stops publishing a host port.
+    PortRemove = "vm.port.rm", PortRemoveParams => Vec<PortMapping>
+);
+method!(
+    /// The VM's published ports.
+    PortList = "vm.port.list", NameParams => Vec<PortMapping>
+);
+method!(
     /// Is the VM healthy? (VMM liveness until the guest agent lands.)
     Health = "vm.health", NameParams => VmHealth
 );
@@ -139,6 +151,107 @@ pub struct CreateParams {
     pub no_start: bool,
     #[serde(default)]
     pub nat: bool,
+    /// Ports to publish (`-p`).
+    #[serde(default)]
+    pub ports: Vec<PortMapping>,
+}
+
+/// A published port: host `host_ip:host_port` (all host addresses when
+/// `host_ip` is absent) forwards to the guest's `guest_port`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortMapping {
+    #[serde(default)]
+    pub host_ip: Option<std::net::Ipv4Addr>,
+    pub host_port: u16,
+    pub guest_port: u16,
+    /// `tcp` (default) or `udp`.
+    #[serde(default = "default_proto")]
+    pub proto: String,
+}
+
+fn default_proto() -> String {
+    "tcp".into()
+}
+
+impl PortMapping {
+    /// Parses `[HOST_IP:]HOST_PORT:GUEST_PORT[/tcp|udp]` (docker's `-p`).
+    pub fn parse(s: &str) -> Result<PortMapping, String> {
+        let bad = |why: &str| {
+            format!(
+                "invalid port mapping {s:?}: {why} (use [HOST_IP:]HOST_PORT:GUEST_PORT[/tcp|udp])"
+            )
+        };
+        let (spec, proto) = match s.rsplit_once('/') {
+            Some((spec, p)) if p == "tcp" || p == "udp" => (spec, p.to_string()),
+            Some(_) => return Err(bad("the protocol must be tcp or udp")),
+            None => (s, "tcp".to_string()),
+        };
+        let parts: Vec<&str> = spec.split(':').collect();
+        let port = |p: &str| -> Result<u16, String> {
+            match p.parse::<u16>() {
+                Ok(0) | Err(_) => Err(bad(&format!("{p:?} is not a port (1-65535)"))),
+                Ok(n) => Ok(n),
+            }
+        };
+        let (host_ip, host_port, guest_port) = match parts.as_slice() {
+            [h, g] => (None, port(h)?, port(g)?),
+            [ip, h, g] => (
+                Some(
+                    ip.parse()
+                        .map_err(|_| bad(&format!("{ip:?} is not an IPv4 address")))?,
+                ),
+                port(h)?,
+                port(g)?,
+            ),
+            _ => return Err(bad("wrong number of fields")),
+        };
+        Ok(PortMapping {
+            host_ip,
+            host_port,
+            guest_port,
+            proto,
+        })
+    }
+}
+
+impl std::fmt::Display for PortMapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(ip) = self.host_ip {
+            write!(f, "{ip}:")?;
+        }
+        write!(f, "{}:{}/{}", self.host_port, self.guest_port, self.proto)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortAddParams {
+    pub name: String,
+    pub port: PortMapping,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortRemoveParams {
+    pub name: String,
+    pub host_port: u16,
+    #[serde(default = "default_proto")]
+    pub proto: String,
+}
+
+/// The VM's place on the host network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetworkInfo {
+    pub ip: std::net::Ipv4Addr,
+    pub gateway: std::net::Ipv4Addr,
+    pub prefix: u8,
+    /// `<name>.vm`, answered by the daemon's DNS.
+    pub dns_name: String,
+    /// The TAP device and guest MAC (the tap exists only while the VM runs).
+    pub tap: String,
+    pub mac: String,
+    pub ports: Vec<PortMapping>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -189,6 +302,9 @@ pub struct SetParams {
     pub memory_mib: Option<u64>,
     #[serde(default)]
     pub disk_bytes: Option<u64>,
+    /// NAT on or off (also while running).
+    #[serde(default)]
+    pub nat: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -284,6 +400,9 @@ pub struct VmInfo {
     pub last_start: Vec<StageInfo>,
     pub console_log: String,
     pub vmm_log: String,
+    /// Absent when the VM has no network (networking disabled at create).
+    #[serde(default)]
+    pub network: Option<NetworkInfo>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -317,4 +436,33 @@ pub struct VmHealth {
     #[serde(default)]
     pub latency_ms: Option<f64>,
     pub detail: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PortMapping;
+
+    #[test]
+    fn port_specs() {
+        let p = PortMapping::parse("8080:80").unwrap();
+        assert_eq!(
+            (p.host_ip, p.host_port, p.guest_port, p.proto.as_str()),
+            (None, 8080, 80, "tcp")
+        );
+        let p = PortMapping::parse("127.0.0.1:5353:53/udp").unwrap();
+        assert_eq!(p.host_ip, Some(std::net::Ipv4Addr::LOCALHOST));
+        assert_eq!(p.proto, "udp");
+        assert_eq!(p.to_string(), "127.0.0.1:5353:53/udp");
+        for bad in [
+            "80",
+            "0:80",
+            "70000:80",
+            "a:80",
+            "1.2.3:80:80",
+            "80:80/sctp",
+            "1:2:3:4",
+        ] {
+            assert!(PortMapping::parse(bad).is_err(), "{bad}");
+        }
+    }
 }
