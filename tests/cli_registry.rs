@@ -267,7 +267,10 @@ fn operations_logs_doctor_completion() {
         "firecracker",
         "store",
         "reflink",
+        "disk-backend",
         "disk-space",
+        "network",
+        "dns",
     ] {
         assert!(names.contains(&n), "doctor lacks {n}: {names:?}");
     }

@@ -205,6 +205,61 @@ fn bridge_tap_address_rules_and_firecracker_config() {
     );
     h.ok(&["vm", "delete", "n2"]);
     common::assert_no_vm_leftovers(&h);
+
+    // Uninstall refuses while VMs run, then removes all banger added: the
+    // table, the bridge (and any taps); it stops the daemon.
+    h.ok(&[
+        "vm",
+        "create",
+        "--name",
+        "n3",
+        "--memory",
+        "128M",
+        "--disk-size",
+        "128M",
+    ]);
+    let units = h.path().join("units");
+    let uninstall = |h: &mut Home| {
+        let ns = h.netns();
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns,
+                common::BANGER,
+                "system",
+                "uninstall",
+                "--unit-dir",
+                units.to_str().unwrap(),
+            ])
+            .env("BANGER_HOME", h.path())
+            .output()
+            .unwrap()
+    };
+    let out = uninstall(&mut h);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("n3"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    h.ok(&["vm", "delete", "-f", "n3"]);
+    let out = uninstall(&mut h);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !h.in_netns("nft", &["list", "table", "ip", "banger"])
+            .status
+            .success(),
+        "table removed"
+    );
+    assert!(!link_exists(&mut h, "br-banger"), "bridge removed");
+    common::eventually(20, "the daemon stops", || {
+        (!h.socket().exists()).then_some(())
+    });
 }
 
 /// A process inside a namespace, killed (by pid) when dropped.

@@ -31,7 +31,9 @@ pub enum SystemCmd {
         #[arg(long)]
         no_start: bool,
     },
-    /// Stop and disable the service and remove the unit. State is kept.
+    /// Stop and disable the service, remove the unit and banger's host
+    /// network state (nftables table, TAPs, bridge, resolved routing).
+    /// Refused while VMs run. State is kept.
     Uninstall {
         #[arg(long, default_value = "/etc/systemd/system")]
         unit_dir: PathBuf,
@@ -50,7 +52,7 @@ pub fn run(env: &Env, cmd: SystemCmd) -> anyhow::Result<ExitCode> {
             unit_dir,
             no_start,
         } => install(env, bin, &unit_dir, no_start),
-        SystemCmd::Uninstall { unit_dir } => uninstall(&unit_dir),
+        SystemCmd::Uninstall { unit_dir } => uninstall(env, &unit_dir),
         SystemCmd::Status { unit_dir } => status(env, &unit_dir),
     }
 }
@@ -162,8 +164,23 @@ fn ensure_group() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn uninstall(unit_dir: &Path) -> anyhow::Result<ExitCode> {
+fn uninstall(env: &Env, unit_dir: &Path) -> anyhow::Result<ExitCode> {
     require_root()?;
+    // Removing the network under running VMs would cut them off silently.
+    if let Ok(mut c) = autostart::connect(&env.paths, false) {
+        let running: Vec<String> = c
+            .call::<banger_proto::methods::vm::List>(&Default::default())?
+            .into_iter()
+            .map(|v| v.name)
+            .collect();
+        if !running.is_empty() {
+            bail!(
+                "{} VM(s) still run ({}): delete or stop them first (banger vm delete -f NAME...)",
+                running.len(),
+                running.join(", ")
+            );
+        }
+    }
     let path = unit_dir.join(UNIT);
     if manage_with_systemctl(unit_dir) && path.exists() {
         // Stopping first: disable --now also stops it.
@@ -179,10 +196,56 @@ fn uninstall(unit_dir: &Path) -> anyhow::Result<ExitCode> {
     if manage_with_systemctl(unit_dir) {
         systemctl(&["daemon-reload"])?;
     }
+    // A daemon not under systemd (started by hand or by the CLI) stops too.
+    if let Ok(mut c) = autostart::connect(&env.paths, false) {
+        let _ = c.call::<banger_proto::methods::daemon::Shutdown>(&Default::default());
+    }
+    remove_host_network(env);
     println!(
         "state in /var/lib/banger and the banger group were kept (remove them by hand to purge)"
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Everything banger adds to the host network, found by name: its nftables
+/// table, `bgr-*` TAPs, the bridge, systemd-resolved routing. Nothing else is
+/// touched. Best effort: each step reports and the rest go on.
+fn remove_host_network(env: &Env) {
+    let config = banger_core::config::Config::load(&env.paths.config_file).unwrap_or_default();
+    let bridge = config.network.bridge_name;
+    let quiet = |cmd: &mut Command| {
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+    };
+    if quiet(Command::new("nft").args(["list", "table", "ip", "banger"])).is_ok_and(|s| s.success())
+    {
+        match quiet(Command::new("nft").args(["delete", "table", "ip", "banger"])) {
+            Ok(s) if s.success() => println!("removed nftables table ip banger"),
+            _ => eprintln!("warning: could not remove nftables table ip banger"),
+        }
+    }
+    let links = Command::new("ip")
+        .args(["-j", "link", "show"])
+        .output()
+        .ok();
+    let names: Vec<String> = links
+        .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|l| l["ifname"].as_str().map(str::to_string))
+        .filter(|n| n.starts_with("bgr-") || *n == bridge)
+        .collect();
+    if names.contains(&bridge) {
+        let _ = quiet(Command::new("resolvectl").args(["revert", &bridge]));
+    }
+    for n in names {
+        match quiet(Command::new("ip").args(["link", "delete", &n])) {
+            Ok(s) if s.success() => println!("removed {n}"),
+            _ => eprintln!("warning: could not remove {n}"),
+        }
+    }
 }
 
 fn status(env: &Env, unit_dir: &Path) -> anyhow::Result<ExitCode> {

@@ -267,18 +267,29 @@ pub async fn sync(d: &Arc<Daemon>, exclude: Option<&str>) -> Result<(), RpcError
     let needs_forwarding = vms.iter().any(|v| v.nat || !v.ports.is_empty());
     let host = d.host.clone();
     let bridge = d.config.network.bridge_name.clone();
+    let d2 = d.clone();
     blocking(move || {
         let uplink = host.default_route_dev().map_err(host_err)?;
-        if needs_forwarding {
-            host.ip_forward_enable().map_err(host_err)?;
-        }
         let plan = Plan {
             bridge,
             subnet: (subnet.network, subnet.prefix),
             uplink,
             vms,
         };
-        netfilter::apply(host.as_ref(), &plan).map_err(host_err)
+        // Running `nft` costs ~20 ms; most changes (a VM without NAT or
+        // ports starting or stopping) leave the table as it is.
+        let script = netfilter::script(&plan);
+        let mut last = d2.net.applied.lock().unwrap_or_else(|p| p.into_inner());
+        if last.as_deref() == Some(script.as_str()) {
+            return Ok(());
+        }
+        if needs_forwarding {
+            host.ip_forward_enable().map_err(host_err)?;
+        }
+        *last = None;
+        netfilter::apply(host.as_ref(), &plan).map_err(host_err)?;
+        *last = Some(script);
+        Ok(())
     })
     .await
 }
@@ -338,6 +349,9 @@ pub struct NetState {
     pub bridge_ready: std::sync::atomic::AtomicBool,
     /// We routed `vm` through systemd-resolved (and undo it at shutdown).
     pub resolved_routed: std::sync::atomic::AtomicBool,
+    /// The nft script last applied (held under `sync`; a leaf lock). Reset
+    /// at every daemon start, so the first sync always applies.
+    pub applied: std::sync::Mutex<Option<String>>,
 }
 
 /// Whether something on the host already listens on the port, which DNAT
