@@ -25,6 +25,9 @@ pub enum BenchCmd {
         /// Keep the VMs instead of deleting them.
         #[arg(long)]
         keep: bool,
+        /// Create them with NAT (the network stage then rewrites the nftables table).
+        #[arg(long)]
+        nat: bool,
     },
     /// Time daemon.status round trips (one connection per client thread).
     Rpc {
@@ -40,7 +43,12 @@ pub enum BenchCmd {
 pub fn run(env: &Env, cmd: BenchCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCmd::Rpc { count, clients } => rpc(env, count, clients),
-        BenchCmd::Create { count, image, keep } => create(env, count, image, keep),
+        BenchCmd::Create {
+            count,
+            image,
+            keep,
+            nat,
+        } => create(env, count, image, keep, nat),
     }
 }
 
@@ -147,6 +155,7 @@ fn ensure_stub_image(client: &mut Client) -> anyhow::Result<()> {
             work_seed: None,
             rootfs_source: None,
             work_seed_source: None,
+            features: Vec::new(),
         },
         &[f.as_fd()],
     )?;
@@ -154,7 +163,13 @@ fn ensure_stub_image(client: &mut Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn create(env: &Env, count: usize, image: Option<String>, keep: bool) -> anyhow::Result<ExitCode> {
+fn create(
+    env: &Env,
+    count: usize,
+    image: Option<String>,
+    keep: bool,
+    nat: bool,
+) -> anyhow::Result<ExitCode> {
     use banger_proto::methods::vm::{CreateBegin, CreateParams, Delete, DeleteParams};
     use std::collections::BTreeMap;
     let mut client = env.client()?;
@@ -182,6 +197,7 @@ fn create(env: &Env, count: usize, image: Option<String>, keep: bool) -> anyhow:
                 vcpus: Some(1),
                 memory_mib: Some(128),
                 disk_bytes: Some(128 << 20),
+                nat,
                 ..Default::default()
             })?;
             names.push(name);
