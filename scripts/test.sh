@@ -39,6 +39,18 @@ command -v cargo >/dev/null || die "cargo not found (looked in PATH, ~/.cargo/bi
 
 bash "$script_dir/fetch-test-assets.sh"
 
+# Test-only host tools: a real sshd (the SSH tests run one in a namespace standing in for a guest) and dig (the DNS
+# tests query banger's server with a real resolver). install.sh leaves sshd out on purpose: users do not need an SSH
+# server on their host.
+missing=()
+[[ -x /usr/sbin/sshd ]] || missing+=(openssh-server)
+command -v dig >/dev/null || missing+=(bind9-dnsutils)
+if ((${#missing[@]} > 0)); then
+    printf 'test.sh: installing test-only packages: %s\n' "${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
+        die "cannot install ${missing[*]} (apt-get install ${missing[*]})"
+fi
+
 command -v firecracker >/dev/null || die "firecracker is not on PATH; install it with: sudo scripts/install-firecracker.sh"
 command -v jailer >/dev/null || die "jailer is not on PATH; install it with: sudo scripts/install-firecracker.sh"
 printf 'test.sh: using %s (%s)\n' "$(command -v firecracker)" "$(firecracker --version 2>&1 | head -n 1)"

@@ -106,10 +106,14 @@ impl Home {
         self.path().join("state")
     }
 
-    /// `banger` with this home.
+    /// `banger` with this home; HOME points into it too, so files the CLI
+    /// writes for the user (SSH identity, ~/.ssh/config) stay in the test.
     pub fn banger(&self) -> Command {
         let mut c = Command::new(BANGER);
-        c.env("BANGER_HOME", self.path()).env_remove("RUST_LOG");
+        c.env("BANGER_HOME", self.path())
+            .env("HOME", self.path().join("user-home"))
+            .env_remove("XDG_CONFIG_HOME")
+            .env_remove("RUST_LOG");
         c
     }
 
@@ -294,6 +298,25 @@ pub fn require_root() {
         rustix::process::geteuid().is_root(),
         "these tests drive a root daemon: run them as root (sudo scripts/test.sh)"
     );
+}
+
+/// Registers the stub rootfs again as image `name` with image features
+/// (e.g. `ssh`), on the `stub` kernel.
+pub fn stub_image_with(h: &Home, name: &str, features: &str) {
+    let rootfs = h.path().join(format!("{name}-root.ext4"));
+    fixtures::ext4(&rootfs, 64);
+    h.ok(&[
+        "image",
+        "register",
+        "--name",
+        name,
+        "--kernel",
+        "stub",
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+        "--features",
+        features,
+    ]);
 }
 
 /// Registers the stub guest kernel and a small ext4 rootfs as image `stub`

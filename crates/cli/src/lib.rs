@@ -57,6 +57,20 @@ pub enum Command {
     /// Install or remove the systemd service for bangerd.
     #[command(subcommand)]
     System(commands::system::SystemCmd),
+    /// Add (or remove) `Host *.vm` to ~/.ssh/config, so `ssh NAME.vm` works.
+    SshConfig {
+        #[arg(
+            long,
+            conflicts_with = "uninstall",
+            required_unless_present = "uninstall"
+        )]
+        install: bool,
+        #[arg(long)]
+        uninstall: bool,
+    },
+    /// Print pinned host keys of your VMs (used by OpenSSH's KnownHostsCommand).
+    #[command(hide = true)]
+    SshKnownHosts,
     /// Print a shell completion script.
     Completion {
         #[arg(value_enum)]
@@ -81,6 +95,8 @@ pub fn main() -> ExitCode {
         Command::Operation(c) => commands::operation::run(&env, c),
         Command::System(c) => commands::system::run(&env, c),
         Command::Completion { shell } => commands::completion::run(shell),
+        Command::SshConfig { install, .. } => commands::ssh::ssh_config(&env, install),
+        Command::SshKnownHosts => commands::ssh::known_hosts(&env),
         Command::Bench(c) => commands::bench::run(&env, c),
     };
     match result {

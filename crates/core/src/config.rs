@@ -104,6 +104,13 @@ pub struct VmConfig {
     /// Kernel command line before banger's own additions.
     #[serde(default = "default_boot_args")]
     pub boot_args: String,
+    /// How long a start waits for the guest's sshd (images with `ssh`).
+    #[serde(default = "default_ssh_wait")]
+    pub ssh_wait_secs: u64,
+}
+
+fn default_ssh_wait() -> u64 {
+    120
 }
 
 fn default_stop_timeout() -> u64 {
@@ -129,6 +136,7 @@ impl Default for VmConfig {
             disk_backend: default_disk_backend(),
             log_max_bytes: default_vm_log_max(),
             boot_args: default_boot_args(),
+            ssh_wait_secs: default_ssh_wait(),
         }
     }
 }

@@ -50,6 +50,7 @@ pub fn info(d: &Daemon, caller: &Caller, i: &ImageRow) -> Result<ImageInfo, RpcE
         default: default.as_deref() == Some(i.id.as_str()),
         created_at: i.created_at.clone(),
         used_by: d.store.image_users(&i.id).rpc()?,
+        features: i.features.clone(),
     })
 }
 
@@ -67,6 +68,7 @@ pub struct RegisterJob {
     pub kernel_id: String,
     pub rootfs: File,
     pub work_seed: Option<File>,
+    pub features: Vec<String>,
 }
 
 /// The body of an `image.register` operation.
@@ -107,6 +109,7 @@ pub async fn register(d: Arc<Daemon>, op: OpHandle, job: RegisterJob) -> Result<
         rootfs: stored(ROOTFS, rootfs),
         work_seed: seed.map(|s| stored(WORK_SEED, s)),
         created_at: timefmt::now(),
+        features: job.features,
     };
     d.store.insert_image(&row).rpc()?;
     placed.keep();

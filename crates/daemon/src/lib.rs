@@ -15,6 +15,7 @@ pub mod disk;
 pub mod dispatch;
 pub mod dns;
 pub mod errors;
+pub mod guest;
 pub mod handlers;
 pub mod images;
 pub mod kernels;

@@ -31,6 +31,9 @@ pub enum ImageCmd {
         /// An ext4 image whose content seeds each VM's /root disk.
         #[arg(long)]
         work_seed: Option<PathBuf>,
+        /// What the guest offers: ssh, agent (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        features: Vec<String>,
     },
     /// List images.
     #[command(visible_alias = "ls")]
@@ -52,6 +55,7 @@ pub fn run(env: &Env, cmd: ImageCmd) -> anyhow::Result<ExitCode> {
             rootfs,
             kernel,
             work_seed,
+            features,
         } => {
             let interrupt = progress::Interrupt::install()?;
             let root = open_input(&rootfs, "rootfs")?;
@@ -71,6 +75,7 @@ pub fn run(env: &Env, cmd: ImageCmd) -> anyhow::Result<ExitCode> {
                     work_seed: seed.as_ref().map(|_| FdRef { fd: 1 }),
                     rootfs_source: Some(rootfs.display().to_string()),
                     work_seed_source: work_seed.map(|p| p.display().to_string()),
+                    features,
                 },
                 &fds,
             )?;

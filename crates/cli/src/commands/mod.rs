@@ -7,6 +7,7 @@ pub mod doctor;
 pub mod image;
 pub mod kernel;
 pub mod operation;
+pub mod ssh;
 pub mod system;
 pub mod version;
 pub mod vm;

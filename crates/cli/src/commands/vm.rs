@@ -129,6 +129,12 @@ pub enum VmCmd {
     Stats { name: String },
     /// Is the VM healthy?
     Health { name: String },
+    /// Open a shell in the VM, or run a command: banger vm ssh NAME [-- CMD...]
+    Ssh {
+        name: String,
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
     /// Round trip to the VM.
     Ping { name: String },
 }
@@ -296,6 +302,7 @@ pub fn run(env: &Env, cmd: VmCmd) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         VmCmd::Health { name } => health(env, name, false),
+        VmCmd::Ssh { name, command } => super::ssh::vm_ssh(env, &name, &command),
         VmCmd::Ping { name } => health(env, name, true),
     }
 }

@@ -13,10 +13,18 @@ pub struct ImageRow {
     pub rootfs: StoredFile,
     pub work_seed: Option<StoredFile>,
     pub created_at: String,
+    /// `ssh`, `agent`: what the guest offers (see migrations V3).
+    pub features: Vec<String>,
+}
+
+impl ImageRow {
+    pub fn has(&self, feature: &str) -> bool {
+        self.features.iter().any(|f| f == feature)
+    }
 }
 
 const COLUMNS: &str = "id, name, owner_uid, kernel_id, rootfs_path, rootfs_size, rootfs_sha256, \
-     work_seed_path, work_seed_size, work_seed_sha256, created_at";
+     work_seed_path, work_seed_size, work_seed_sha256, created_at, features";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<ImageRow> {
     Ok(ImageRow {
@@ -31,6 +39,12 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<ImageRow> {
         },
         work_seed: opt_file(r.get(7)?, r.get(8)?, r.get(9)?),
         created_at: r.get(10)?,
+        features: r
+            .get::<_, String>(11)?
+            .split(',')
+            .filter(|f| !f.is_empty())
+            .map(str::to_string)
+            .collect(),
     })
 }
 
@@ -39,7 +53,7 @@ impl Store {
         let seed = i.work_seed.as_ref();
         self.lock()
             .execute(
-                &format!("INSERT INTO images ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"),
+                &format!("INSERT INTO images ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"),
                 params![
                     i.id,
                     i.name,
@@ -52,6 +66,7 @@ impl Store {
                     seed.map(|f| f.size as i64),
                     seed.map(|f| &f.sha256),
                     i.created_at,
+                    i.features.join(","),
                 ],
             )
             .map_err(|e| match e {

@@ -7,7 +7,7 @@ use rusqlite::Connection;
 use super::{Result, StoreError};
 
 /// Each entry moves the schema from version N to N+1 (index 0: empty -> 1).
-pub const MIGRATIONS: &[&str] = &[V1, V2];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 pub const LATEST: u32 = MIGRATIONS.len() as u32;
 
@@ -96,6 +96,12 @@ CREATE TABLE vm_ports (
     PRIMARY KEY (host_ip, host_port, proto)
 );
 CREATE INDEX vm_ports_by_vm ON vm_ports(vm_id);
+"#;
+
+/// What an image's guest offers banger: `ssh` (sshd with banger's key
+/// layout), `agent` (banger-agent). Comma-separated.
+const V3: &str = r#"
+ALTER TABLE images ADD COLUMN features TEXT NOT NULL DEFAULT '';
 "#;
 
 pub fn user_version(conn: &Connection) -> Result<u32> {

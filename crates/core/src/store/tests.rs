@@ -32,6 +32,7 @@ fn image(name: &str, kernel_id: &str, owner: u32) -> ImageRow {
         rootfs: file("images/x/rootfs.ext4"),
         work_seed: Some(file("images/x/work-seed.ext4")),
         created_at: timefmt::now(),
+        features: vec!["ssh".into()],
     }
 }
 

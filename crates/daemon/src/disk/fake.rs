@@ -151,6 +151,16 @@ impl HostOps for FakeHost {
         Ok(())
     }
 
+    fn ext4_write_files(
+        &self,
+        _: &Path,
+        _: &[crate::privileged::GuestFile],
+    ) -> Result<(), HostError> {
+        Err(HostError::Unavailable(
+            "the recording fake writes no files".into(),
+        ))
+    }
+
     // The disk fake has no network: every network method is unavailable.
 
     fn bridge_ensure(&self, _: &str, _: Ipv4Addr, _: u8) -> Result<BridgeChange, HostError> {

@@ -33,7 +33,16 @@ pub async fn register_begin(
         }
         None => None,
     };
+    for f in &p.features {
+        if !banger_proto::methods::image::FEATURES.contains(&f.as_str()) {
+            return Err(RpcError::invalid_params(format!(
+                "unknown image feature {f:?}: known ones are {}",
+                banger_proto::methods::image::FEATURES.join(", ")
+            )));
+        }
+    }
     let job = RegisterJob {
+        features: p.features.clone(),
         owner_uid: cx.caller.uid,
         name: p.name.clone(),
         kernel_id: kernel.id,

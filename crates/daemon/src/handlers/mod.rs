@@ -1,7 +1,7 @@
 //! One handler per RPC method, grouped by area. [`table`] is the single place
 //! that maps method names to handlers.
 
-use banger_proto::methods::{daemon as d, image as i, kernel as k, op as o, vm as v};
+use banger_proto::methods::{daemon as d, image as i, kernel as k, op as o, ssh as s, vm as v};
 
 use crate::dispatch::Table;
 
@@ -9,6 +9,7 @@ mod daemon;
 mod image;
 mod kernel;
 mod op;
+mod ssh;
 mod vm;
 
 pub fn table() -> Table {
@@ -48,6 +49,8 @@ pub fn table() -> Table {
     t.add::<v::PortRemove, _, _>(vm::port_remove);
     t.add::<v::PortList, _, _>(vm::port_list);
     t.add::<v::Health, _, _>(vm::health);
+    t.add::<s::Identity, _, _>(ssh::identity);
+    t.add::<s::KnownHosts, _, _>(ssh::known_hosts);
     t.add::<v::Ping, _, _>(vm::ping);
     t
 }

@@ -30,6 +30,19 @@ use std::process::ExitStatus;
 
 pub use system::SystemHost;
 
+/// A file to put into a guest filesystem image ([`HostOps::ext4_write_files`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestFile {
+    /// Absolute path inside the filesystem, e.g. `/.ssh/authorized_keys`.
+    /// Only `[A-Za-z0-9._/-]`: it goes into a debugfs script.
+    pub path: String,
+    pub contents: Vec<u8>,
+    /// Permission bits, e.g. 0o600.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
 /// A failed host operation.
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
@@ -250,6 +263,12 @@ pub trait HostOps: Send + Sync {
     /// requires) and grows the filesystem to fill it. Never shrinks: a
     /// `new_size` below the file's length is refused.
     fn resize_ext4(&self, file: &Path, new_size: u64) -> Result<(), HostError>;
+
+    /// Writes `files` into the unmounted ext4 image `image` (debugfs, no
+    /// mount): missing parent directories are made (root, 0700), an
+    /// existing file is replaced, each file gets its mode and owner. Then
+    /// reads every file back and fails unless it holds what was written.
+    fn ext4_write_files(&self, image: &Path, files: &[GuestFile]) -> Result<(), HostError>;
 
     // ---- Network: links, addresses, routes, sysctls ----
     //

@@ -56,6 +56,10 @@ const RESIZE2FS: Tool = Tool {
     name: "resize2fs",
     package: "e2fsprogs",
 };
+const DEBUGFS: Tool = Tool {
+    name: "debugfs",
+    package: "e2fsprogs",
+};
 
 /// The longest device-mapper name the kernel takes (DM_NAME_LEN - 1).
 const DM_NAME_MAX: usize = 127;
@@ -125,6 +129,10 @@ pub(super) struct Ran {
 }
 
 impl Ran {
+    pub(super) fn stdout_bytes(&self) -> &[u8] {
+        &self.output.stdout
+    }
+
     pub(super) fn stderr(&self) -> String {
         String::from_utf8_lossy(&self.output.stderr).into_owned()
     }
@@ -384,6 +392,86 @@ impl HostOps for SystemHost {
         Ok(())
     }
 
+    fn ext4_write_files(&self, image: &Path, files: &[super::GuestFile]) -> Result<(), HostError> {
+        let debugfs = DEBUGFS.locate()?;
+        let safe = |p: &str| {
+            p.starts_with('/')
+                && !p.contains("..")
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._/-".contains(&b))
+        };
+        if let Some(bad) = files.iter().find(|f| !safe(&f.path)) {
+            return Err(invalid(
+                "refusing to write",
+                image,
+                format!("unsafe path {:?}", bad.path),
+            ));
+        }
+        let tmp = tempfile::Builder::new()
+            .prefix("banger-guestfiles-")
+            .tempdir()
+            .map_err(|e| HostError::io("cannot make a temporary dir for", image, e))?;
+        // debugfs carries on past a failed command and exits 0, so the
+        // script is written to be harmless to rerun (mkdir of an existing
+        // directory and rm of a missing file just print errors) and the
+        // result is verified by reading every file back.
+        let mut script = String::new();
+        let mut dirs: Vec<String> = Vec::new();
+        for (i, f) in files.iter().enumerate() {
+            let mut parent = String::new();
+            let comps: Vec<&str> = f.path.trim_start_matches('/').split('/').collect();
+            for c in &comps[..comps.len() - 1] {
+                parent.push('/');
+                parent.push_str(c);
+                if !dirs.contains(&parent) {
+                    script.push_str(&format!("mkdir {parent}\nsif {parent} mode 040700\n"));
+                    dirs.push(parent.clone());
+                }
+            }
+            let local = tmp.path().join(format!("f{i}"));
+            std::fs::write(&local, &f.contents)
+                .map_err(|e| HostError::io("cannot stage", &local, e))?;
+            script.push_str(&format!(
+                "rm {p}\nwrite {l} {p}\nsif {p} mode 0{m:o}\nsif {p} uid {u}\nsif {p} gid {g}\n",
+                p = f.path,
+                l = local.display(),
+                m = 0o100000 | (f.mode & 0o7777),
+                u = f.uid,
+                g = f.gid
+            ));
+        }
+        let cmds = tmp.path().join("script");
+        std::fs::write(&cmds, script).map_err(|e| HostError::io("cannot stage", &cmds, e))?;
+        execute(
+            debugfs.clone(),
+            [
+                OsStr::new("-w"),
+                OsStr::new("-f"),
+                cmds.as_os_str(),
+                image.as_os_str(),
+            ],
+        )?
+        .stdout_if_success()?;
+        for f in files {
+            let out = execute(
+                debugfs.clone(),
+                [
+                    OsStr::new("-R"),
+                    OsStr::new(&format!("cat {}", f.path)),
+                    image.as_os_str(),
+                ],
+            )?;
+            if out.stdout_bytes() != f.contents.as_slice() {
+                return Err(invalid(
+                    "writing into",
+                    image,
+                    format!("{} did not read back as written: {}", f.path, out.stderr()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn bridge_ensure(
         &self,
         name: &str,
@@ -606,5 +694,61 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn ext4_write_files_puts_files_with_modes_and_owners() {
+        require_root("ext4_write_files");
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("work.ext4");
+        let host = SystemHost;
+        host.mkfs_ext4(&img, 32 << 20, "t").unwrap();
+        let files = [
+            super::super::GuestFile {
+                path: "/.ssh/authorized_keys".into(),
+                contents: b"ssh-ed25519 AAAA test\n".to_vec(),
+                mode: 0o600,
+                uid: 0,
+                gid: 0,
+            },
+            super::super::GuestFile {
+                path: "/.banger/ssh/host_key".into(),
+                contents: vec![7u8; 3000],
+                mode: 0o640,
+                uid: 1000,
+                gid: 1000,
+            },
+        ];
+        host.ext4_write_files(&img, &files).unwrap();
+        // Again: replaces instead of failing.
+        host.ext4_write_files(&img, &files).unwrap();
+        let stat = |p: &str| {
+            let out = std::process::Command::new("debugfs")
+                .args(["-R", &format!("stat {p}")])
+                .arg(&img)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let s = stat("/.banger/ssh/host_key");
+        assert!(
+            s.contains("Mode:  0640") || s.contains("Mode:  00640"),
+            "{s}"
+        );
+        assert!(s.contains("User:  1000"), "{s}");
+        assert!(s.contains("Size: 3000"), "{s}");
+        let d = stat("/.ssh");
+        assert!(
+            d.contains("Mode:  0700") || d.contains("Mode:  00700"),
+            "{d}"
+        );
+        let bad = [super::super::GuestFile {
+            path: "/a b".into(),
+            contents: vec![],
+            mode: 0o600,
+            uid: 0,
+            gid: 0,
+        }];
+        assert!(host.ext4_write_files(&img, &bad).is_err());
     }
 }

@@ -33,6 +33,8 @@ pub async fn run(
             let info = super::info::vm_info(&d, &vm)?;
             serde_json::to_value(info).map_err(|e| RpcError::internal(e.to_string()))
         }
+        // sshd did not come up: the VM runs and is kept for inspection.
+        Err(e) if e.data.as_ref().is_some_and(|d| d["kept"] == true) => Err(e),
         Err(e) => {
             let e = super::start::explain(&d, &vm_id, e);
             stages.stage("cleanup");
@@ -97,13 +99,32 @@ async fn make(
             .map_err(errors::from_disk)
     })
     .await?;
+    let work_file = work.file.clone();
     access::update(d, id, |vm| vm.runtime.work = Some(work))?;
     op.check()?;
+
+    if image.has("ssh") {
+        stages.stage("ssh-keys");
+        let (d2, owner, host) = (d.clone(), vm.row.owner_uid, d.host.clone());
+        let host_pub = blocking(move || {
+            let (_, user_pub) = crate::guest::ssh::user_key(&d2, owner)?;
+            let (host_priv, host_pub) = crate::guest::ssh::new_host_key()?;
+            let files = crate::guest::ssh::guest_files(&user_pub, host_priv, &host_pub);
+            host.ext4_write_files(&work_file, &files).map_err(|e| {
+                RpcError::internal(format!("writing SSH keys onto the work disk: {e}"))
+            })?;
+            Ok(host_pub)
+        })
+        .await?;
+        access::update(d, id, |vm| vm.runtime.ssh_host_key = Some(host_pub))?;
+    }
 
     if no_start {
         return access::settle(d, id, VmState::Creating, VmState::Stopped, |_| {});
     }
     let vm = access::settle(d, id, VmState::Creating, VmState::Starting, |_| {})?;
     start::boot(d, &vm, stages, op.token()).await?;
-    start::mark_running(d, id, stages)
+    start::mark_running(d, id, stages)?;
+    start::wait_ready(d, id, stages).await?;
+    access::load(d, id)
 }

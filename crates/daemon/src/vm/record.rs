@@ -44,6 +44,9 @@ pub struct Runtime {
     pub last_exit: Option<ExitRecord>,
     #[serde(default)]
     pub last_start: Vec<StageInfo>,
+    /// The VM's pinned SSH host public key (made at create).
+    #[serde(default)]
+    pub ssh_host_key: Option<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -177,6 +177,41 @@ pub fn explain(d: &Daemon, id: &str, err: RpcError) -> RpcError {
     }
 }
 
+/// After boot: for images whose guest runs sshd, wait (bounded) until it
+/// answers, so "running" means "you can ssh in". A timeout leaves the VM
+/// running for inspection and says where to look.
+pub async fn wait_ready(d: &Arc<Daemon>, id: &str, stages: &Stages) -> Result<(), RpcError> {
+    let vm = access::load(d, id)?;
+    let image = d
+        .store
+        .image_by_id(&vm.row.image_id)
+        .map_err(errors::from_store)?;
+    let Some(image) = image.filter(|i| i.has("ssh")) else {
+        return Ok(());
+    };
+    let Some(ip) = d.store.vm_address(id).map_err(errors::from_store)? else {
+        return Ok(());
+    };
+    stages.stage("ssh");
+    let timeout = std::time::Duration::from_secs(d.config.vm.ssh_wait_secs);
+    match crate::guest::ssh::wait_for_sshd((ip, 22).into(), timeout).await {
+        Ok(took) => {
+            tracing::info!(vm = %vm.name(), image = %image.name, ms = took.as_millis() as u64, "sshd answers");
+            Ok(())
+        }
+        Err(last) => Err(RpcError::new(
+            banger_proto::ErrorKind::Timeout,
+            format!(
+                "vm {:?} is running but its sshd did not answer on {ip}:22 within {}s ({last}); the VM was kept for inspection",
+                vm.name(),
+                timeout.as_secs()
+            ),
+        )
+        .with("hint", format!("see the guest console: banger vm logs {}", vm.name()))
+        .with("kept", true)),
+    }
+}
+
 /// A start failed: end the VMM, release what was set up, back to stopped.
 pub async fn abort(d: &Arc<Daemon>, id: &str, err: &RpcError) {
     if let Ok(vm) = access::load(d, id) {
@@ -200,7 +235,11 @@ pub async fn start(d: &Arc<Daemon>, vm: Vm) -> Result<(Vm, Stages), RpcError> {
     let vm = access::claim(d, &vm, &[VmState::Stopped], VmState::Starting, "start")?;
     let stages = Stages::new(None);
     match boot(d, &vm, &stages, &CancellationToken::new()).await {
-        Ok(_) => Ok((mark_running(d, vm.id(), &stages)?, stages)),
+        Ok(_) => {
+            mark_running(d, vm.id(), &stages)?;
+            wait_ready(d, vm.id(), &stages).await?;
+            Ok((access::load(d, vm.id())?, stages))
+        }
         Err(e) => {
             let e = explain(d, vm.id(), e);
             abort(d, vm.id(), &e).await;

@@ -98,7 +98,11 @@ pub async fn restart(
         vm.runtime.started_at = None;
     })?;
     match start::boot(d, &vm, &stages, &CancellationToken::new()).await {
-        Ok(_) => Ok((start::mark_running(d, vm.id(), &stages)?, by, stages)),
+        Ok(_) => {
+            start::mark_running(d, vm.id(), &stages)?;
+            start::wait_ready(d, vm.id(), &stages).await?;
+            Ok((access::load(d, vm.id())?, by, stages))
+        }
         Err(e) => {
             let e = start::explain(d, vm.id(), e);
             start::abort(d, vm.id(), &e).await;

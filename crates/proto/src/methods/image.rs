@@ -40,7 +40,14 @@ pub struct RegisterParams {
     pub rootfs_source: Option<String>,
     #[serde(default)]
     pub work_seed_source: Option<String>,
+    /// What the guest offers: `ssh` (sshd reading the VM's host key and
+    /// authorized_keys from the work disk, see docs), `agent` (banger-agent).
+    #[serde(default)]
+    pub features: Vec<String>,
 }
+
+/// The image features banger knows.
+pub const FEATURES: &[&str] = &["ssh", "agent"];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ImageInfo {
@@ -56,4 +63,7 @@ pub struct ImageInfo {
     pub created_at: String,
     /// VMs that use this image.
     pub used_by: Vec<String>,
+    /// `ssh`, `agent`.
+    #[serde(default)]
+    pub features: Vec<String>,
 }

@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod image;
 pub mod kernel;
 pub mod op;
+pub mod ssh;
 pub mod vm;
 
 /// Ties a method name to its params and result types.
@@ -96,5 +97,7 @@ pub const ALL: &[&str] = &[
     vm::PortRemove::NAME,
     vm::PortList::NAME,
     vm::Health::NAME,
+    ssh::Identity::NAME,
+    ssh::KnownHosts::NAME,
     vm::Ping::NAME,
 ];

@@ -1,0 +1,197 @@
+//! SSH into VMs with the system OpenSSH: `banger vm ssh`, `banger
+//! ssh-config --install|--uninstall`, and the hidden `banger
+//! ssh-known-hosts` that OpenSSH calls (KnownHostsCommand) for the pinned
+//! host keys, so nothing is trusted on first use and stale entries never
+//! linger.
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::{bail, Context};
+use banger_proto::methods::ssh::{Identity, KnownHosts};
+use banger_proto::methods::vm::Show;
+use banger_proto::methods::{Empty, NameParams};
+
+use super::Env;
+use crate::client::Client;
+
+/// `~/.config/banger/ssh` (or `$XDG_CONFIG_HOME/banger/ssh`).
+pub fn user_dir() -> anyhow::Result<PathBuf> {
+    let base = match std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
+        Some(x) => PathBuf::from(x),
+        None => PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?).join(".config"),
+    };
+    Ok(base.join("banger").join("ssh"))
+}
+
+/// Writes the caller's private key (0600) where OpenSSH reads it; returns its path.
+fn install_identity(client: &mut Client) -> anyhow::Result<PathBuf> {
+    let id = client.call::<Identity>(&Empty {})?;
+    let dir = user_dir()?;
+    std::fs::create_dir_all(&dir)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    let key = dir.join("id_ed25519");
+    if std::fs::read_to_string(&key).ok().as_deref() != Some(id.private_key.as_str()) {
+        let tmp = dir.join(".id_ed25519.tmp");
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(id.private_key.as_bytes())?;
+        std::fs::rename(&tmp, &key)?;
+        std::fs::write(dir.join("id_ed25519.pub"), format!("{}\n", id.public_key))?;
+    }
+    Ok(key)
+}
+
+/// The command OpenSSH runs for known hosts: this binary, with the same home.
+fn known_hosts_command(env: &Env) -> anyhow::Result<String> {
+    let exe = std::env::current_exe()?;
+    let mut cmd = shell_quote(&exe.display().to_string());
+    if let Some(home) = &env.paths.home {
+        cmd.push_str(&format!(
+            " --home {}",
+            shell_quote(&home.display().to_string())
+        ));
+    }
+    cmd.push_str(" ssh-known-hosts");
+    Ok(cmd)
+}
+
+fn shell_quote(s: &str) -> String {
+    if s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// `banger vm ssh NAME [-- CMD...]`: replaces this process with ssh, so
+/// ssh's exit status (the remote command's) is ours.
+pub fn vm_ssh(env: &Env, name: &str, command: &[String]) -> anyhow::Result<ExitCode> {
+    let mut client = env.client()?;
+    let vm = client.call::<Show>(&NameParams { name: name.into() })?;
+    if vm.state.as_str() != "running" {
+        bail!(
+            "vm {name:?} is {}; start it first (banger vm start {name})",
+            vm.state.as_str()
+        );
+    }
+    let Some(net) = vm.network else {
+        bail!("vm {name:?} has no network, so no SSH");
+    };
+    let key = install_identity(&mut client)?;
+    let mut ssh = Command::new("ssh");
+    ssh.arg("-i")
+        .arg(&key)
+        .args(["-o", "IdentitiesOnly=yes"])
+        .args(["-o", "UserKnownHostsFile=/dev/null"])
+        .arg("-o")
+        .arg(format!("KnownHostsCommand={}", known_hosts_command(env)?))
+        .args(["-o", "StrictHostKeyChecking=yes"])
+        .arg("-o")
+        .arg(format!("HostKeyAlias={}", net.dns_name))
+        .args(["-o", "LogLevel=ERROR"])
+        .arg(format!("root@{}", net.ip));
+    if !command.is_empty() {
+        ssh.arg("--").args(command);
+    }
+    let err = ssh.exec();
+    bail!("cannot run ssh: {err} (install openssh-client)")
+}
+
+/// `banger ssh-known-hosts`: what OpenSSH's KnownHostsCommand prints.
+pub fn known_hosts(env: &Env) -> anyhow::Result<ExitCode> {
+    let mut client = crate::autostart::connect(&env.paths, false)?;
+    print!("{}", client.call::<KnownHosts>(&Empty {})?.text);
+    Ok(ExitCode::SUCCESS)
+}
+
+const BEGIN: &str = "# >>> banger (managed by `banger ssh-config`) >>>";
+const END: &str = "# <<< banger <<<";
+
+/// `banger ssh-config --install|--uninstall`: an `Include` of banger's own
+/// file for `Host *.vm` at the top of ~/.ssh/config, between marker lines;
+/// nothing else in that file is touched, and running it twice changes nothing.
+pub fn ssh_config(env: &Env, install: bool) -> anyhow::Result<ExitCode> {
+    let home = PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?);
+    let user_config = home.join(".ssh").join("config");
+    let ours = user_dir()?.join("config");
+    let current = std::fs::read_to_string(&user_config).unwrap_or_default();
+    let stripped = strip_block(&current);
+    if install {
+        let mut client = env.client()?;
+        let key = install_identity(&mut client)?;
+        std::fs::write(
+            &ours,
+            format!(
+                "# Written by `banger ssh-config --install`.\n\
+                 Host *.vm\n  User root\n  IdentityFile {key}\n  IdentitiesOnly yes\n  \
+                 UserKnownHostsFile /dev/null\n  KnownHostsCommand {cmd}\n  StrictHostKeyChecking yes\n",
+                key = key.display(),
+                cmd = known_hosts_command(env)?
+            ),
+        )?;
+        let block = format!("{BEGIN}\nInclude {}\n{END}\n", ours.display());
+        write_config(&user_config, &format!("{block}{stripped}"))?;
+        println!("~/.ssh/config includes {} (Host *.vm)", ours.display());
+    } else {
+        if stripped != current {
+            write_config(&user_config, &stripped)?;
+        }
+        let _ = std::fs::remove_file(&ours);
+        println!("removed banger's Include from ~/.ssh/config");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The config without banger's block.
+fn strip_block(text: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in text.split_inclusive('\n') {
+        match line.trim_end() {
+            l if l == BEGIN => inside = true,
+            l if l == END && inside => inside = false,
+            _ if inside => {}
+            _ => out.push_str(line),
+        }
+    }
+    out
+}
+
+fn write_config(path: &Path, text: &str) -> anyhow::Result<()> {
+    let dir = path.parent().expect("a file in ~/.ssh");
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(".config.banger-tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_is_removed_and_nothing_else() {
+        let text = format!("Host a\n  User x\n{BEGIN}\nInclude /x\n{END}\nHost b\n");
+        assert_eq!(strip_block(&text), "Host a\n  User x\nHost b\n");
+        assert_eq!(strip_block("Host a\n"), "Host a\n");
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote("/usr/bin/banger"), "/usr/bin/banger");
+        assert_eq!(shell_quote("/tmp/a b"), "'/tmp/a b'");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+    }
+}

@@ -1,0 +1,3 @@
+//! Talking to guests: SSH keys and readiness ([`ssh`]).
+
+pub mod ssh;

@@ -1,0 +1,33 @@
+//! `ssh.*` handlers.
+
+use std::sync::Arc;
+
+use banger_proto::methods::ssh::{KnownHostsText, SshIdentity};
+use banger_proto::methods::Empty;
+use banger_proto::RpcError;
+
+use crate::caller::Ctx;
+use crate::daemon::Daemon;
+use crate::staging::blocking;
+
+/// The caller's own key pair; the uid comes from SO_PEERCRED, so nobody can
+/// ask for someone else's.
+pub async fn identity(d: Arc<Daemon>, cx: Ctx, _p: Empty) -> Result<SshIdentity, RpcError> {
+    let uid = cx.caller.uid;
+    blocking(move || {
+        let (key, public_key) = crate::guest::ssh::user_key(&d, uid)?;
+        let private_key = std::fs::read_to_string(&key)
+            .map_err(|e| RpcError::internal(format!("cannot read {}: {e}", key.display())))?;
+        Ok(SshIdentity {
+            private_key,
+            public_key,
+        })
+    })
+    .await
+}
+
+pub async fn known_hosts(d: Arc<Daemon>, cx: Ctx, _p: Empty) -> Result<KnownHostsText, RpcError> {
+    Ok(KnownHostsText {
+        text: crate::guest::ssh::known_hosts(&d, cx.caller.uid_filter())?,
+    })
+}
