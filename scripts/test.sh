@@ -68,7 +68,7 @@ step() {
     ((rc == 0)) || failed+=("$name")
 }
 
-step test cargo test --workspace --locked "$@"
+step test cargo test --workspace --locked --no-fail-fast "$@"
 step fmt cargo fmt --all -- --check
 step clippy cargo clippy --workspace --all-targets --locked -- -D warnings
 
