@@ -10,6 +10,8 @@ pub mod artifact;
 pub mod config;
 pub mod doctor;
 pub mod ids;
+pub mod image_build;
+pub mod kernel_build;
 pub mod net_alloc;
 pub mod paths;
 pub mod size;

@@ -8,6 +8,7 @@
 //! arguments never travel as paths: the client opens the file with its own rights
 //! and passes the descriptor with SCM_RIGHTS; params refer to it with [`FdRef`].
 
+pub mod agent;
 pub mod error;
 pub mod jsonrpc;
 pub mod methods;

@@ -7,4 +7,6 @@ pub mod backend;
 pub mod firecracker;
 pub mod firecracker_vmm;
 pub mod process;
+pub mod qemu;
+pub mod qemu_vmm;
 pub mod registry;
