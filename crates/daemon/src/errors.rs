@@ -81,7 +81,7 @@ pub fn from_vmm(e: crate::vmm::backend::VmmError) -> RpcError {
             "run `banger doctor`; ./install.sh installs a supported Firecracker",
         ),
         V::Unsupported(m) => RpcError::new(ErrorKind::PreconditionFailed, m),
-        V::Launch(m) | V::Api(m) => RpcError::internal(m),
+        V::Launch(m) | V::Api(m) | V::AgentChannel(m) => RpcError::internal(m),
     }
 }
 

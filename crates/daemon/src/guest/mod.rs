@@ -1,3 +1,5 @@
-//! Talking to guests: SSH keys and readiness ([`ssh`]).
+//! Talking to guests: SSH keys and readiness ([`ssh`]), the guest agent
+//! ([`agent`]).
 
+pub mod agent;
 pub mod ssh;

@@ -7,9 +7,11 @@
 
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+use tokio::net::UnixStream;
 
 /// Everything needed to launch one VM.
 #[derive(Debug, Clone)]
@@ -52,6 +54,15 @@ pub struct VmmHandle {
     pub api_socket: PathBuf,
     #[serde(default)]
     pub metrics: Option<PathBuf>,
+    /// The host end of the guest agent's channel: Firecracker's vsock Unix
+    /// socket, or QEMU's virtio-serial chardev socket. `None` for VMMs
+    /// started before banger had an agent channel.
+    #[serde(default)]
+    pub agent_socket: Option<PathBuf>,
+    /// How the guest's CPU runs: `kvm` or `tcg` (QEMU's software
+    /// emulation). `None` for records made before it was recorded.
+    #[serde(default)]
+    pub accel: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +79,10 @@ pub enum VmmError {
     /// The operation is not supported by this VMM.
     #[error("{0}")]
     Unsupported(String),
+    /// The host end of the guest agent's channel could not be opened or the
+    /// VMM refused to connect it to the guest.
+    #[error("{0}")]
+    AgentChannel(String),
 }
 
 #[async_trait]
@@ -83,6 +98,20 @@ pub trait Vmm: Send + Sync {
     async fn boot(&self, h: &VmmHandle) -> Result<(), VmmError>;
     /// Asks the guest to shut down (Ctrl-Alt-Del or equivalent).
     async fn request_shutdown(&self, h: &VmmHandle) -> Result<(), VmmError>;
+    /// Whether [`Vmm::request_shutdown`] can reach a guest at all. QEMU's
+    /// microvm runs without ACPI, so its power button goes nowhere: the
+    /// lifecycle then asks the guest agent, or escalates at once.
+    fn shutdown_reaches_guest(&self) -> bool {
+        true
+    }
+    /// A byte stream to the guest agent (the caller speaks
+    /// [`banger_proto::agent`] on it), opened within `timeout`.
+    /// Firecracker: its vsock Unix socket and the `CONNECT <port>`
+    /// handshake, which fails when nothing listens in the guest. QEMU: the
+    /// virtio-serial port's chardev socket, which always connects; a guest
+    /// without an agent then simply never answers.
+    async fn agent_connect(&self, h: &VmmHandle, timeout: Duration)
+        -> Result<UnixStream, VmmError>;
     async fn pause(&self, h: &VmmHandle) -> Result<(), VmmError>;
     async fn resume(&self, h: &VmmHandle) -> Result<(), VmmError>;
     /// The VMM's view of the guest (`Running`, `Paused`, `Not started`).

@@ -5,20 +5,29 @@
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use banger_core::config::Config;
 use banger_core::tools;
+use banger_proto::agent::AGENT_VSOCK_PORT;
+use tokio::net::UnixStream;
 
 use super::backend::{LaunchSpec, Vmm, VmmError, VmmHandle};
 use super::firecracker::api::{
-    Action, ApiClient, BootSource, Drive, MachineConfig, NetworkInterface,
+    Action, ApiClient, BootSource, Drive, MachineConfig, NetworkInterface, Vsock,
 };
 use super::firecracker::launch::{self, LaunchPaths, API_READY_TIMEOUT};
 use super::process;
 
 pub const KIND: &str = "firecracker";
+
+/// The vsock device's Unix socket, in the VM's runtime dir.
+pub const VSOCK_SOCKET: &str = "vsock.sock";
+
+/// The guest's vsock context id (2 is the host; every VM has its own device,
+/// so they can all use the first free one).
+pub const GUEST_CID: u32 = 3;
 
 /// The last version check: (binary, its mtime, outcome).
 type VersionCheck = (PathBuf, SystemTime, Result<(), String>);
@@ -110,6 +119,8 @@ impl Vmm for FirecrackerVmm {
             start_time: spawned.start_time,
             api_socket: paths.api_socket,
             metrics: Some(paths.metrics),
+            agent_socket: Some(spec.run_dir.join(VSOCK_SOCKET)),
+            accel: Some("kvm".into()),
         };
         Ok((handle, spawned.pidfd))
     }
@@ -157,6 +168,20 @@ impl Vmm for FirecrackerVmm {
             .await
             .map_err(api_err)?;
         }
+        // The guest agent's channel. Firecracker binds the socket here and
+        // refuses a path that exists: a previous boot's is stale.
+        let uds = spec.run_dir.join(VSOCK_SOCKET);
+        match std::fs::remove_file(&uds) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(VmmError::Api(format!("{}: {e}", uds.display()))),
+        }
+        api.put_vsock(&Vsock {
+            guest_cid: GUEST_CID,
+            uds_path: uds,
+        })
+        .await
+        .map_err(api_err)?;
         Ok(())
     }
 
@@ -194,5 +219,20 @@ impl Vmm for FirecrackerVmm {
 
     async fn effective_config(&self, h: &VmmHandle) -> Result<serde_json::Value, VmmError> {
         api(h).vm_config().await.map_err(api_err)
+    }
+
+    async fn agent_connect(
+        &self,
+        h: &VmmHandle,
+        timeout: Duration,
+    ) -> Result<UnixStream, VmmError> {
+        let uds = h.agent_socket.as_ref().ok_or_else(|| {
+            VmmError::AgentChannel(
+                "the VM was started without a vsock device; restart it to get one".into(),
+            )
+        })?;
+        super::firecracker::vsock::connect(uds, AGENT_VSOCK_PORT, timeout)
+            .await
+            .map_err(|e| VmmError::AgentChannel(e.to_string()))
     }
 }

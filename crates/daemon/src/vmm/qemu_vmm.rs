@@ -26,6 +26,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use banger_core::tools::{self, Version};
 use serde_json::json;
+use tokio::net::UnixStream;
 
 use super::backend::{LaunchSpec, Vmm, VmmError, VmmHandle};
 use super::process;
@@ -249,6 +250,8 @@ impl Vmm for QemuVmm {
             start_time: spawned.start_time,
             api_socket: paths.qmp_socket,
             metrics: None,
+            agent_socket: Some(paths.agent_socket),
+            accel: Some(accel.as_str().into()),
         };
         Ok((handle, spawned.pidfd))
     }
@@ -266,6 +269,36 @@ impl Vmm for QemuVmm {
     /// module documentation.
     async fn request_shutdown(&self, h: &VmmHandle) -> Result<(), VmmError> {
         connect(h).await?.system_powerdown().await.map_err(api_err)
+    }
+
+    fn shutdown_reaches_guest(&self) -> bool {
+        false
+    }
+
+    /// The virtio-serial port's chardev socket. It accepts one client at a
+    /// time (a second waits until the first hangs up) and accepts even when
+    /// nothing in the guest has the port open: then requests are never
+    /// answered and the caller's timeout reports it.
+    async fn agent_connect(
+        &self,
+        h: &VmmHandle,
+        timeout: Duration,
+    ) -> Result<UnixStream, VmmError> {
+        let path = h.agent_socket.as_ref().ok_or_else(|| {
+            VmmError::AgentChannel("the VM was started without an agent port".into())
+        })?;
+        match tokio::time::timeout(timeout, UnixStream::connect(path)).await {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) => Err(VmmError::AgentChannel(format!(
+                "cannot connect to the agent port's socket {}: {e}",
+                path.display()
+            ))),
+            Err(_) => Err(VmmError::AgentChannel(format!(
+                "the agent port's socket {} did not accept within {} ms (another client holds it?)",
+                path.display(),
+                timeout.as_millis()
+            ))),
+        }
     }
 
     async fn pause(&self, h: &VmmHandle) -> Result<(), VmmError> {
@@ -490,6 +523,48 @@ mod tests {
             "QEMU removes its socket"
         );
         assert!(vmm.status(&vm.handle).await.is_err());
+    }
+
+    /// The agent channel on the real QEMU: the virtio-serial port's socket
+    /// connects, and since nothing in the stub guest opens the port, a
+    /// request is never answered and the client's bound reports it.
+    #[tokio::test]
+    async fn agent_port_connects_and_an_absent_agent_times_out() {
+        use crate::guest::agent::{AgentClient, AgentError};
+
+        let dir = tempfile::tempdir().unwrap();
+        let spec = stub_spec(dir.path());
+        let vmm = vmm();
+        let (vm, _) = spawn(&vmm, &spec).await;
+        vmm.boot(&vm.handle).await.unwrap();
+        wait_for_text(&console(&spec), stub_guest::BANNER).await;
+        assert_eq!(
+            vm.handle.agent_socket.as_deref(),
+            Some(spec.run_dir.join("agent.sock").as_path())
+        );
+        assert!(!vmm.shutdown_reaches_guest());
+
+        let stream = vmm
+            .agent_connect(&vm.handle, Duration::from_secs(1))
+            .await
+            .unwrap();
+        let mut c = AgentClient::new(stream, Duration::from_millis(500));
+        let t = Instant::now();
+        let e = c.health().await.unwrap_err();
+        assert!(matches!(e, AgentError::Timeout { .. }), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        // QEMU is unaffected.
+        assert_eq!(vmm.status(&vm.handle).await.unwrap(), "Running");
+
+        // A handle without the socket (a record from before the agent
+        // channel) is refused with a clear error.
+        let mut old = vm.handle.clone();
+        old.agent_socket = None;
+        let e = vmm
+            .agent_connect(&old, Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("without an agent port"), "{e}");
     }
 
     #[tokio::test]

@@ -458,3 +458,45 @@ async fn sigkill_is_reported_and_the_logs_stay() {
         "API gone with the process"
     );
 }
+
+/// The guest agent's channel on the real Firecracker: the vsock device
+/// listens, `CONNECT 10789` reaches Firecracker, and since the stub guest
+/// has no vsock driver (nothing accepts), Firecracker gives up on the
+/// connection and the caller gets a clear error within its timeout — not a
+/// hang.
+#[tokio::test]
+async fn vsock_connect_to_a_guest_without_an_agent_fails_fast_and_clearly() {
+    use crate::guest::agent::CONNECT_TIMEOUT;
+    use crate::vmm::firecracker::vsock::{self, VsockError};
+
+    let dir = tempfile::tempdir().unwrap();
+    let vm = start(&dir.path().join("vm"), "vsock-test").await;
+    let uds = dir.path().join("vsock.sock");
+    vm.api
+        .put_vsock(&Vsock {
+            guest_cid: 3,
+            uds_path: uds.clone(),
+        })
+        .await
+        .unwrap();
+    boot(&vm, dir.path()).await;
+    assert!(uds.exists(), "firecracker listens on the vsock socket");
+
+    let t = Instant::now();
+    let e = vsock::connect(&uds, banger_proto::agent::AGENT_VSOCK_PORT, CONNECT_TIMEOUT)
+        .await
+        .unwrap_err();
+    let took = t.elapsed();
+    eprintln!("CONNECT to a guest without an agent: {e} (after {took:?})");
+    assert!(
+        matches!(e, VsockError::Refused { .. } | VsockError::Timeout { .. }),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("10789"), "{e}");
+    assert!(
+        took <= CONNECT_TIMEOUT + Duration::from_millis(500),
+        "{took:?}"
+    );
+    // Firecracker is fine afterwards.
+    assert_eq!(state(&vm).await, STATE_RUNNING);
+}
