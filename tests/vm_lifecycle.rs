@@ -564,7 +564,10 @@ fn a_full_disk_fails_the_create_cleanly() {
     let _guard = Unmount(h.state());
     let cfg = h.path().join("config.toml");
     let text = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(&cfg, format!("{text}\n[vm]\ndisk_backend = \"copy\"\n")).unwrap();
+    // Into Home's own [vm] table (a second [vm] would be invalid TOML).
+    assert!(text.contains("[vm]\n"), "{text}");
+    let text = text.replace("[vm]\n", "[vm]\ndisk_backend = \"copy\"\n");
+    std::fs::write(&cfg, text).unwrap();
     h.start_daemon();
     let k = h.path().join("k.vmlinux");
     fixtures::write_stub_kernel(&k);

@@ -33,7 +33,9 @@ pub struct Home {
 
 impl Home {
     /// A fresh home, traversable by other users (so tests can act as nobody),
-    /// whose socket group is nogroup.
+    /// whose socket group is nogroup, and whose VMs run under Firecracker
+    /// unless a test says `--vmm` (the stub guest of [`stub_image`] is
+    /// Firecracker's; `auto` would pick QEMU on hosts like CI's).
     pub fn new() -> Home {
         let dir = tempfile::Builder::new()
             .prefix("banger-test-")
@@ -43,7 +45,7 @@ impl Home {
         std::fs::write(
             dir.path().join("config.toml"),
             format!(
-                "[daemon]\nsocket_group = \"{NOBODY}\"\n\n[network]\ndns_listen = \"127.0.0.1:0\"\n"
+                "[daemon]\nsocket_group = \"{NOBODY}\"\n\n[vm]\nvmm = \"firecracker\"\n\n[network]\ndns_listen = \"127.0.0.1:0\"\n"
             ),
         )
         .unwrap();
@@ -340,7 +342,8 @@ pub fn stub_image(h: &Home) {
     h.ok(&["image", "promote", "stub"]);
 }
 
-/// pids of processes whose command line mentions this home (VMMs we made).
+/// pids of VMM processes (Firecracker, QEMU) whose command line mentions
+/// this home (VMMs we made).
 pub fn processes_under(home: &Path) -> Vec<i32> {
     let needle = home.to_string_lossy().into_owned();
     let mut out = Vec::new();
@@ -355,7 +358,8 @@ pub fn processes_under(home: &Path) -> Vec<i32> {
             continue;
         };
         let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        if cmd.contains("firecracker") && cmd.contains(&needle) && alive(pid) {
+        let vmm = cmd.contains("firecracker") || cmd.contains("qemu-system");
+        if vmm && cmd.contains(&needle) && alive(pid) {
             out.push(pid);
         }
     }

@@ -107,6 +107,15 @@ pub struct VmConfig {
     /// How long a start waits for the guest's sshd (images with `ssh`).
     #[serde(default = "default_ssh_wait")]
     pub ssh_wait_secs: u64,
+    /// The VMM new VMs get when `vm create` does not say: `auto`
+    /// (Firecracker where it can boot guests, else QEMU), `firecracker` or
+    /// `qemu`.
+    #[serde(default = "default_vmm")]
+    pub vmm: String,
+}
+
+fn default_vmm() -> String {
+    "auto".into()
 }
 
 fn default_ssh_wait() -> u64 {
@@ -137,6 +146,7 @@ impl Default for VmConfig {
             log_max_bytes: default_vm_log_max(),
             boot_args: default_boot_args(),
             ssh_wait_secs: default_ssh_wait(),
+            vmm: default_vmm(),
         }
     }
 }
@@ -232,6 +242,13 @@ mod tests {
         assert_eq!(c.daemon.log_max_bytes, 5);
         let e = Config::parse("[daemon]\nsocket_grup = \"x\"\n").unwrap_err();
         assert!(e.contains("socket_grup"), "{e}");
+    }
+
+    #[test]
+    fn vmm_key() {
+        assert_eq!(Config::default().vm.vmm, "auto");
+        let c = Config::parse("[vm]\nvmm = \"qemu\"\n").unwrap();
+        assert_eq!(c.vm.vmm, "qemu");
     }
 
     #[test]

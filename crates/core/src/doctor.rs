@@ -39,6 +39,7 @@ pub const CHECK_NAMES: &[&str] = &[
     "git",
     "ssh",
     "qemu",
+    "vmm",
     "disk-space",
     "store",
 ];
@@ -63,6 +64,7 @@ pub fn run_checks(paths: &Paths, config: &Config) -> Vec<Check> {
         check_git(),
         check_ssh(),
         check_qemu(),
+        check_vmm(config),
         check_disk_space(&paths.state_dir),
         check_store(&paths.db()),
     ]
@@ -325,6 +327,45 @@ pub fn check_qemu() -> Check {
         Ok(v) => ok(NAME, format!("{} ({v})", bin.display())),
         Err(e) => warn(NAME, format!("{}: {e}", bin.display()), FIX),
     }
+}
+
+/// Which VMM `auto` picks here and why ([`crate::vmm_select`]), and
+/// whether the configured `[vm] vmm` can run guests here.
+pub fn check_vmm(config: &Config) -> Check {
+    use crate::vmm_select::{self, HostFacts};
+    const NAME: &str = "vmm";
+    let facts = HostFacts::detect(config);
+    let auto = vmm_select::choose(&facts);
+    let auto_says = format!("auto picks {}: {}", auto.vmm, auto.reason);
+    let configured = config.vm.vmm.as_str();
+    if let Err(e) = vmm_select::validate(configured) {
+        return fail(
+            NAME,
+            format!("[vm] vmm: {e}"),
+            "set [vm] vmm to auto, firecracker or qemu",
+        );
+    }
+    let vmm = match configured {
+        "auto" => auto.vmm,
+        vmm_select::FIRECRACKER => vmm_select::FIRECRACKER,
+        _ => vmm_select::QEMU,
+    };
+    let detail = if configured == "auto" {
+        auto_says
+    } else {
+        format!("[vm] vmm = {configured} ({auto_says})")
+    };
+    if vmm == vmm_select::FIRECRACKER && auto.vmm != vmm_select::FIRECRACKER {
+        return warn(
+            NAME,
+            detail,
+            "set [vm] vmm = \"auto\" (or qemu), or pass --vmm qemu, to boot guests under QEMU here",
+        );
+    }
+    if vmm == vmm_select::QEMU && !facts.qemu {
+        return fail(NAME, detail, "sudo apt-get install qemu-system-x86");
+    }
+    ok(NAME, detail)
 }
 
 // ---------------------------------------------------------------- devices and modules

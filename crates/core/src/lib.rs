@@ -19,3 +19,4 @@ pub mod store;
 pub mod stub_guest;
 pub mod timefmt;
 pub mod tools;
+pub mod vmm_select;

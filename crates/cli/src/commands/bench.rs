@@ -198,6 +198,8 @@ fn create(
                 memory_mib: Some(128),
                 disk_bytes: Some(128 << 20),
                 nat,
+                // The bench stub is Firecracker's stub guest (no PVH note).
+                vmm: (image == BENCH_IMAGE).then(|| "firecracker".to_string()),
                 ..Default::default()
             })?;
             names.push(name);

@@ -10,8 +10,8 @@ use banger_proto::methods::op::StageInfo;
 use banger_proto::methods::vm::{
     CreateBegin, CreateParams, Delete, DeleteParams, Health, Kill, KillParams, LifecycleResult,
     List, ListParams, LogSource, Logs, Ping, PortAdd, PortAddParams, PortList, PortMapping,
-    PortRemove, PortRemoveParams, Prune, Restart, Set, SetParams, Show, Start, Stats, Stop,
-    StopParams, VmInfo, VmLogsParams,
+    PortRemove, PortRemoveParams, Ports, Prune, Restart, Set, SetParams, Show, Start, Stats, Stop,
+    StopParams, VmInfo, VmLogsParams, VmPorts,
 };
 use banger_proto::methods::{Empty, NameParams};
 use clap::Subcommand;
@@ -49,6 +49,10 @@ pub enum VmCmd {
         /// Publish a guest port on the host: [HOST_IP:]HOST_PORT:GUEST_PORT[/tcp|udp] (repeatable).
         #[arg(short = 'p', long = "publish", value_name = "SPEC", value_parser = parse_port)]
         ports: Vec<PortMapping>,
+        /// The VMM: firecracker, qemu, or auto (Firecracker where it can boot guests, else
+        /// QEMU; `banger doctor` says which). Default: config [vm] vmm, else auto.
+        #[arg(long, value_name = "firecracker|qemu|auto", value_parser = ["firecracker", "qemu", "auto"])]
+        vmm: Option<String>,
     },
     /// Boot stopped VMs.
     Start {
@@ -135,8 +139,10 @@ pub enum VmCmd {
         #[arg(last = true)]
         command: Vec<String>,
     },
-    /// Round trip to the VM.
+    /// Round trip to the VM (its guest agent, else its VMM).
     Ping { name: String },
+    /// Sockets listening in the guest (from its agent), with <name>.vm endpoints.
+    Ports { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -179,6 +185,7 @@ pub fn run(env: &Env, cmd: VmCmd) -> anyhow::Result<ExitCode> {
             no_start,
             nat,
             ports,
+            vmm,
         } => create(
             env,
             CreateParams {
@@ -198,6 +205,7 @@ pub fn run(env: &Env, cmd: VmCmd) -> anyhow::Result<ExitCode> {
                     .map_err(anyhow::Error::msg)?,
                 no_start,
                 nat,
+                vmm,
             },
         ),
         VmCmd::Start { names } => each(env, names, "started", |c, n| {
@@ -304,7 +312,47 @@ pub fn run(env: &Env, cmd: VmCmd) -> anyhow::Result<ExitCode> {
         VmCmd::Health { name } => health(env, name, false),
         VmCmd::Ssh { name, command } => super::ssh::vm_ssh(env, &name, &command),
         VmCmd::Ping { name } => health(env, name, true),
+        VmCmd::Ports { name } => {
+            let p = env.client()?.call::<Ports>(&NameParams { name })?;
+            if env.json {
+                output::json(&p)?;
+            } else {
+                print!("{}", ports_table(&p));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// `vm ports` as text: one row per socket, then the links.
+pub fn ports_table(p: &VmPorts) -> String {
+    if p.ports.is_empty() {
+        return format!("{}: nothing listens in the guest\n", p.name);
+    }
+    let mut t = output::Table::new(&["PROTO", "ADDRESS", "PORT", "PROCESS", "ENDPOINT"]);
+    for g in &p.ports {
+        let process = match (&g.process, g.pid) {
+            (Some(name), Some(pid)) => format!("{name} ({pid})"),
+            (Some(name), None) => name.clone(),
+            (None, Some(pid)) => format!("pid {pid}"),
+            (None, None) => "-".into(),
+        };
+        t.row(vec![
+            g.proto.clone(),
+            g.address.clone(),
+            g.port.to_string(),
+            process,
+            g.endpoint.clone().unwrap_or_else(|| "guest only".into()),
+        ]);
+    }
+    let mut out = t.render();
+    let mut urls: Vec<&str> = p.ports.iter().filter_map(|g| g.url.as_deref()).collect();
+    urls.dedup();
+    for u in urls {
+        out.push_str(u);
+        out.push('\n');
+    }
+    out
 }
 
 fn spec_line(vm: &VmInfo) -> String {
@@ -574,6 +622,15 @@ fn show(v: &VmInfo) {
             None => v.vmm.clone(),
         },
     );
+    if let Some(a) = &v.accel {
+        row(
+            "accel",
+            match a.as_str() {
+                "tcg" => "tcg (software emulation: no usable KVM for QEMU here)".into(),
+                other => other.into(),
+            },
+        );
+    }
     if let Some(s) = &v.api_socket {
         row("api socket", s.clone());
     }
@@ -673,11 +730,13 @@ fn health(env: &Env, name: String, ping: bool) -> anyhow::Result<ExitCode> {
         output::json(&h)?;
     } else if ping {
         match h.latency_ms {
-            Some(ms) if h.healthy => println!(
-                "{}: {} in {ms:.2}ms",
-                h.name,
-                h.vmm_state.as_deref().unwrap_or("?")
-            ),
+            Some(ms) if h.healthy => {
+                let what = match &h.agent {
+                    Some(a) => format!("agent {}", a.agent_version),
+                    None => h.vmm_state.clone().unwrap_or_else(|| "?".into()),
+                };
+                println!("{}: {what} ({}) in {ms:.2}ms", h.name, h.checked)
+            }
             _ => println!("{}: no answer ({})", h.name, h.detail),
         }
     } else {
@@ -693,4 +752,64 @@ fn health(env: &Env, name: String, ping: bool) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use banger_proto::methods::vm::{GuestPort, VmPorts};
+
+    use super::ports_table;
+
+    fn port(
+        proto: &str,
+        address: &str,
+        port: u16,
+        process: Option<&str>,
+        reach: bool,
+    ) -> GuestPort {
+        GuestPort {
+            proto: proto.into(),
+            address: address.into(),
+            port,
+            pid: process.map(|_| 400),
+            process: process.map(str::to_string),
+            endpoint: reach.then(|| format!("box.vm:{port}")),
+            url: (reach && proto.starts_with("tcp")).then(|| format!("http://box.vm:{port}/")),
+        }
+    }
+
+    #[test]
+    fn ports_table_rows_and_links() {
+        let p = VmPorts {
+            name: "box".into(),
+            dns_name: Some("box.vm".into()),
+            ip: Some("172.16.213.2".parse().unwrap()),
+            ports: vec![
+                port("tcp", "0.0.0.0", 22, Some("sshd"), true),
+                port("tcp6", "::", 22, Some("sshd"), true),
+                port("udp", "0.0.0.0", 53, None, true),
+                port("tcp", "127.0.0.1", 5432, Some("postgres"), false),
+            ],
+        };
+        let text = ports_table(&p);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("PROTO"), "{text}");
+        assert!(
+            lines[1].contains("sshd (400)") && lines[1].contains("box.vm:22"),
+            "{text}"
+        );
+        assert!(
+            lines[3].contains("53") && lines[3].contains("box.vm:53"),
+            "{text}"
+        );
+        assert!(
+            lines[4].contains("postgres (400)") && lines[4].ends_with("guest only"),
+            "{text}"
+        );
+        // One link per reachable TCP port, duplicates (tcp + tcp6) folded.
+        assert_eq!(&lines[5..], ["http://box.vm:22/"], "{text}");
+
+        let empty = VmPorts { ports: vec![], ..p };
+        assert_eq!(ports_table(&empty), "box: nothing listens in the guest\n");
+    }
 }

@@ -52,6 +52,7 @@ pub fn table() -> Table {
     t.add::<s::Identity, _, _>(ssh::identity);
     t.add::<s::KnownHosts, _, _>(ssh::known_hosts);
     t.add::<v::Ping, _, _>(vm::ping);
+    t.add::<v::Ports, _, _>(vm::ports);
     t
 }
 

@@ -9,7 +9,7 @@ use banger_proto::methods::op::{OpIdParams, OperationInfo};
 use banger_proto::methods::vm::{
     CreateBegun, CreateParams, DeleteParams, KillParams, LifecycleResult, ListParams, LogSource,
     PortAddParams, PortMapping, PortRemoveParams, PruneResult, SetParams, StopParams, VmHealth,
-    VmInfo, VmLogsParams, VmState, VmStats,
+    VmInfo, VmLogsParams, VmPorts, VmState, VmStats,
 };
 use banger_proto::methods::{Empty, NameParams};
 use banger_proto::names::validate_name;
@@ -64,7 +64,7 @@ pub async fn create_begin(
         memory_mib: r.memory_mib,
         disk_bytes: r.disk_bytes,
         nat: p.nat,
-        vmm: "firecracker".into(),
+        vmm: d.vmms.resolve(p.vmm.as_deref())?.into(),
     };
     if !p.no_start {
         // Fail before making anything when the VM could not start anyway.
@@ -330,9 +330,13 @@ pub async fn stats(d: Arc<Daemon>, cx: Ctx, p: NameParams) -> Result<VmStats, Rp
 }
 
 pub async fn health(d: Arc<Daemon>, cx: Ctx, p: NameParams) -> Result<VmHealth, RpcError> {
-    info::health(&d, &access::find(&d, &cx.caller, &p.name)?).await
+    info::health(&d, &access::find(&d, &cx.caller, &p.name)?, false).await
 }
 
 pub async fn ping(d: Arc<Daemon>, cx: Ctx, p: NameParams) -> Result<VmHealth, RpcError> {
-    info::health(&d, &access::find(&d, &cx.caller, &p.name)?).await
+    info::health(&d, &access::find(&d, &cx.caller, &p.name)?, true).await
+}
+
+pub async fn ports(d: Arc<Daemon>, cx: Ctx, p: NameParams) -> Result<VmPorts, RpcError> {
+    info::ports(&d, &access::find(&d, &cx.caller, &p.name)?).await
 }

@@ -1,4 +1,4 @@
-//! What `vm list/show/stats/health/ping` report. These only read the store
+//! What `vm list/show/stats/health/ping/ports` report. These only read the store
 //! and /proc (and ask the VMM, with a short timeout): they never wait for a
 //! lifecycle operation.
 
@@ -6,12 +6,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use banger_core::timefmt;
-use banger_proto::methods::vm::{DiskInfo, NetworkInfo, VmHealth, VmInfo, VmState, VmStats};
-use banger_proto::RpcError;
+use banger_proto::agent::{ListeningPort, PortProto};
+use banger_proto::methods::vm::{
+    DiskInfo, GuestPort, NetworkInfo, VmHealth, VmInfo, VmPorts, VmState, VmStats,
+};
+use banger_proto::{ErrorKind, RpcError};
 
 use super::record::{self, Vm};
 use crate::daemon::Daemon;
 use crate::errors::Rpc;
+use crate::guest::agent;
 
 pub fn vm_info(d: &Daemon, vm: &Vm) -> Result<VmInfo, RpcError> {
     let image = d.store.image_by_id(&vm.row.image_id).rpc()?;
@@ -30,6 +34,11 @@ pub fn vm_info(d: &Daemon, vm: &Vm) -> Result<VmInfo, RpcError> {
         disk_bytes: vm.spec.disk_bytes,
         nat: vm.spec.nat,
         vmm: vm.spec.vmm.clone(),
+        accel: rt
+            .vmm
+            .as_ref()
+            .filter(|_| vm.state != VmState::Stopped)
+            .and_then(|h| h.accel.clone()),
         pid: rt.vmm.as_ref().map(|h| h.pid),
         api_socket: rt.vmm.as_ref().map(|h| h.api_socket.display().to_string()),
         root_disk: rt.root.as_ref().map(|r| DiskInfo {
@@ -117,15 +126,24 @@ pub async fn stats(d: &Arc<Daemon>, vm: &Vm) -> Result<VmStats, RpcError> {
     Ok(out)
 }
 
-/// VMM liveness: the process is alive and its API answers. (The guest
-/// agent's health joins this when the agent exists.)
-pub async fn health(d: &Arc<Daemon>, vm: &Vm) -> Result<VmHealth, RpcError> {
+/// `vm health` (`ping == false`) and `vm ping`.
+///
+/// With an image that has the `agent` feature the guest agent answers
+/// (`checked: "agent"`): healthy means the agent replied to `health`, and
+/// its answer (version, uptime, boot id, hostname) is included. Without one,
+/// VMM liveness only (`checked: "vmm"`): the process is alive and its API
+/// answers, and `detail` says that no agent was asked. `health` also asks
+/// the VMM for its state; `ping` makes one round trip only.
+pub async fn health(d: &Arc<Daemon>, vm: &Vm, ping: bool) -> Result<VmHealth, RpcError> {
+    let has_agent = agent::vm_has_agent(d, vm);
     let mut h = VmHealth {
         name: vm.name().to_string(),
         healthy: false,
         state: vm.state,
         vmm_state: None,
         latency_ms: None,
+        checked: if has_agent { "agent" } else { "vmm" }.into(),
+        agent: None,
         detail: String::new(),
     };
     let (Some(handle), VmState::Running) = (vm.runtime.vmm.as_ref(), vm.state) else {
@@ -138,15 +156,222 @@ pub async fn health(d: &Arc<Daemon>, vm: &Vm) -> Result<VmHealth, RpcError> {
         return Ok(h);
     }
     let vmm = d.vmms.get(&vm.spec.vmm)?;
-    let t = Instant::now();
-    match vmm.status(handle).await {
-        Ok(s) => {
-            h.latency_ms = Some((t.elapsed().as_secs_f64() * 1e6).round() / 1e3);
-            h.healthy = s == "Running";
-            h.detail = format!("{} (pid {}) answers: {s}", vm.spec.vmm, handle.pid);
-            h.vmm_state = Some(s);
+    let mut vmm_detail = String::new();
+    if !has_agent || !ping {
+        let t = Instant::now();
+        match vmm.status(handle).await {
+            Ok(s) => {
+                h.latency_ms = Some(millis(t));
+                h.healthy = s == "Running";
+                vmm_detail = format!("{} (pid {}) answers: {s}", vm.spec.vmm, handle.pid);
+                h.vmm_state = Some(s);
+            }
+            Err(e) => {
+                h.detail = format!("the VMM does not answer: {e}");
+                return Ok(h);
+            }
         }
-        Err(e) => h.detail = format!("the VMM does not answer: {e}"),
+    }
+    if !has_agent {
+        h.detail = format!(
+            "{vmm_detail}; no guest agent in image {} (VMM liveness only)",
+            image_name(d, vm)
+        );
+        return Ok(h);
+    }
+    let t = Instant::now();
+    let answer = match agent::connect(d, vm).await {
+        Ok(mut c) => c.health().await,
+        Err(e) => Err(e),
+    };
+    match answer {
+        Ok(a) => {
+            h.latency_ms = Some(millis(t));
+            h.healthy = true;
+            h.detail = format!(
+                "agent {} answers: up {:.0}s, hostname {}, kernel {}, boot {}",
+                a.agent_version,
+                a.uptime_secs,
+                a.hostname,
+                a.kernel_release,
+                a.boot_id.get(..8).unwrap_or(&a.boot_id)
+            );
+            h.agent = Some(a);
+        }
+        Err(e) => {
+            h.healthy = false;
+            h.latency_ms = None;
+            h.detail = agent::not_answering(vm.name(), &e);
+            if !vmm_detail.is_empty() {
+                h.detail.push_str(&format!(" ({vmm_detail})"));
+            }
+        }
     }
     Ok(h)
+}
+
+fn millis(t: Instant) -> f64 {
+    (t.elapsed().as_secs_f64() * 1e6).round() / 1e3
+}
+
+fn image_name(d: &Daemon, vm: &Vm) -> String {
+    d.store
+        .image_by_id(&vm.row.image_id)
+        .ok()
+        .flatten()
+        .map_or_else(|| vm.row.image_id.clone(), |i| i.name)
+}
+
+/// `vm ports`: the guest's listening sockets, from its agent.
+pub async fn ports(d: &Arc<Daemon>, vm: &Vm) -> Result<VmPorts, RpcError> {
+    if vm.state != VmState::Running || vm.runtime.vmm.is_none() {
+        return Err(RpcError::new(
+            ErrorKind::InvalidState,
+            format!(
+                "vm {:?} is {}: start it to see its ports",
+                vm.name(),
+                vm.state.as_str()
+            ),
+        ));
+    }
+    if !agent::vm_has_agent(d, vm) {
+        return Err(RpcError::new(
+            ErrorKind::PreconditionFailed,
+            format!(
+                "image {} has no guest agent (image feature `{}`): vm ports asks the agent",
+                image_name(d, vm),
+                agent::FEATURE
+            ),
+        ));
+    }
+    let answer = match agent::connect(d, vm).await {
+        Ok(mut c) => c.ports().await,
+        Err(e) => Err(e),
+    };
+    let listening = answer.map_err(|e| {
+        let kind = match e {
+            agent::AgentError::Timeout { .. } => ErrorKind::Timeout,
+            agent::AgentError::Channel(_) | agent::AgentError::Closed { .. } => {
+                ErrorKind::PreconditionFailed
+            }
+            _ => ErrorKind::Internal,
+        };
+        RpcError::new(kind, agent::not_answering(vm.name(), &e)).with(
+            "hint",
+            format!("see the guest console: banger vm logs {}", vm.name()),
+        )
+    })?;
+    let ip = d.store.vm_address(vm.id()).rpc()?;
+    Ok(VmPorts {
+        name: vm.name().to_string(),
+        dns_name: ip.map(|_| format!("{}.vm", vm.name())),
+        ip,
+        ports: guest_ports(vm.name(), ip, listening),
+    })
+}
+
+/// The agent's sockets as `vm ports` shows them, sorted by port then
+/// protocol. A socket the host can reach — bound to all addresses or to the
+/// VM's own, on a VM with a network — gets the `<name>.vm:PORT` endpoint,
+/// and a TCP one the `http://<name>.vm:PORT/` link; loopback-only sockets
+/// and those bound to other guest addresses (a container bridge) get none.
+pub fn guest_ports(
+    name: &str,
+    ip: Option<std::net::Ipv4Addr>,
+    listening: Vec<ListeningPort>,
+) -> Vec<GuestPort> {
+    let mut out: Vec<GuestPort> = listening
+        .into_iter()
+        .map(|p| {
+            let reachable = ip.is_some_and(|ip| {
+                matches!(p.address.as_str(), "0.0.0.0" | "::")
+                    || p.address == ip.to_string()
+                    || p.address == format!("::ffff:{ip}")
+            });
+            let tcp = matches!(p.proto, PortProto::Tcp | PortProto::Tcp6);
+            GuestPort {
+                proto: p.proto.as_str().to_string(),
+                address: p.address,
+                port: p.port,
+                pid: p.pid,
+                process: p.process,
+                endpoint: reachable.then(|| format!("{name}.vm:{}", p.port)),
+                url: (reachable && tcp).then(|| format!("http://{name}.vm:{}/", p.port)),
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| (a.port, &a.proto, &a.address).cmp(&(b.port, &b.proto, &b.address)));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use banger_proto::agent::{ListeningPort, PortProto};
+
+    use super::guest_ports;
+
+    fn lp(proto: PortProto, address: &str, port: u16, process: &str) -> ListeningPort {
+        ListeningPort {
+            proto,
+            address: address.into(),
+            port,
+            pid: Some(100 + u32::from(port)),
+            process: Some(process.into()),
+        }
+    }
+
+    #[test]
+    fn endpoints_only_for_what_the_host_can_reach() {
+        let ip = Some("172.16.213.2".parse().unwrap());
+        let ports = guest_ports(
+            "box",
+            ip,
+            vec![
+                lp(PortProto::Tcp6, "::", 22, "sshd"),
+                lp(PortProto::Tcp, "0.0.0.0", 22, "sshd"),
+                lp(PortProto::Tcp, "127.0.0.1", 5432, "postgres"),
+                lp(PortProto::Udp, "0.0.0.0", 53, "dnsmasq"),
+                lp(PortProto::Tcp, "172.16.213.2", 8080, "python3"),
+                lp(PortProto::Tcp, "172.17.0.1", 9000, "dockerd"),
+            ],
+        );
+        let rows: Vec<(u16, &str, Option<&str>, Option<&str>)> = ports
+            .iter()
+            .map(|p| {
+                (
+                    p.port,
+                    p.proto.as_str(),
+                    p.endpoint.as_deref(),
+                    p.url.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                (22, "tcp", Some("box.vm:22"), Some("http://box.vm:22/")),
+                (22, "tcp6", Some("box.vm:22"), Some("http://box.vm:22/")),
+                (53, "udp", Some("box.vm:53"), None),
+                (5432, "tcp", None, None),
+                (
+                    8080,
+                    "tcp",
+                    Some("box.vm:8080"),
+                    Some("http://box.vm:8080/")
+                ),
+                (9000, "tcp", None, None),
+            ]
+        );
+        assert_eq!(ports[0].process.as_deref(), Some("sshd"));
+        // Without a network nothing is reachable from the host.
+        let none = guest_ports(
+            "box",
+            None,
+            vec![lp(PortProto::Tcp, "0.0.0.0", 80, "nginx")],
+        );
+        assert_eq!(
+            (none[0].endpoint.as_ref(), none[0].url.as_ref()),
+            (None, None)
+        );
+    }
 }

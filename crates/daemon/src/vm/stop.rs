@@ -1,7 +1,8 @@
 //! `vm stop`, `vm kill`, `vm restart`.
 //!
-//! stop: Ctrl-Alt-Del (the guest's clean shutdown), wait `timeout`, then
-//! SIGTERM, wait, then SIGKILL; the result says which one ended the VMM.
+//! stop: ask the guest to power off (its agent, else Ctrl-Alt-Del where the
+//! VMM can deliver it), wait `timeout`, then SIGTERM, wait, then SIGKILL;
+//! the result says which one ended the VMM.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,11 +18,18 @@ use super::release;
 use super::stages::Stages;
 use super::start;
 use crate::daemon::Daemon;
+use crate::guest::agent;
 
 const TERM_WAIT: Duration = Duration::from_secs(5);
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
 /// Ends the VMM politely, then less so. Returns what ended it.
+///
+/// The polite step: the guest agent's `poweroff` when the image has an
+/// agent (a clean systemd shutdown, under either VMM), else the VMM's own
+/// request (Firecracker: Ctrl-Alt-Del). If neither can reach the guest —
+/// QEMU's microvm has no ACPI, so its power button goes nowhere — there is
+/// nothing to wait for and the stop goes straight to SIGTERM.
 async fn shut_down(d: &Arc<Daemon>, vm: &Vm, timeout: Duration, stages: &Stages) -> String {
     let Some(proc) = d.procs.get(vm.id()) else {
         return "already-exited".into();
@@ -29,13 +37,35 @@ async fn shut_down(d: &Arc<Daemon>, vm: &Vm, timeout: Duration, stages: &Stages)
     if proc.exited().is_some() {
         return "already-exited".into();
     }
-    stages.stage("ctrl-alt-del");
-    if let (Some(h), Ok(vmm)) = (&vm.runtime.vmm, d.vmms.get(&vm.spec.vmm)) {
-        if let Err(e) = vmm.request_shutdown(h).await {
-            tracing::info!(vm = %vm.name(), error = %e, "shutdown request failed; escalating");
+    let vmm = d.vmms.get(&vm.spec.vmm).ok();
+    let mut asked = false;
+    if agent::vm_has_agent(d, vm) {
+        stages.stage("agent-poweroff");
+        let answer = match agent::connect(d, vm).await {
+            Ok(mut c) => c.poweroff().await.map(drop),
+            Err(e) => Err(e),
+        };
+        match answer {
+            Ok(()) => asked = true,
+            Err(e) => {
+                tracing::info!(vm = %vm.name(), error = %e, "agent poweroff failed; trying the VMM")
+            }
         }
     }
-    if proc.wait(timeout).await.is_some() {
+    if !asked {
+        if let (Some(h), Some(vmm)) = (&vm.runtime.vmm, &vmm) {
+            if vmm.shutdown_reaches_guest() {
+                stages.stage("ctrl-alt-del");
+                match vmm.request_shutdown(h).await {
+                    Ok(()) => asked = true,
+                    Err(e) => {
+                        tracing::info!(vm = %vm.name(), error = %e, "shutdown request failed; escalating")
+                    }
+                }
+            }
+        }
+    }
+    if asked && proc.wait(timeout).await.is_some() {
         return "guest".into();
     }
     stages.stage("sigterm");

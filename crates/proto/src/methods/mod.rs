@@ -100,4 +100,5 @@ pub const ALL: &[&str] = &[
     ssh::Identity::NAME,
     ssh::KnownHosts::NAME,
     vm::Ping::NAME,
+    vm::Ports::NAME,
 ];

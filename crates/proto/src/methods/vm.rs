@@ -75,12 +75,18 @@ method!(
     PortList = "vm.port.list", NameParams => Vec<PortMapping>
 );
 method!(
-    /// Is the VM healthy? (VMM liveness until the guest agent lands.)
+    /// Is the VM healthy? The guest agent's answer when the image has one,
+    /// else VMM liveness (and `detail` says so).
     Health = "vm.health", NameParams => VmHealth
 );
 method!(
-    /// A round trip to the VM's VMM.
+    /// A round trip to the guest agent (or, without one, to the VMM).
     Ping = "vm.ping", NameParams => VmHealth
+);
+method!(
+    /// Sockets listening in the guest, from its agent, with the endpoints
+    /// they are reachable at from the host.
+    Ports = "vm.ports", NameParams => VmPorts
 );
 
 /// VM states. Transitional states (`creating`, `starting`, `stopping`,
@@ -154,6 +160,9 @@ pub struct CreateParams {
     /// Ports to publish (`-p`).
     #[serde(default)]
     pub ports: Vec<PortMapping>,
+    /// `firecracker`, `qemu` or `auto`; absent: the config's `[vm] vmm`.
+    #[serde(default)]
+    pub vmm: Option<String>,
 }
 
 /// A published port: host `host_ip:host_port` (all host addresses when
@@ -378,8 +387,12 @@ pub struct VmInfo {
     /// Work disk size in bytes.
     pub disk_bytes: u64,
     pub nat: bool,
-    /// `firecracker` (later also `qemu`).
+    /// `firecracker` or `qemu`: the VMM this VM runs under (chosen at create).
     pub vmm: String,
+    /// How the guest's CPU runs while the VM runs: `kvm`, or `tcg` (QEMU's
+    /// software emulation). Absent while stopped.
+    #[serde(default)]
+    pub accel: Option<String>,
     #[serde(default)]
     pub pid: Option<u32>,
     #[serde(default)]
@@ -432,10 +445,50 @@ pub struct VmHealth {
     /// The VMM's own view (`Running`, `Paused`, `Not started`).
     #[serde(default)]
     pub vmm_state: Option<String>,
-    /// Round trip to the VMM's API, milliseconds.
+    /// Round trip to what answered (`checked`), milliseconds.
     #[serde(default)]
     pub latency_ms: Option<f64>,
+    /// What answered for the guest: `agent` (the image runs the guest agent)
+    /// or `vmm` (no agent: VMM liveness only).
+    pub checked: String,
+    /// The agent's answer, when it gave one.
+    #[serde(default)]
+    pub agent: Option<crate::agent::Health>,
     pub detail: String,
+}
+
+/// `vm.ports`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmPorts {
+    pub name: String,
+    /// `<name>.vm`, when the VM has a network.
+    #[serde(default)]
+    pub dns_name: Option<String>,
+    #[serde(default)]
+    pub ip: Option<std::net::Ipv4Addr>,
+    pub ports: Vec<GuestPort>,
+}
+
+/// A socket listening in the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestPort {
+    /// `tcp`, `udp`, `tcp6`, `udp6`.
+    pub proto: String,
+    /// The guest address it is bound to (`0.0.0.0`/`::`: all).
+    pub address: String,
+    pub port: u16,
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// The owning process's name.
+    #[serde(default)]
+    pub process: Option<String>,
+    /// `<name>.vm:PORT` when the host can reach it (bound to all addresses
+    /// or the VM's own; not loopback-only); absent otherwise.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// `http://<name>.vm:PORT/` for reachable TCP ports.
+    #[serde(default)]
+    pub url: Option<String>,
 }
 
 #[cfg(test)]
