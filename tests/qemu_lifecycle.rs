@@ -288,3 +288,104 @@ fn agent_not_answering_is_clear_and_fast_under_both_vmms() {
     }
     common::assert_no_vm_leftovers(&h);
 }
+
+/// The daemon side end to end with an agent that answers: a QEMU VM whose
+/// image has the `agent` feature, and the real agent code (crates/agent)
+/// serving where the guest's end would be — the VM's `agent.sock` path is
+/// re-bound by this test (the PVH stub runs no agent). The agent reads this
+/// host's /proc, so it reports the host's hostname and sockets. Its
+/// `poweroff` ends the QEMU process, as the guest's reset would under
+/// `-no-reboot`, so `vm stop` is ended by the guest.
+#[test]
+fn a_stand_in_agent_answers_health_ports_and_stop() {
+    use std::os::unix::net::UnixListener;
+
+    require_root();
+    let mut h = Home::new();
+    h.start_daemon();
+    pvh_images(&h);
+    let vm = create(&h, "qs", "pvh-agent", "qemu", &[]);
+    let pid = pid_of(&vm);
+    let run_dir = Path::new(vm["api_socket"].as_str().unwrap())
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let sock = run_dir.join("agent.sock");
+    std::fs::remove_file(&sock).unwrap();
+    let listener = UnixListener::bind(&sock).unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            std::thread::spawn(move || {
+                let agent = banger_agent::Agent::with_poweroff(move || {
+                    common::kill(pid, libc::SIGTERM);
+                    Ok(())
+                });
+                let _ = banger_agent::serve(&agent, conn);
+            });
+        }
+    });
+
+    let health = h.json(&["vm", "health", "qs"]);
+    assert_eq!(health["healthy"], true, "{health}");
+    assert_eq!(health["checked"], "agent");
+    assert_eq!(health["vmm_state"], "Running");
+    let hostname = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    assert_eq!(health["agent"]["hostname"], hostname.as_str(), "{health}");
+    assert_eq!(health["agent"]["boot_id"].as_str().unwrap().len(), 36);
+    let detail = health["detail"].as_str().unwrap();
+    assert!(detail.starts_with("agent "), "{detail}");
+    let ping = h.json(&["vm", "ping", "qs"]);
+    assert_eq!(
+        (ping["healthy"].as_bool(), ping["checked"].as_str()),
+        (Some(true), Some("agent"))
+    );
+    assert!(ping["latency_ms"].as_f64().unwrap() < 3000.0, "{ping}");
+    assert!(h.ok(&["vm", "ping", "qs"]).contains("(agent) in"));
+
+    // A loopback-only socket of ours: listed with its process, no endpoint.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let ports = h.json(&["vm", "ports", "qs"]);
+    assert_eq!(ports["dns_name"], "qs.vm");
+    let rows = ports["ports"].as_array().unwrap();
+    let mine = rows
+        .iter()
+        .find(|p| p["port"] == port && p["proto"] == "tcp")
+        .unwrap_or_else(|| panic!("port {port} missing: {ports}"));
+    assert_eq!(mine["address"], "127.0.0.1");
+    assert_eq!(mine["pid"], std::process::id());
+    assert!(
+        mine["endpoint"].is_null() && mine["url"].is_null(),
+        "{mine}"
+    );
+    for p in rows {
+        if p["address"] == "0.0.0.0" {
+            let n = &p["port"];
+            assert_eq!(p["endpoint"], format!("qs.vm:{n}").as_str(), "{p}");
+            if p["proto"] == "tcp" {
+                assert_eq!(p["url"], format!("http://qs.vm:{n}/").as_str(), "{p}");
+            }
+        }
+    }
+    let text = h.ok(&["vm", "ports", "qs"]);
+    assert!(text.starts_with("PROTO"), "{text}");
+    assert!(
+        text.contains("127.0.0.1  ") && text.contains("guest only"),
+        "{text}"
+    );
+
+    // Stop: the agent's poweroff ends the VMM, so the guest ended it.
+    let t = Instant::now();
+    let r = h.json(&["vm", "stop", "qs"]);
+    assert_eq!(r[0]["ended_by"], "guest", "{r}");
+    assert_eq!(r[0]["stages"][0]["name"], "agent-poweroff", "{r}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    common::wait_gone(pid);
+    drop(l);
+    h.ok(&["vm", "delete", "qs"]);
+    common::assert_no_vm_leftovers(&h);
+}

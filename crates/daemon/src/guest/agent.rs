@@ -330,6 +330,77 @@ mod tests {
         fake.await.unwrap();
     }
 
+    /// Serves the real agent on `listener` for one connection; with
+    /// `handshake`, first plays Firecracker's part of `CONNECT`.
+    fn serve_one(listener: std::os::unix::net::UnixListener, handshake: bool) {
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let (mut s, _) = listener.accept().unwrap();
+            if handshake {
+                let mut line = Vec::new();
+                let mut b = [0u8; 1];
+                while s.read(&mut b).unwrap() == 1 && b[0] != b'\n' {
+                    line.push(b[0]);
+                }
+                assert_eq!(line, b"CONNECT 10789");
+                s.write_all(b"OK 1073741824\n").unwrap();
+            }
+            let agent = Agent::with_poweroff(|| Ok(()));
+            let _ = banger_agent::serve(&agent, s);
+        });
+    }
+
+    fn handle(agent_socket: &std::path::Path) -> crate::vmm::backend::VmmHandle {
+        crate::vmm::backend::VmmHandle {
+            kind: "test".into(),
+            pid: 1,
+            start_time: 0,
+            api_socket: agent_socket.with_file_name("api.sock"),
+            metrics: None,
+            agent_socket: Some(agent_socket.to_path_buf()),
+            accel: None,
+        }
+    }
+
+    /// Both backends' `agent_connect`, then this client, against the real
+    /// agent behind a Unix socket where the VMM's would be: Firecracker's
+    /// vsock socket (with its handshake) and QEMU's virtio-serial chardev.
+    #[tokio::test]
+    async fn both_vmm_channels_reach_the_real_agent() {
+        use crate::vmm::backend::Vmm;
+        use crate::vmm::firecracker_vmm::FirecrackerVmm;
+        use crate::vmm::qemu_vmm::{QemuOptions, QemuVmm};
+
+        let dir = tempfile::tempdir().unwrap();
+        let fc_sock = dir.path().join("vsock.sock");
+        serve_one(
+            std::os::unix::net::UnixListener::bind(&fc_sock).unwrap(),
+            true,
+        );
+        let fc = FirecrackerVmm::new(Default::default());
+        let s = fc
+            .agent_connect(&handle(&fc_sock), CONNECT_TIMEOUT)
+            .await
+            .unwrap();
+        let mut c = AgentClient::new(s, CALL_TIMEOUT);
+        assert_eq!(c.health().await.unwrap().protocol, PROTOCOL);
+        assert!(!c.ports().await.unwrap().is_empty());
+
+        let q_sock = dir.path().join("agent.sock");
+        serve_one(
+            std::os::unix::net::UnixListener::bind(&q_sock).unwrap(),
+            false,
+        );
+        let q = QemuVmm::new(QemuOptions::default());
+        let s = q
+            .agent_connect(&handle(&q_sock), CONNECT_TIMEOUT)
+            .await
+            .unwrap();
+        let mut c = AgentClient::new(s, CALL_TIMEOUT);
+        assert_eq!(c.health().await.unwrap().protocol, PROTOCOL);
+        c.poweroff().await.unwrap();
+    }
+
     #[test]
     fn ids_grow() {
         let a = next_id();
