@@ -2,7 +2,7 @@
 //! stub guest (`banger_core::stub_guest::pvh_elf`): create → running (vmm,
 //! accel, tap), health and ping without an agent, stop (escalation
 //! reported), start, daemon SIGKILL + restart re-adopting the running QEMU,
-//! delete leaving nothing. Then the guest agent paths against guests that
+//! the reaper noticing a QEMU that died, delete leaving nothing. Then the guest agent paths against guests that
 //! run no agent, under both VMMs: the errors must be clear and fast.
 
 mod common;
@@ -181,6 +181,21 @@ fn qemu_create_stop_start_readopt_delete() {
     let r = h.json(&["vm", "stop", "q"]);
     assert_eq!(r[0]["ended_by"], "sigterm", "{r}");
     common::wait_gone(pid2);
+
+    // The reaper: a QEMU that dies on its own (here: killed behind the
+    // daemon's back) is noticed and the VM settled as crashed, tap removed.
+    let r = h.json(&["vm", "start", "q"]);
+    let pid3 = pid_of(&r[0]["vm"]);
+    common::kill(pid3, libc::SIGKILL);
+    let exit = common::eventually(10, "the reaper to settle the VM", || {
+        let show = h.json(&["vm", "show", "q"]);
+        (show["state"] == "stopped").then(|| show["last_exit"].clone())
+    });
+    assert_eq!(exit["by"], "crashed", "{exit}");
+    assert!(!h
+        .in_netns("ip", &["link", "show", "dev", &tap])
+        .status
+        .success());
 
     h.ok(&["vm", "delete", "q"]);
     common::assert_no_vm_leftovers(&h);
