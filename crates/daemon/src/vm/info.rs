@@ -1,6 +1,6 @@
-//! What `vm list/show/stats/health/ping/ports` report. These only read the store
-//! and /proc (and ask the VMM, with a short timeout): they never wait for a
-//! lifecycle operation.
+//! What `vm list/show/stats/health/ping/ports` report. These only read the
+//! store and /proc (and ask the VMM or the guest agent, each with a short
+//! timeout): they never wait for a lifecycle operation.
 
 use std::sync::Arc;
 use std::time::Instant;

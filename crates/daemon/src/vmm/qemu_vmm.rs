@@ -10,8 +10,13 @@
 //! - `request_shutdown` sends `system_powerdown`, the ACPI power button.
 //!   microvm runs with `acpi=off`, so this is a no-op in the guest (QEMU
 //!   accepts the command all the same): a guest is stopped cleanly by its
-//!   agent's `poweroff`, else the lifecycle escalates to SIGTERM, on which
-//!   QEMU exits at once with code 0.
+//!   agent's `poweroff` (a clean shutdown ending in a reset, which
+//!   `-no-reboot` turns into QEMU's exit), else the lifecycle escalates to
+//!   SIGTERM, on which QEMU exits at once with code 0.
+//!   [`Vmm::shutdown_reaches_guest`] says so, so the lifecycle does not wait
+//!   for a power-off that cannot come.
+//! - `agent_connect` connects to the virtio-serial port's chardev socket
+//!   (`agent.sock`): vsock would need `/dev/vhost-vsock` on the host.
 //! - `pause`/`resume` are QMP `stop`/`cont`; `status` maps QMP's run state
 //!   onto Firecracker's words (`Running`, `Paused`, `Not started`).
 //! - Acceleration: KVM where QEMU can use it, else TCG (software emulation),

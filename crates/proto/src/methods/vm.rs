@@ -448,8 +448,10 @@ pub struct VmHealth {
     /// Round trip to what answered (`checked`), milliseconds.
     #[serde(default)]
     pub latency_ms: Option<f64>,
-    /// What answered for the guest: `agent` (the image runs the guest agent)
-    /// or `vmm` (no agent: VMM liveness only).
+    /// What is asked about the guest: `agent` (the image runs the guest
+    /// agent) or `vmm` (no agent: VMM liveness only). Empty from daemons
+    /// older than the agent.
+    #[serde(default)]
     pub checked: String,
     /// The agent's answer, when it gave one.
     #[serde(default)]
