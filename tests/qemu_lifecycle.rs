@@ -404,3 +404,107 @@ fn a_stand_in_agent_answers_health_ports_and_stop() {
     h.ok(&["vm", "delete", "qs"]);
     common::assert_no_vm_leftovers(&h);
 }
+
+/// A real Linux guest under QEMU with the real agent in it, over the real
+/// virtio-serial port: health from the agent, sshd in `vm ports`, a stop
+/// ended by the guest (the agent's clean shutdown ending in a reset), a
+/// start with a new boot id, delete. Needs a kernel and a golden image
+/// (`banger kernel build`, `banger image build debian-bookworm --variant
+/// minimal`), given by path:
+///
+/// ```text
+/// BANGER_E2E_VMLINUX=... BANGER_E2E_ROOTFS=... BANGER_E2E_WORK_SEED=... \
+///     cargo test --test qemu_lifecycle real_guest -- --ignored --nocapture
+/// ```
+#[test]
+#[ignore = "needs a built kernel and image: BANGER_E2E_VMLINUX, BANGER_E2E_ROOTFS, BANGER_E2E_WORK_SEED"]
+fn real_guest_agent_over_virtio_serial() {
+    require_root();
+    let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} is not set"));
+    let (vmlinux, rootfs, seed) = (
+        var("BANGER_E2E_VMLINUX"),
+        var("BANGER_E2E_ROOTFS"),
+        var("BANGER_E2E_WORK_SEED"),
+    );
+    let mut h = Home::new();
+    h.start_daemon();
+    h.ok(&["kernel", "import", &vmlinux, "--name", "k"]);
+    h.ok(&[
+        "image",
+        "register",
+        "--name",
+        "deb",
+        "--kernel",
+        "k",
+        "--rootfs",
+        &rootfs,
+        "--work-seed",
+        &seed,
+        "--features",
+        "ssh,agent",
+    ]);
+    let t = Instant::now();
+    let vm = h.json(&[
+        "vm",
+        "create",
+        "--name",
+        "real",
+        "--image",
+        "deb",
+        "--vmm",
+        "qemu",
+        "--vcpu",
+        "2",
+        "--memory",
+        "1G",
+        "--disk-size",
+        "1G",
+    ])["vm"]
+        .clone();
+    eprintln!("create -> running (sshd answers): {:?}", t.elapsed());
+    assert_eq!(vm["state"], "running", "{vm}");
+
+    let health = common::eventually(60, "the agent to answer", || {
+        let out = h
+            .banger()
+            .args(["--json", "vm", "health", "real"])
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        (v["healthy"] == true).then_some(v)
+    });
+    eprintln!("health: {}", health["detail"]);
+    assert_eq!(health["checked"], "agent");
+    assert_eq!(health["agent"]["hostname"], "real", "{health}");
+    let boot1 = health["agent"]["boot_id"].as_str().unwrap().to_string();
+
+    let ports = h.json(&["vm", "ports", "real"]);
+    eprintln!("{}", h.ok(&["vm", "ports", "real"]));
+    let sshd = ports["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["port"] == 22 && p["proto"] == "tcp")
+        .unwrap_or_else(|| panic!("no sshd on 22: {ports}"));
+    assert_eq!(sshd["process"], "sshd", "{sshd}");
+    assert_eq!(sshd["endpoint"], "real.vm:22");
+
+    let t = Instant::now();
+    let r = h.json(&["vm", "stop", "real", "--timeout", "30"]);
+    eprintln!("stop: {} in {:?}", r[0]["ended_by"], t.elapsed());
+    assert_eq!(r[0]["ended_by"], "guest", "{r}");
+
+    h.json(&["vm", "start", "real"]);
+    let health = common::eventually(60, "the agent after a restart", || {
+        let out = h
+            .banger()
+            .args(["--json", "vm", "health", "real"])
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        (v["healthy"] == true).then_some(v)
+    });
+    assert_ne!(health["agent"]["boot_id"], boot1.as_str(), "a new boot");
+    h.ok(&["vm", "delete", "-f", "real"]);
+    common::assert_no_vm_leftovers(&h);
+}
