@@ -357,12 +357,13 @@ pub fn ports_table(p: &VmPorts) -> String {
 
 fn spec_line(vm: &VmInfo) -> String {
     format!(
-        "{} vcpu, {} memory, {} disk, image {}, kernel {}",
+        "{} vcpu, {} memory, {} disk, image {}, kernel {}, vmm {}",
         vm.vcpus,
         output::size(vm.memory_mib << 20),
         output::size(vm.disk_bytes),
         vm.image,
-        vm.kernel
+        vm.kernel,
+        vm.vmm
     )
 }
 
