@@ -16,12 +16,26 @@ use crate::output;
 pub enum BenchCmd {
     /// Create N VMs one after another and report the median host-side time
     /// of each create stage (default image: a stub guest registered on the fly).
+    /// With an image that runs sshd (`image build`), create returns when SSH
+    /// answers, so the total is "create to SSH-ready".
     Create {
         #[arg(long, default_value_t = 20)]
         count: usize,
         /// Image to boot (default: `bench-stub`, made if missing).
         #[arg(long)]
         image: Option<String>,
+        /// VMM: firecracker, qemu or auto (default: firecracker for the stub,
+        /// else the config's `[vm] vmm`).
+        #[arg(long)]
+        vmm: Option<String>,
+        #[arg(long, default_value_t = 1)]
+        vcpu: u32,
+        /// Guest memory (default 128M; a Debian guest wants 512M or more).
+        #[arg(long, default_value = "128M")]
+        memory: String,
+        /// Work disk size.
+        #[arg(long, default_value = "128M")]
+        disk_size: String,
         /// Keep the VMs instead of deleting them.
         #[arg(long)]
         keep: bool,
@@ -46,9 +60,21 @@ pub fn run(env: &Env, cmd: BenchCmd) -> anyhow::Result<ExitCode> {
         BenchCmd::Create {
             count,
             image,
+            vmm,
+            vcpu,
+            memory,
+            disk_size,
             keep,
             nat,
-        } => create(env, count, image, keep, nat),
+        } => {
+            let shape = Shape {
+                vmm,
+                vcpu,
+                memory_mib: banger_core::size::parse_mib(&memory).map_err(anyhow::Error::msg)?,
+                disk_bytes: banger_core::size::parse(&disk_size).map_err(anyhow::Error::msg)?,
+            };
+            create(env, count, image, &shape, keep, nat)
+        }
     }
 }
 
@@ -163,10 +189,19 @@ fn ensure_stub_image(client: &mut Client) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What each benchmarked VM looks like.
+struct Shape {
+    vmm: Option<String>,
+    vcpu: u32,
+    memory_mib: u64,
+    disk_bytes: u64,
+}
+
 fn create(
     env: &Env,
     count: usize,
     image: Option<String>,
+    shape: &Shape,
     keep: bool,
     nat: bool,
 ) -> anyhow::Result<ExitCode> {
@@ -194,12 +229,15 @@ fn create(
             let begun = client.call::<CreateBegin>(&CreateParams {
                 name: Some(name.clone()),
                 image: Some(image.clone()),
-                vcpus: Some(1),
-                memory_mib: Some(128),
-                disk_bytes: Some(128 << 20),
+                vcpus: Some(shape.vcpu),
+                memory_mib: Some(shape.memory_mib),
+                disk_bytes: Some(shape.disk_bytes),
                 nat,
                 // The bench stub is Firecracker's stub guest (no PVH note).
-                vmm: (image == BENCH_IMAGE).then(|| "firecracker".to_string()),
+                vmm: shape
+                    .vmm
+                    .clone()
+                    .or_else(|| (image == BENCH_IMAGE).then(|| "firecracker".to_string())),
                 ..Default::default()
             })?;
             names.push(name);
@@ -251,6 +289,10 @@ fn create(
         output::json(&json!({
             "count": count,
             "image": image,
+            "vmm": shape.vmm,
+            "vcpus": shape.vcpu,
+            "memory_mib": shape.memory_mib,
+            "disk_bytes": shape.disk_bytes,
             "stages_median_ms": rows.iter().map(|(n, m)| json!({"stage": n, "median_ms": m})).collect::<Vec<_>>(),
             "total_median_ms": total,
             "total_excluding_disk_creation_median_ms": rest,
@@ -268,7 +310,13 @@ fn create(
             "total without disk creation".into(),
             format!("{rest:.2}ms"),
         ]);
-        println!("{count} creates of image {image}, 1 vcpu, 128 MiB, 128 MiB work disk (medians):");
+        println!(
+            "{count} creates of image {image}, {} vcpu, {} MiB, {} MiB work disk, vmm {} (medians):",
+            shape.vcpu,
+            shape.memory_mib,
+            shape.disk_bytes >> 20,
+            shape.vmm.as_deref().unwrap_or("default")
+        );
         t.print();
     }
     Ok(ExitCode::SUCCESS)
