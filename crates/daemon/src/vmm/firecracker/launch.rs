@@ -25,8 +25,8 @@
 //! line; in v1.12 the only such line is the `Error:` one at a failed exit,
 //! which repeats the error the logger has just written.
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom};
+use std::fs::OpenOptions;
+use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -35,17 +35,14 @@ use std::time::{Duration, Instant};
 
 use tokio::net::UnixStream;
 
+use crate::vmm::launch_files::{
+    annotate, open_append, remove_stale_socket, tail_lines, LOG_MODE, TAIL_LINES,
+};
 use crate::vmm::process::{self, ExitInfo, Spawned};
 
 /// How long Firecracker normally needs to bring its API socket up (a few
 /// ms); callers may pass more.
 pub const API_READY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Lines of the logs quoted when a launch fails.
-const TAIL_LINES: usize = 20;
-
-/// Mode of the log files we create.
-const LOG_MODE: u32 = 0o640;
 
 /// The files of one Firecracker process.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -201,23 +198,6 @@ fn validate_id(id: &str) -> io::Result<()> {
     }
 }
 
-fn remove_stale_socket(path: &Path) -> io::Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path).map_err(|e| {
-            annotate(
-                e,
-                format!("cannot remove the stale socket {}", path.display()),
-            )
-        }),
-        Ok(_) => Err(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            format!("{} exists and is not a socket", path.display()),
-        )),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(annotate(e, format!("cannot inspect {}", path.display()))),
-    }
-}
-
 /// Leaves an empty regular file at `path` (Firecracker writes it from offset
 /// 0): a non-empty earlier one becomes `<name>.1`, replacing an older `.1`.
 /// A FIFO is left alone.
@@ -249,19 +229,6 @@ fn fresh_file(path: &Path) -> io::Result<()> {
         .map_err(|e| annotate(e, format!("cannot create {}", path.display())))
 }
 
-fn open_append(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(LOG_MODE)
-        .open(path)
-        .map_err(|e| annotate(e, format!("cannot open {}", path.display())))
-}
-
-fn annotate(e: io::Error, context: String) -> io::Error {
-    io::Error::new(e.kind(), format!("{context}: {e}"))
-}
-
 /// The last lines of the VMM log and of the console log (where Firecracker
 /// logs before its logger is configured), each under a heading; empty when
 /// both are empty.
@@ -277,26 +244,6 @@ fn log_tails(paths: &LaunchPaths) -> String {
         }
     }
     out
-}
-
-/// The last `n` lines of a file (at most its last 16 KiB), lossily decoded;
-/// empty when unreadable.
-fn tail_lines(path: &Path, n: usize) -> String {
-    const WINDOW: u64 = 16 * 1024;
-    let read = || -> io::Result<Vec<u8>> {
-        let mut f = File::open(path)?;
-        let len = f.metadata()?.len();
-        f.seek(SeekFrom::Start(len.saturating_sub(WINDOW)))?;
-        let mut buf = Vec::new();
-        f.take(WINDOW).read_to_end(&mut buf)?;
-        Ok(buf)
-    };
-    let Ok(buf) = read() else {
-        return String::new();
-    };
-    let text = String::from_utf8_lossy(&buf);
-    let lines: Vec<&str> = text.trim_end().lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 #[cfg(test)]

@@ -22,11 +22,9 @@
 //!   is "greeting + `qmp_capabilities` answered", not "socket accepts".
 
 use std::ffi::{OsStr, OsString};
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -36,6 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use super::qmp::{Greeting, Qmp};
 use crate::vmm::backend::LaunchSpec;
+use crate::vmm::launch_files::{log_tail, open_append, remove_stale_socket, rotate};
 use crate::vmm::process::{self, ExitInfo, Spawned};
 
 /// The QEMU binary banger runs (looked up in PATH).
@@ -55,12 +54,6 @@ pub const QMP_READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The bound on the KVM probe ([`probe_kvm`]).
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Lines of the VMM log quoted when a launch fails.
-const TAIL_LINES: usize = 20;
-
-/// Mode of the log files we create.
-const LOG_MODE: u32 = 0o640;
 
 /// The QEMU seccomp policy: no obsolete syscalls, no setuid & co., no
 /// fork/exec (so `-netdev tap` must use `script=no`), no scheduler or
@@ -457,81 +450,6 @@ pub fn probe_kvm(bin: &Path, timeout: Duration) -> Result<(), String> {
     }
 }
 
-fn remove_stale_socket(path: &Path) -> io::Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path).map_err(|e| {
-            annotate(
-                e,
-                format!("cannot remove the stale socket {}", path.display()),
-            )
-        }),
-        Ok(_) => Err(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            format!("{} exists and is not a socket", path.display()),
-        )),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(annotate(e, format!("cannot inspect {}", path.display()))),
-    }
-}
-
-/// Moves a non-empty regular file to `<name>.1` (replacing an older one).
-fn rotate(path: &Path) -> io::Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_file() && meta.len() > 0 => {
-            let mut rotated = path.as_os_str().to_owned();
-            rotated.push(".1");
-            std::fs::rename(path, &rotated)
-                .map_err(|e| annotate(e, format!("cannot rotate {}", path.display())))
-        }
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(annotate(e, format!("cannot inspect {}", path.display()))),
-    }
-}
-
-fn open_append(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(LOG_MODE)
-        .open(path)
-        .map_err(|e| annotate(e, format!("cannot open {}", path.display())))
-}
-
-fn annotate(e: io::Error, context: String) -> io::Error {
-    io::Error::new(e.kind(), format!("{context}: {e}"))
-}
-
-/// The last lines of the VMM log under a heading; empty when it is empty.
-fn log_tail(path: &Path) -> String {
-    let tail = tail_lines(path, TAIL_LINES);
-    if tail.is_empty() {
-        String::new()
-    } else {
-        format!("\n--- last lines of {} ---\n{tail}", path.display())
-    }
-}
-
-/// The last `n` lines of a file (at most its last 16 KiB), lossily decoded;
-/// empty when unreadable.
-fn tail_lines(path: &Path, n: usize) -> String {
-    const WINDOW: u64 = 16 * 1024;
-    let read = || -> io::Result<Vec<u8>> {
-        let mut f = File::open(path)?;
-        let len = f.metadata()?.len();
-        f.seek(SeekFrom::Start(len.saturating_sub(WINDOW)))?;
-        let mut buf = Vec::new();
-        f.take(WINDOW).read_to_end(&mut buf)?;
-        Ok(buf)
-    };
-    let Ok(buf) = read() else {
-        return String::new();
-    };
-    let text = String::from_utf8_lossy(&buf);
-    let lines: Vec<&str> = text.trim_end().lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
 /// Whether `-help` lists an option (QEMU leaves out options it was built
 /// without, such as `-sandbox` without seccomp).
 pub fn help_lists(help: &str, option: &str) -> bool {
@@ -692,6 +610,7 @@ mod tests {
 
     #[test]
     fn help_parsing_and_tails() {
+        use crate::vmm::launch_files::tail_lines;
         let help = "-sandbox on[,obsolete=allow|deny]\n                Enable seccomp mode 2\n-S   freeze CPU";
         assert!(help_lists(help, "-sandbox"));
         assert!(help_lists(help, "-S"));
