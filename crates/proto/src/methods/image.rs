@@ -62,7 +62,8 @@ pub struct BuildParams {
     /// `minimal` (default) or `full`.
     #[serde(default)]
     pub variant: Option<String>,
-    /// Absent: the distro name, plus `-full` for the full variant.
+    /// Absent: the distro name, plus `-full` for the full variant. Built
+    /// from banger's defaults under that name, the image is root's (shared).
     #[serde(default)]
     pub name: Option<String>,
     /// A registered kernel. Absent: the default built kernel (`banger-6-1`),
@@ -77,8 +78,10 @@ pub struct BuildParams {
     #[serde(default)]
     pub replace: bool,
     /// The first-use build `vm create` asks for when no image is registered:
-    /// the kernel and image are shared (owned by root) and become everyone's
-    /// default. Refused when `[build] auto = false` or an image is visible.
+    /// banger's defaults only (no name, kernel, mirror or replace; minimal);
+    /// the kernel and image are shared (owned by root) and the image becomes
+    /// everyone's default when root has none. Refused when `[build] auto =
+    /// false`.
     #[serde(default)]
     pub auto: bool,
 }
