@@ -67,6 +67,12 @@ pub async fn build_begin(d: Arc<Daemon>, mut cx: Ctx, p: BuildParams) -> Result<
                 ));
             }
             let path = std::path::PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+            if !path.join("Makefile").is_file() {
+                return Err(RpcError::invalid_params(format!(
+                    "--source {}: has no Makefile: not a kernel tree",
+                    p.source_path.as_deref().unwrap_or("DIR")
+                )));
+            }
             (Source::Tree(path), Some(dir))
         }
         None => {
