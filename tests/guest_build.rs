@@ -378,16 +378,17 @@ fn ctrl_c_cancels_a_build_and_leaves_nothing() {
             .unwrap(),
     );
     let cli = &mut cli.0;
-    // Wait until it is unpacking or further: a make or tar is running.
-    let op = common::eventually(120, "the build to start working", || {
+    // Wait until it compiles: make -j and its compilers are running.
+    let op = common::eventually(600, "the build to start compiling", || {
+        std::thread::sleep(std::time::Duration::from_millis(200));
         let ops = h.json(&["operation", "list"]);
         let op = ops
             .as_array()?
             .iter()
             .find(|o| o["kind"] == "kernel.build")?
             .clone();
-        let stage = op["stage"].as_str()?;
-        (!["queued", "prepare"].contains(&stage)).then_some(op)
+        assert_eq!(op["state"], "running", "{op}");
+        (op["stage"] == "compile").then_some(op)
     });
     common::kill(cli.id() as i32, libc::SIGINT);
     let status = cli.wait().unwrap();
