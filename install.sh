@@ -81,10 +81,14 @@ started=$(date +%s)
 #                          loop devices, reflink), kmod (loading tun/kvm/loop modules), git (workspaces),
 #                          openssh-client (guest access), lz4 zstd xz-utils (kernel and image decompression),
 #                          bind9-dnsutils (dig: resolving <name>.vm by hand, and the DNS tests)
+#   guest builds:          linux-source-6.1 flex bison bc libelf-dev libssl-dev (banger kernel build: Debian's kernel
+#                          source and what its build needs; gcc/make come with build-essential), mmdebstrap
+#                          (banger image build), libc6-dev (the static libc the banger-agent links against)
 #   optional:              qemu-system-x86 (the QEMU backend; banger works without it)
 # ---------------------------------------------------------------------------------------------------------------
 required_pkgs=(build-essential pkg-config curl ca-certificates iproute2 nftables e2fsprogs xfsprogs btrfs-progs git
-    openssh-client util-linux kmod lz4 zstd xz-utils bind9-dnsutils)
+    openssh-client util-linux kmod lz4 zstd xz-utils bind9-dnsutils
+    linux-source-6.1 flex bison bc libelf-dev libssl-dev mmdebstrap libc6-dev)
 optional_pkgs=(qemu-system-x86)
 
 # A pip that works is enough for the Firecracker fallback; only ask apt for one when there is none.
@@ -201,12 +205,19 @@ fi
 log "building banger (cargo build --release --locked)"
 cargo build --release --locked
 target_dir=${CARGO_TARGET_DIR:-$script_dir/target}
+# The guest agent goes into every image banger builds: a static binary (the guest's libc is not the host's), built in
+# its own target dir so the static RUSTFLAGS do not invalidate the main build. bangerd finds it next to itself.
+agent_target=$target_dir/static-agent
+log "building the static banger-agent (crt-static, x86_64-unknown-linux-gnu)"
+RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR=$agent_target \
+    cargo build --release --locked -p banger-agent --target x86_64-unknown-linux-gnu
 install -d -m 0755 "$prefix/bin"
 for bin in banger bangerd; do
     # install(1) unlinks the old file first, so this works while an old bangerd is running.
     install -m 0755 "$target_dir/release/$bin" "$prefix/bin/$bin"
 done
-log "installed $prefix/bin/banger and $prefix/bin/bangerd"
+install -m 0755 "$agent_target/x86_64-unknown-linux-gnu/release/banger-agent" "$prefix/bin/banger-agent"
+log "installed $prefix/bin/banger, $prefix/bin/bangerd and $prefix/bin/banger-agent"
 
 # Members of the banger group may talk to the daemon without sudo.
 if getent group banger >/dev/null; then

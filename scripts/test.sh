@@ -45,6 +45,11 @@ bash "$script_dir/fetch-test-assets.sh"
 missing=()
 [[ -x /usr/sbin/sshd ]] || missing+=(openssh-server)
 command -v dig >/dev/null || missing+=(bind9-dnsutils)
+# What the real kernel and image builds need (tests/guest_build.rs, kernel_build, image_build); install.sh --deps-only
+# installs them too. Checked by package, so a partial install is completed.
+for p in linux-source-6.1 flex bison bc libelf-dev libssl-dev mmdebstrap gcc libc6-dev make; do
+    [[ $(dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null) == ii* ]] || missing+=("$p")
+done
 if ((${#missing[@]} > 0)); then
     printf 'test.sh: installing test-only packages: %s\n' "${missing[*]}"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod fixtures;
+pub mod guest;
 pub mod raw;
 
 use std::os::unix::fs::PermissionsExt;

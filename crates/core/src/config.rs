@@ -20,6 +20,44 @@ pub struct Config {
     pub vm: VmConfig,
     #[serde(default)]
     pub network: NetworkConfig,
+    /// The static `banger-agent` that `image build` installs in images;
+    /// default: `banger-agent` next to `bangerd`.
+    #[serde(default)]
+    pub agent_bin: Option<PathBuf>,
+    #[serde(default)]
+    pub build: BuildConfig,
+}
+
+/// `[build]`: `kernel build`, `image build` and the automatic first build.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildConfig {
+    /// Where built kernels (`kernels/`) and images (`images/`) are cached;
+    /// default: the daemon's cache dir. Several homes may share one (the
+    /// entries are locked per key).
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
+    /// Let `vm create` build the default kernel and image when no image is
+    /// registered.
+    #[serde(default = "default_true")]
+    pub auto: bool,
+    /// `make -j` for kernel builds; 0 = the number of CPUs.
+    #[serde(default)]
+    pub jobs: u32,
+    /// A Debian mirror for image builds (default: deb.debian.org).
+    #[serde(default)]
+    pub mirror: Option<String>,
+}
+
+impl Default for BuildConfig {
+    fn default() -> Self {
+        BuildConfig {
+            cache_dir: None,
+            auto: true,
+            jobs: 0,
+            mirror: None,
+        }
+    }
 }
 
 /// `[network]`: host networking for VMs.
@@ -249,6 +287,24 @@ mod tests {
         assert_eq!(Config::default().vm.vmm, "auto");
         let c = Config::parse("[vm]\nvmm = \"qemu\"\n").unwrap();
         assert_eq!(c.vm.vmm, "qemu");
+    }
+
+    #[test]
+    fn build_section() {
+        let c = Config::default();
+        assert!(c.build.auto);
+        assert_eq!(c.build.cache_dir, None);
+        let c = Config::parse(
+            "agent_bin = \"/opt/banger-agent\"\n[build]\nauto = false\ncache_dir = \"/var/cache/x\"\n",
+        )
+        .unwrap();
+        assert!(!c.build.auto);
+        assert_eq!(
+            c.build.cache_dir.as_deref(),
+            Some(Path::new("/var/cache/x"))
+        );
+        assert_eq!(c.agent_bin.as_deref(), Some(Path::new("/opt/banger-agent")));
+        assert!(Config::parse("[build]\nautomatic = true\n").is_err());
     }
 
     #[test]

@@ -558,6 +558,18 @@ pub fn build(
     })
 }
 
+/// Checks what [`build`] checks before any work: a known distribution, a
+/// usable mirror URL and a static x86-64 agent. Cheap.
+pub fn check_spec(spec: &ImageSpec) -> Result<()> {
+    find_distro(&spec.distro).ok_or_else(|| {
+        ImageBuildError::Invalid(format!("unknown distribution {:?}", spec.distro))
+    })?;
+    if let Some(m) = &spec.mirror {
+        check_mirror(m)?;
+    }
+    check_agent(&spec.agent_binary)
+}
+
 fn cached_entry(entry: &Path, key: &str) -> Result<Option<BuiltImage>> {
     let rootfs = entry.join(ROOTFS_FILE);
     let work_seed = entry.join(WORK_SEED_FILE);
@@ -1675,10 +1687,7 @@ mod tests {
 
     #[test]
     fn configure_a_fake_tree() {
-        if !is_root() {
-            eprintln!("skipping: needs root (chown)");
-            return;
-        }
+        require_root("chown");
         let dir = tempfile::tempdir().unwrap();
         let tree = dir.path().join("tree");
         let seed = dir.path().join("seed");
@@ -1820,10 +1829,7 @@ mod tests {
 
     #[test]
     fn remove_tree_detaches_mounts_instead_of_emptying_them() {
-        if !is_root() {
-            eprintln!("skipping: needs root (bind mount)");
-            return;
-        }
+        require_root("bind mount");
         let dir = tempfile::tempdir().unwrap();
         let outside = dir.path().join("outside");
         fs::create_dir(&outside).unwrap();
@@ -1947,16 +1953,23 @@ mod tests {
             .clone()
     }
 
-    fn can_build_images() -> bool {
-        if !is_root() {
-            eprintln!("skipping: building an image needs root");
-            return false;
-        }
-        if find_system_tool("mmdebstrap").is_none() {
-            eprintln!("skipping: mmdebstrap is not installed (apt-get install mmdebstrap)");
-            return false;
-        }
-        true
+    /// Tests run as root (scripts/test.sh): a missing privilege fails them
+    /// rather than skipping them silently.
+    fn require_root(why: &str) {
+        assert!(
+            is_root(),
+            "this test needs root ({why}): run it as root (sudo scripts/test.sh)"
+        );
+    }
+
+    /// Root and mmdebstrap, or a failure saying how to get them.
+    fn require_image_build_tools() {
+        require_root("mmdebstrap --mode=root, file ownership in the image");
+        assert!(
+            find_system_tool("mmdebstrap").is_some(),
+            "mmdebstrap is not installed: apt-get install mmdebstrap (scripts/test.sh and \
+             install.sh --deps-only install it)"
+        );
     }
 
     /// `debugfs -R request image`'s output.
@@ -2012,12 +2025,12 @@ mod tests {
 
     #[test]
     fn real_minimal_build_then_cached() {
-        if !can_build_images() {
-            return;
-        }
+        require_image_build_tools();
         let agent = static_agent();
         assert!(elf_is_static_x86_64(&File::open(&agent).unwrap()).unwrap());
-        let cache = assets().join("image-cache");
+        // The cache bangerd uses in the integration tests (`[build] cache_dir`
+        // = $BANGER_TEST_ASSETS/build), so one real build serves both.
+        let cache = assets().join("build/images");
         let s = spec(&agent, Variant::Minimal);
         let cancel = AtomicBool::new(false);
         let mut stages: Vec<(String, u64, u64)> = Vec::new();
@@ -2165,9 +2178,7 @@ mod tests {
 
     #[test]
     fn cancel_during_bootstrap_leaves_nothing() {
-        if !can_build_images() {
-            return;
-        }
+        require_image_build_tools();
         let agent = static_agent();
         let cache = tempfile::tempdir_in("/var/tmp").unwrap();
         let s = spec(&agent, Variant::Minimal);

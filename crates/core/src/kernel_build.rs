@@ -43,6 +43,10 @@ use crate::artifact::kernel_image;
 /// Where Debian's `linux-source-6.1` package puts the kernel source.
 pub const DEBIAN_TARBALL: &str = "/usr/src/linux-source-6.1.tar.xz";
 
+/// banger's config fragment (`images/kernel/banger.config`), built into the
+/// binary so an installed daemon needs no copy of the repository.
+pub const DEFAULT_FRAGMENT: &str = include_str!("../../../images/kernel/banger.config");
+
 /// The recipe, hashed into every cache key: change the steps (or anything
 /// else that changes the result for the same source and fragment) and bump it.
 pub const RECIPE: &str = "banger-kernel-recipe/1: x86_64_defconfig + kvm_guest.config + fragment \
@@ -312,6 +316,36 @@ fn source_identity(source: &Source) -> io::Result<String> {
             let git = git_describe(path).unwrap_or_default();
             Ok(format!("tree version={version} git={git}"))
         }
+    }
+}
+
+/// The source's `major.minor` series (`6.1`): from a tarball's name
+/// (`linux-source-6.1.tar.xz`), or a tree's Makefile. `None` when neither says.
+pub fn series(source: &Source) -> Option<String> {
+    match source {
+        Source::DebianTarball(p) => {
+            let name = p.file_name()?.to_str()?;
+            let v = name.strip_prefix("linux-source-")?.split(".tar").next()?;
+            let mut parts = v.split('.');
+            let (major, minor) = (parts.next()?, parts.next()?);
+            let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+            (numeric(major) && numeric(minor)).then(|| format!("{major}.{minor}"))
+        }
+        Source::Tree(p) => {
+            let v = makefile_version(&fs::read_to_string(p.join("Makefile")).ok()?)?;
+            let mut parts = v.split('.');
+            Some(format!("{}.{}", parts.next()?, parts.next()?))
+        }
+    }
+}
+
+/// The name a built kernel is registered under when none is given:
+/// `banger-<major>-<minor>` (names allow no dots), or `banger` when the
+/// series is unknown.
+pub fn default_name(series: Option<&str>) -> String {
+    match series {
+        Some(s) => format!("banger-{}", s.replace('.', "-")),
+        None => "banger".to_owned(),
     }
 }
 
@@ -1712,6 +1746,40 @@ CONFIG_N=32
     }
 
     #[test]
+    fn series_and_default_names() {
+        let tb = |n: &str| Source::DebianTarball(PathBuf::from(format!("/usr/src/{n}")));
+        assert_eq!(
+            series(&tb("linux-source-6.1.tar.xz")).as_deref(),
+            Some("6.1")
+        );
+        assert_eq!(
+            series(&tb("linux-source-6.12.tar.bz2")).as_deref(),
+            Some("6.12")
+        );
+        assert_eq!(series(&tb("kernel.tar.xz")), None);
+        assert_eq!(series(&tb("linux-source-x.1.tar.xz")), None);
+        let dir = tempfile::tempdir().unwrap();
+        let tree = fake_tree(dir.path(), &[]);
+        assert_eq!(series(&Source::Tree(tree)).as_deref(), Some("6.1"));
+        assert_eq!(series(&Source::Tree(dir.path().join("none"))), None);
+        assert_eq!(default_name(Some("6.1")), "banger-6-1");
+        assert_eq!(default_name(None), "banger");
+        for n in [default_name(Some("6.12")), default_name(None)] {
+            banger_proto::names::validate_name(&n).unwrap();
+        }
+        // The embedded fragment is the repository's file, byte for byte (the
+        // cache key hashes these bytes).
+        let repo = fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../images/kernel/banger.config"),
+        )
+        .unwrap();
+        assert_eq!(DEFAULT_FRAGMENT, repo);
+        assert!(fragment_options(DEFAULT_FRAGMENT)
+            .iter()
+            .any(|(k, v)| k == "CONFIG_PVH" && v == "y"));
+    }
+
+    #[test]
     fn stale_scratch_dirs_are_removed() {
         let dir = tempfile::tempdir().unwrap();
         let tree = fake_tree(dir.path(), &[]);
@@ -1746,63 +1814,5 @@ CONFIG_N=32
         );
         assert_eq!(parse_scratch_name("abc.tmp-12"), None);
         assert_eq!(parse_scratch_name(&key), None);
-    }
-
-    /// The real thing: Debian's linux-source-6.1 with the repository's
-    /// fragment, into /var/cache/banger-test/kernel-cache (or
-    /// BANGER_KERNEL_CACHE). Takes ~6-10 minutes on 2 cores.
-    #[test]
-    #[ignore = "full kernel build (minutes); run with --ignored"]
-    fn real_debian_kernel_build() {
-        let tarball = PathBuf::from(
-            std::env::var_os("BANGER_KERNEL_TARBALL").unwrap_or_else(|| DEBIAN_TARBALL.into()),
-        );
-        let cache = PathBuf::from(
-            std::env::var_os("BANGER_KERNEL_CACHE")
-                .unwrap_or_else(|| "/var/cache/banger-test/kernel-cache".into()),
-        );
-        let fragment =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../images/kernel/banger.config");
-        let spec = BuildSpec {
-            source: Source::DebianTarball(tarball),
-            fragment,
-            jobs: 0,
-        };
-        let t = Instant::now();
-        let mut last = (String::new(), 0u64);
-        let r = build(
-            &spec,
-            &cache,
-            &AtomicBool::new(false),
-            &mut |stage, done, total| {
-                let pct = (done * 100).checked_div(total).unwrap_or(100);
-                if stage != last.0 || pct >= last.1 + 10 || done == total {
-                    eprintln!(
-                        "[{:>6.1}s] {stage} {done}/{total}",
-                        t.elapsed().as_secs_f64()
-                    );
-                    last = (stage.to_owned(), pct);
-                }
-            },
-        );
-        let built = match r {
-            Ok(b) => b,
-            Err(e) => panic!("{e}"),
-        };
-        let size = fs::metadata(&built.vmlinux).unwrap().len();
-        eprintln!(
-            "built {} ({} bytes, release {}, cached {}) in {:.0}s",
-            built.vmlinux.display(),
-            size,
-            built.release,
-            built.cached,
-            t.elapsed().as_secs_f64()
-        );
-        assert!(built.release.ends_with("-banger"), "{}", built.release);
-        let elf = kernel_image::inspect_elf(&File::open(&built.vmlinux).unwrap()).unwrap();
-        assert!(elf.pvh_note, "no PVH note: QEMU cannot load it");
-        let config = fs::read_to_string(&built.config).unwrap();
-        let fragment = fragment_options(&fs::read_to_string(&spec.fragment).unwrap());
-        assert_eq!(verify(&config, &fragment), Vec::<String>::new());
     }
 }

@@ -132,19 +132,7 @@ fn find_firecracker_in(
     exe_dir: Option<&Path>,
 ) -> Result<Option<PathBuf>, ToolError> {
     if let Some(configured) = &config.firecracker_bin {
-        if !configured.exists() {
-            return Err(ToolError::ConfiguredMissing {
-                key: FIRECRACKER_BIN_KEY,
-                path: configured.clone(),
-            });
-        }
-        if !is_executable_file(configured) {
-            return Err(ToolError::ConfiguredNotExecutable {
-                key: FIRECRACKER_BIN_KEY,
-                path: configured.clone(),
-            });
-        }
-        return Ok(Some(configured.clone()));
+        return configured_program(FIRECRACKER_BIN_KEY, configured).map(Some);
     }
     if let Some(found) = find_in_path_var("firecracker", path_var) {
         return Ok(Some(found));
@@ -152,6 +140,48 @@ fn find_firecracker_in(
     Ok(exe_dir
         .map(|dir| dir.join("firecracker"))
         .filter(|candidate| is_executable_file(candidate)))
+}
+
+const AGENT_BIN_KEY: &str = "agent_bin";
+
+/// The guest agent's file name, installed next to `bangerd`.
+pub const AGENT_NAME: &str = "banger-agent";
+
+/// Where the static `banger-agent` that image builds install is:
+/// `config.agent_bin` when set (it must exist and be executable, else an error
+/// naming the key), else `banger-agent` next to the running executable.
+/// `Ok(None)` when neither has one. Never PATH: a host's own `banger-agent`
+/// would be a dynamically linked development build.
+pub fn find_agent(config: &Config) -> Result<Option<PathBuf>, ToolError> {
+    let exe_dir = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf));
+    find_agent_in(config, exe_dir.as_deref())
+}
+
+fn find_agent_in(config: &Config, exe_dir: Option<&Path>) -> Result<Option<PathBuf>, ToolError> {
+    if let Some(configured) = &config.agent_bin {
+        return configured_program(AGENT_BIN_KEY, configured).map(Some);
+    }
+    Ok(exe_dir
+        .map(|dir| dir.join(AGENT_NAME))
+        .filter(|candidate| is_executable_file(candidate)))
+}
+
+fn configured_program(key: &'static str, path: &Path) -> Result<PathBuf, ToolError> {
+    if !path.exists() {
+        return Err(ToolError::ConfiguredMissing {
+            key,
+            path: path.to_path_buf(),
+        });
+    }
+    if !is_executable_file(path) {
+        return Err(ToolError::ConfiguredNotExecutable {
+            key,
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(path.to_path_buf())
 }
 
 /// A release version, `major.minor.patch`; ordered field by field.
@@ -504,6 +534,44 @@ mod tests {
         assert_eq!(find_in_path_var("tool-z", OsStr::new("::")), None);
         // The real PATH finds the real shell.
         assert!(find_in_path("sh").is_some());
+    }
+
+    #[test]
+    fn find_agent_honours_config_then_exe_dir_never_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe_dir = dir.path().join("bin");
+        std::fs::create_dir(&exe_dir).unwrap();
+        // Nothing configured, nothing next to the executable: None.
+        assert_eq!(
+            find_agent_in(&Config::default(), Some(&exe_dir)).unwrap(),
+            None
+        );
+        assert_eq!(find_agent_in(&Config::default(), None).unwrap(), None);
+        // Next to the executable (only when executable).
+        let beside = exe_dir.join(AGENT_NAME);
+        std::fs::write(&beside, "x").unwrap();
+        assert_eq!(
+            find_agent_in(&Config::default(), Some(&exe_dir)).unwrap(),
+            None
+        );
+        std::fs::set_permissions(&beside, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(
+            find_agent_in(&Config::default(), Some(&exe_dir)).unwrap(),
+            Some(beside.clone())
+        );
+        // The config wins, and a wrong config is an error naming the key.
+        let configured = script(dir.path(), "my-agent", "");
+        let c = Config {
+            agent_bin: Some(configured.clone()),
+            ..Config::default()
+        };
+        assert_eq!(find_agent_in(&c, Some(&exe_dir)).unwrap(), Some(configured));
+        let c = Config {
+            agent_bin: Some(dir.path().join("nope")),
+            ..Config::default()
+        };
+        let e = find_agent_in(&c, Some(&exe_dir)).unwrap_err();
+        assert!(e.to_string().contains("agent_bin"), "{e}");
     }
 
     #[test]

@@ -107,3 +107,73 @@ pub fn from_disk(e: crate::disk::DiskError) -> RpcError {
         e => RpcError::internal(e.to_string()),
     }
 }
+
+/// Missing tools and a missing source are the host's setup (with the apt
+/// command in the message); a fragment Kconfig could not honour is the
+/// caller's; a failed make is reported with the end of its log.
+pub fn from_kernel_build(e: banger_core::kernel_build::KernelBuildError) -> RpcError {
+    use banger_core::kernel_build::KernelBuildError as K;
+    match e {
+        K::Cancelled => crate::ops::cancelled(),
+        K::MissingTool { ref package, .. } => {
+            let hint = format!("apt-get install {package}");
+            RpcError::new(ErrorKind::PreconditionFailed, e.to_string())
+                .with("packages", package.split(' ').collect::<Vec<_>>())
+                .with("hint", hint)
+        }
+        e @ K::Source { .. } => RpcError::new(ErrorKind::PreconditionFailed, e.to_string()),
+        e @ K::Config { .. } => RpcError::invalid_params(e.to_string()),
+        e => RpcError::internal(e.to_string()),
+    }
+}
+
+pub fn from_image_build(e: banger_core::image_build::ImageBuildError) -> RpcError {
+    use banger_core::image_build::ImageBuildError as I;
+    match e {
+        I::Cancelled => crate::ops::cancelled(),
+        I::MissingTool { ref package, .. } => {
+            let hint = format!("apt-get install {package}");
+            RpcError::new(ErrorKind::PreconditionFailed, e.to_string())
+                .with("packages", vec![package.clone()])
+                .with("hint", hint)
+        }
+        e @ (I::NotRoot | I::Invalid(_)) => {
+            RpcError::new(ErrorKind::PreconditionFailed, e.to_string())
+        }
+        e @ I::Bootstrap { .. } => RpcError::internal(e.to_string()).with(
+            "hint",
+            "mmdebstrap needs the Debian mirror (--mirror URL or [build] mirror to use another)",
+        ),
+        e => RpcError::internal(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod build_error_tests {
+    use banger_core::image_build::ImageBuildError;
+    use banger_core::kernel_build::KernelBuildError;
+    use banger_proto::ErrorKind;
+
+    #[test]
+    fn missing_build_tools_are_preconditions_naming_packages() {
+        let e = super::from_kernel_build(KernelBuildError::MissingTool {
+            tool: "flex, bison".into(),
+            package: "flex bison".into(),
+        });
+        assert!(e.is(ErrorKind::PreconditionFailed));
+        assert!(
+            e.message.contains("apt-get install flex bison"),
+            "{}",
+            e.message
+        );
+        assert_eq!(e.data.as_ref().unwrap()["packages"][1], "bison");
+        let e = super::from_image_build(ImageBuildError::MissingTool {
+            tool: "mmdebstrap".into(),
+            package: "mmdebstrap".into(),
+        });
+        assert!(e.is(ErrorKind::PreconditionFailed));
+        assert_eq!(e.hint(), Some("apt-get install mmdebstrap"));
+        assert!(super::from_kernel_build(KernelBuildError::Cancelled).is(ErrorKind::Cancelled));
+        assert!(super::from_image_build(ImageBuildError::Cancelled).is(ErrorKind::Cancelled));
+    }
+}

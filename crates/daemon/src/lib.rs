@@ -9,6 +9,7 @@
 //!
 //! See ARCHITECTURE.md for the lock and state rules.
 
+pub mod builds;
 pub mod caller;
 pub mod daemon;
 pub mod disk;

@@ -1,11 +1,13 @@
-//! `banger image register|list|show|delete|promote`.
+//! `banger image register|build|list|show|delete|promote`, and the
+//! first-use build `vm create` runs when no image is registered.
 
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use banger_proto::methods::image::{
-    Delete, ImageInfo, List, Promote, RegisterBegin, RegisterParams, Show,
+    BuildBegin, BuildParams, BuildResult, Delete, ImageInfo, List, Promote, RegisterBegin,
+    RegisterParams, Show,
 };
 use banger_proto::methods::{Empty, NameParams};
 use banger_proto::FdRef;
@@ -14,7 +16,11 @@ use serde_json::json;
 
 use super::kernel::list_or_dash;
 use super::{open_input, Env};
+use crate::client::Client;
 use crate::{output, progress};
+
+/// What `vm create` builds when no image is registered.
+pub const AUTO_DISTRO: &str = "debian-bookworm";
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCmd {
@@ -34,6 +40,31 @@ pub enum ImageCmd {
         /// What the guest offers: ssh, agent (comma-separated).
         #[arg(long, value_delimiter = ',')]
         features: Vec<String>,
+    },
+    /// Build a golden image from Debian packages (mmdebstrap) and register it,
+    /// with SSH and the guest agent, and banger's default kernel unless
+    /// --kernel (built first when missing). Cached by recipe.
+    Build {
+        /// The distribution: debian-bookworm.
+        distro: String,
+        /// minimal (small, boots fast; what CI uses) or full (adds
+        /// build-essential, docker.io, python3, jq, vim, ...).
+        #[arg(long, default_value = "minimal", value_parser = ["minimal", "full"])]
+        variant: String,
+        /// Name to register it under (default: the distribution, plus -full
+        /// for the full variant).
+        #[arg(long)]
+        name: Option<String>,
+        /// A registered kernel (default: banger-6-1, built when missing).
+        #[arg(long)]
+        kernel: Option<String>,
+        /// A Debian mirror instead of deb.debian.org.
+        #[arg(long, value_name = "URL")]
+        mirror: Option<String>,
+        /// If an image of that name exists with other content, replace it
+        /// (refused while VMs use it) instead of failing.
+        #[arg(long)]
+        replace: bool,
     },
     /// List images.
     #[command(visible_alias = "ls")]
@@ -94,6 +125,29 @@ pub fn run(env: &Env, cmd: ImageCmd) -> anyhow::Result<ExitCode> {
                     img.kernel,
                     progress::stage_summary(&op)
                 );
+            }
+        }
+        ImageCmd::Build {
+            distro,
+            variant,
+            name,
+            kernel,
+            mirror,
+            replace,
+        } => {
+            let interrupt = progress::Interrupt::install()?;
+            let params = BuildParams {
+                distro,
+                variant: Some(variant),
+                name,
+                kernel,
+                mirror,
+                replace,
+                auto: false,
+            };
+            let r = build(&mut client, env, &params, &interrupt)?;
+            if !env.json {
+                println!("{}", r);
             }
         }
         ImageCmd::List => {
@@ -176,4 +230,114 @@ fn show(i: &ImageInfo) {
     t.row(vec!["created".into(), i.created_at.clone()]);
     t.row(vec!["used by".into(), list_or_dash(&i.used_by)]);
     t.print();
+}
+
+/// Runs an image build to its end; prints the JSON result in JSON mode and
+/// returns the human summary line.
+fn build(
+    client: &mut Client,
+    env: &Env,
+    params: &BuildParams,
+    interrupt: &progress::Interrupt,
+) -> anyhow::Result<String> {
+    let begun = client.call::<BuildBegin>(params)?;
+    let op = progress::follow(client, &begun.operation_id, env.json, interrupt)?;
+    let r: BuildResult = serde_json::from_value(op.result.clone().unwrap_or_default())?;
+    if env.json && !params.auto {
+        output::json(&json!({
+            "image": r.image,
+            "cached": r.cached,
+            "reused": r.reused,
+            "kernel_built": r.kernel_built,
+            "cache_key": r.cache_key,
+            "operation": { "id": op.id, "stages": op.stages },
+        }))?;
+    }
+    let how = match (r.reused, r.cached) {
+        (true, _) => "already registered",
+        (false, true) => "from the build cache",
+        (false, false) => "built",
+    };
+    Ok(format!(
+        "image {} (rootfs {}, kernel {}, features {}{}) {how} in {}",
+        r.image.name,
+        output::size(r.image.rootfs.size),
+        r.image.kernel,
+        r.image.features.join(","),
+        if r.image.default { ", default" } else { "" },
+        progress::stage_summary(&op)
+    ))
+}
+
+/// Whether `vm create` builds an image first.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AutoBuild {
+    /// An image was named, or some image exists: create as usual.
+    No,
+    /// Nothing is registered: build debian-bookworm minimal first.
+    Build,
+    /// Nothing is registered and `--no-build` forbids building.
+    Forbidden,
+}
+
+pub fn auto_build_decision(image_given: bool, visible_images: usize, no_build: bool) -> AutoBuild {
+    match (image_given || visible_images > 0, no_build) {
+        (true, _) => AutoBuild::No,
+        (false, true) => AutoBuild::Forbidden,
+        (false, false) => AutoBuild::Build,
+    }
+}
+
+/// Before `vm create`: when no image is visible and none was named, build
+/// the default one (the daemon refuses when `[build] auto = false`).
+pub fn ensure_image(
+    client: &mut Client,
+    env: &Env,
+    image_given: bool,
+    no_build: bool,
+    interrupt: &progress::Interrupt,
+) -> anyhow::Result<()> {
+    let visible = if image_given {
+        0
+    } else {
+        client.call::<List>(&Empty {})?.len()
+    };
+    match auto_build_decision(image_given, visible, no_build) {
+        AutoBuild::No => Ok(()),
+        AutoBuild::Forbidden => anyhow::bail!(
+            "no image is registered and --no-build forbids building one; build it with \
+             `banger image build {AUTO_DISTRO}` (or register one with `banger image register`)"
+        ),
+        AutoBuild::Build => {
+            eprintln!(
+                "no image registered: building {AUTO_DISTRO} minimal (first time only; \
+                 --no-build or [build] auto = false forbid this)"
+            );
+            let params = BuildParams {
+                distro: AUTO_DISTRO.into(),
+                auto: true,
+                ..BuildParams::default()
+            };
+            let line = build(client, env, &params, interrupt)?;
+            if !env.json {
+                eprintln!("{line}");
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_build_only_when_nothing_is_registered() {
+        assert_eq!(auto_build_decision(false, 0, false), AutoBuild::Build);
+        assert_eq!(auto_build_decision(false, 0, true), AutoBuild::Forbidden);
+        assert_eq!(auto_build_decision(false, 2, false), AutoBuild::No);
+        assert_eq!(auto_build_decision(false, 2, true), AutoBuild::No);
+        assert_eq!(auto_build_decision(true, 0, false), AutoBuild::No);
+        assert_eq!(auto_build_decision(true, 0, true), AutoBuild::No);
+    }
 }

@@ -1,10 +1,12 @@
-//! `banger kernel import|list|show|rm`.
+//! `banger kernel import|build|list|show|rm`.
 
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use banger_proto::methods::kernel::{Delete, ImportBegin, ImportParams, KernelInfo, List, Show};
+use banger_proto::methods::kernel::{
+    BuildBegin, BuildParams, BuildResult, Delete, ImportBegin, ImportParams, KernelInfo, List, Show,
+};
 use banger_proto::methods::{Empty, NameParams};
 use banger_proto::FdRef;
 use clap::Subcommand;
@@ -25,6 +27,33 @@ pub enum KernelCmd {
         /// An initrd to boot it with.
         #[arg(long)]
         initrd: Option<PathBuf>,
+    },
+    /// Build a vmlinux from Debian's linux-source-6.1 (or a kernel tree) with
+    /// banger's config fragment (or yours), and register it. Cached by source
+    /// and fragment: building the same inputs again takes seconds.
+    Build {
+        /// Name to register it under (default: banger-<major>-<minor> of the
+        /// source, e.g. banger-6-1).
+        #[arg(long)]
+        name: Option<String>,
+        /// An unpacked, clean kernel tree, built out of tree (root only: its
+        /// Makefiles run as root).
+        #[arg(long, value_name = "DIR", conflicts_with = "debian_source")]
+        source: Option<PathBuf>,
+        /// Debian's linux-source-6.1 package (the default).
+        #[arg(long)]
+        debian_source: bool,
+        /// A Kconfig fragment merged onto x86_64_defconfig + kvm_guest.config
+        /// (default: banger's own, built into bangerd).
+        #[arg(long = "config", value_name = "FRAGMENT")]
+        config: Option<PathBuf>,
+        /// Parallel make jobs (default: [build] jobs, else the number of CPUs).
+        #[arg(long, value_name = "N")]
+        jobs: Option<u32>,
+        /// If a kernel of that name exists with other content, replace it
+        /// (refused while images use it) instead of failing.
+        #[arg(long)]
+        replace: bool,
     },
     /// List kernels.
     #[command(visible_alias = "ls")]
@@ -76,6 +105,66 @@ pub fn run(env: &Env, cmd: KernelCmd) -> anyhow::Result<ExitCode> {
                         .as_deref()
                         .map(|r| format!(", {r}"))
                         .unwrap_or_default(),
+                    progress::stage_summary(&op)
+                );
+            }
+        }
+        KernelCmd::Build {
+            name,
+            source,
+            debian_source: _,
+            config,
+            jobs,
+            replace,
+        } => {
+            let interrupt = progress::Interrupt::install()?;
+            let source_dir = source.as_deref().map(open_dir).transpose()?;
+            let fragment = config
+                .as_deref()
+                .map(|p| open_input(p, "config fragment"))
+                .transpose()?;
+            let mut fds = Vec::new();
+            let mut source_ref = None;
+            let mut config_ref = None;
+            for (file, slot) in [(&source_dir, &mut source_ref), (&fragment, &mut config_ref)] {
+                if let Some(f) = file {
+                    *slot = Some(FdRef {
+                        fd: fds.len() as u32,
+                    });
+                    fds.push(f.as_fd());
+                }
+            }
+            let params = BuildParams {
+                name,
+                source: source_ref,
+                config: config_ref,
+                jobs,
+                replace,
+                source_path: source.map(|p| p.display().to_string()),
+                config_path: config.map(|p| p.display().to_string()),
+            };
+            let begun = client.call_with_fds::<BuildBegin>(&params, &fds)?;
+            let op = progress::follow(&mut client, &begun.operation_id, env.json, &interrupt)?;
+            let r: BuildResult = serde_json::from_value(op.result.clone().unwrap_or_default())?;
+            if env.json {
+                output::json(&json!({
+                    "kernel": r.kernel,
+                    "cached": r.cached,
+                    "reused": r.reused,
+                    "cache_key": r.cache_key,
+                    "operation": { "id": op.id, "stages": op.stages },
+                }))?;
+            } else {
+                let how = match (r.reused, r.cached) {
+                    (true, _) => "already registered",
+                    (false, true) => "from the build cache",
+                    (false, false) => "built",
+                };
+                println!(
+                    "kernel {} ({}, {}) {how} in {}",
+                    r.kernel.name,
+                    r.kernel.release.as_deref().unwrap_or("-"),
+                    output::size(r.kernel.vmlinux.size),
                     progress::stage_summary(&op)
                 );
             }
@@ -150,4 +239,15 @@ pub fn list_or_dash(v: &[String]) -> String {
     } else {
         v.join(", ")
     }
+}
+
+/// Opens a kernel tree as a directory descriptor, with the user's rights.
+fn open_dir(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use anyhow::Context;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY)
+        .open(path)
+        .with_context(|| format!("cannot open the source tree {}", path.display()))
 }

@@ -43,6 +43,10 @@ pub enum VmCmd {
         /// Make the disks but do not boot.
         #[arg(long)]
         no_start: bool,
+        /// Never build an image first (by default, when no image is
+        /// registered, debian-bookworm minimal is built).
+        #[arg(long)]
+        no_build: bool,
         /// Let the guest reach the outside network (NAT).
         #[arg(long)]
         nat: bool,
@@ -183,11 +187,13 @@ pub fn run(env: &Env, cmd: VmCmd) -> anyhow::Result<ExitCode> {
             memory,
             disk_size,
             no_start,
+            no_build,
             nat,
             ports,
             vmm,
         } => create(
             env,
+            no_build,
             CreateParams {
                 ports,
                 name,
@@ -381,9 +387,16 @@ fn stages_line(stages: &[StageInfo]) -> String {
         .join(", ")
 }
 
-fn create(env: &Env, params: CreateParams) -> anyhow::Result<ExitCode> {
+fn create(env: &Env, no_build: bool, params: CreateParams) -> anyhow::Result<ExitCode> {
     let interrupt = progress::Interrupt::install()?;
     let mut client = env.client()?;
+    super::image::ensure_image(
+        &mut client,
+        env,
+        params.image.is_some(),
+        no_build,
+        &interrupt,
+    )?;
     let begun = client.call::<CreateBegin>(&params)?;
     if !env.json {
         eprintln!("spec: {}", spec_line(&begun.vm));

@@ -50,36 +50,51 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<ImageRow> {
 
 impl Store {
     pub fn insert_image(&self, i: &ImageRow) -> Result<()> {
-        let seed = i.work_seed.as_ref();
-        self.lock()
-            .execute(
-                &format!("INSERT INTO images ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"),
-                params![
-                    i.id,
-                    i.name,
-                    i.owner_uid,
-                    i.kernel_id,
-                    i.rootfs.rel_path,
-                    i.rootfs.size as i64,
-                    i.rootfs.sha256,
-                    seed.map(|f| &f.rel_path),
-                    seed.map(|f| f.size as i64),
-                    seed.map(|f| &f.sha256),
-                    i.created_at,
-                    i.features.join(","),
-                ],
-            )
-            .map_err(|e| match e {
-                rusqlite::Error::SqliteFailure(f, _)
-                    if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY =>
-                {
-                    StoreError::NotFound {
-                        what: "kernel",
-                        key: i.kernel_id.clone(),
-                    }
-                }
-                e => unique_violation(e, "image", &i.name),
-            })?;
+        insert(&self.lock(), i)
+    }
+
+    /// Replaces the image `old_id` by `i` (usually of the same name) in one
+    /// transaction, refused while VMs use the old one; whoever had the old
+    /// one as default image gets the new one.
+    pub fn replace_image(&self, old_id: &str, i: &ImageRow) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let name: Option<String> = tx
+            .query_row("SELECT name FROM images WHERE id = ?", [old_id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let Some(name) = name else {
+            return Err(StoreError::NotFound {
+                what: "image",
+                key: old_id.to_string(),
+            });
+        };
+        let users: Vec<String> = tx
+            .prepare("SELECT 'vm ' || name FROM vms WHERE image_id = ? ORDER BY name")?
+            .query_map([old_id], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        if !users.is_empty() {
+            return Err(StoreError::InUse {
+                what: "image",
+                name,
+                users,
+            });
+        }
+        let defaults: Vec<u32> = tx
+            .prepare("SELECT owner_uid FROM default_images WHERE image_id = ?")?
+            .query_map([old_id], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        tx.execute("DELETE FROM default_images WHERE image_id = ?", [old_id])?;
+        tx.execute("DELETE FROM images WHERE id = ?", [old_id])?;
+        insert(&tx, i)?;
+        for uid in defaults {
+            tx.execute(
+                "INSERT INTO default_images (owner_uid, image_id) VALUES (?1, ?2)",
+                params![uid, i.id],
+            )?;
+        }
+        tx.commit()?;
         Ok(())
     }
 
@@ -175,4 +190,37 @@ impl Store {
             )
             .optional()?)
     }
+}
+
+fn insert(conn: &rusqlite::Connection, i: &ImageRow) -> Result<()> {
+    let seed = i.work_seed.as_ref();
+    conn.execute(
+        &format!("INSERT INTO images ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"),
+        params![
+            i.id,
+            i.name,
+            i.owner_uid,
+            i.kernel_id,
+            i.rootfs.rel_path,
+            i.rootfs.size as i64,
+            i.rootfs.sha256,
+            seed.map(|f| &f.rel_path),
+            seed.map(|f| f.size as i64),
+            seed.map(|f| &f.sha256),
+            i.created_at,
+            i.features.join(","),
+        ],
+    )
+    .map_err(|e| match e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY =>
+        {
+            StoreError::NotFound {
+                what: "kernel",
+                key: i.kernel_id.clone(),
+            }
+        }
+        e => unique_violation(e, "image", &i.name),
+    })?;
+    Ok(())
 }

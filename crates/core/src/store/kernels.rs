@@ -38,26 +38,18 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<KernelRow> {
 
 impl Store {
     pub fn insert_kernel(&self, k: &KernelRow) -> Result<()> {
-        let initrd = k.initrd.as_ref();
-        self.lock()
-            .execute(
-                &format!("INSERT INTO kernels ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"),
-                params![
-                    k.id,
-                    k.name,
-                    k.owner_uid,
-                    k.format,
-                    k.release,
-                    k.vmlinux.rel_path,
-                    k.vmlinux.size as i64,
-                    k.vmlinux.sha256,
-                    initrd.map(|f| &f.rel_path),
-                    initrd.map(|f| f.size as i64),
-                    initrd.map(|f| &f.sha256),
-                    k.created_at,
-                ],
-            )
-            .map_err(|e| unique_violation(e, "kernel", &k.name))?;
+        insert(&self.lock(), k)
+    }
+
+    /// Replaces the kernel `old_id` by `k` (usually of the same name) in one
+    /// transaction, refused while images or VMs use the old one.
+    pub fn replace_kernel(&self, old_id: &str, k: &KernelRow) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        refuse_in_use(&tx, old_id)?;
+        tx.execute("DELETE FROM kernels WHERE id = ?", [old_id])?;
+        insert(&tx, k)?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -110,31 +102,60 @@ impl Store {
     pub fn delete_kernel(&self, id: &str) -> Result<()> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        let name: Option<String> = tx
-            .query_row("SELECT name FROM kernels WHERE id = ?", [id], |r| r.get(0))
-            .optional()?;
-        let Some(name) = name else {
-            return Err(StoreError::NotFound {
-                what: "kernel",
-                key: id.to_string(),
-            });
-        };
-        let users: Vec<String> = tx
-            .prepare(
-                "SELECT 'image ' || name FROM images WHERE kernel_id = ?1 \
-                 UNION ALL SELECT 'vm ' || name FROM vms WHERE kernel_id = ?1 ORDER BY 1",
-            )?
-            .query_map([id], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        if !users.is_empty() {
-            return Err(StoreError::InUse {
-                what: "kernel",
-                name,
-                users,
-            });
-        }
+        refuse_in_use(&tx, id)?;
         tx.execute("DELETE FROM kernels WHERE id = ?", [id])?;
         tx.commit()?;
         Ok(())
     }
+}
+
+fn insert(conn: &rusqlite::Connection, k: &KernelRow) -> Result<()> {
+    let initrd = k.initrd.as_ref();
+    conn.execute(
+        &format!("INSERT INTO kernels ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"),
+        params![
+            k.id,
+            k.name,
+            k.owner_uid,
+            k.format,
+            k.release,
+            k.vmlinux.rel_path,
+            k.vmlinux.size as i64,
+            k.vmlinux.sha256,
+            initrd.map(|f| &f.rel_path),
+            initrd.map(|f| f.size as i64),
+            initrd.map(|f| &f.sha256),
+            k.created_at,
+        ],
+    )
+    .map_err(|e| unique_violation(e, "kernel", &k.name))?;
+    Ok(())
+}
+
+/// `NotFound` if there is no kernel `id`, `InUse` if images or VMs use it.
+fn refuse_in_use(conn: &rusqlite::Connection, id: &str) -> Result<()> {
+    let name: Option<String> = conn
+        .query_row("SELECT name FROM kernels WHERE id = ?", [id], |r| r.get(0))
+        .optional()?;
+    let Some(name) = name else {
+        return Err(StoreError::NotFound {
+            what: "kernel",
+            key: id.to_string(),
+        });
+    };
+    let users: Vec<String> = conn
+        .prepare(
+            "SELECT 'image ' || name FROM images WHERE kernel_id = ?1 \
+             UNION ALL SELECT 'vm ' || name FROM vms WHERE kernel_id = ?1 ORDER BY 1",
+        )?
+        .query_map([id], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    if !users.is_empty() {
+        return Err(StoreError::InUse {
+            what: "kernel",
+            name,
+            users,
+        });
+    }
+    Ok(())
 }

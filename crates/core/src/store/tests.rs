@@ -349,3 +349,58 @@ fn published_ports_clash_by_address_and_protocol() {
         "ports go with the VM"
     );
 }
+
+#[test]
+fn replace_swaps_in_one_transaction_and_refuses_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&dir.path().join("state.db")).unwrap();
+    let k1 = kernel("k");
+    s.insert_kernel(&k1).unwrap();
+    let i1 = image("img", &k1.id, 0);
+    s.insert_image(&i1).unwrap();
+    s.set_default_image(0, &i1.id).unwrap();
+    s.set_default_image(1000, &i1.id).unwrap();
+
+    // The kernel is used by an image: refused, nothing changed.
+    let k2 = kernel("k");
+    let e = s.replace_kernel(&k1.id, &k2).unwrap_err();
+    assert!(matches!(e, StoreError::InUse { .. }), "{e}");
+    assert_eq!(s.kernel_by_name("k").unwrap().unwrap().id, k1.id);
+
+    // The image is replaced; defaults follow it to the new row.
+    let i2 = image("img", &k1.id, 0);
+    s.replace_image(&i1.id, &i2).unwrap();
+    assert_eq!(s.image_by_name("img").unwrap().unwrap().id, i2.id);
+    assert!(s.image_by_id(&i1.id).unwrap().is_none());
+    assert_eq!(
+        s.default_image_for(0).unwrap().as_deref(),
+        Some(i2.id.as_str())
+    );
+    assert_eq!(
+        s.default_image_for(1000).unwrap().as_deref(),
+        Some(i2.id.as_str())
+    );
+
+    // An image used by a VM is not replaced.
+    s.insert_vm(&vm("v", &i2)).unwrap();
+    let i3 = image("img", &k1.id, 0);
+    assert!(matches!(
+        s.replace_image(&i2.id, &i3).unwrap_err(),
+        StoreError::InUse { .. }
+    ));
+    assert_eq!(s.image_by_name("img").unwrap().unwrap().id, i2.id);
+
+    // A free kernel is replaced; a failing insert (name taken by another
+    // row) rolls the delete back.
+    let k3 = kernel("free");
+    s.insert_kernel(&k3).unwrap();
+    let clash = kernel("k");
+    assert!(matches!(
+        s.replace_kernel(&k3.id, &clash).unwrap_err(),
+        StoreError::AlreadyExists { .. }
+    ));
+    assert_eq!(s.kernel_by_name("free").unwrap().unwrap().id, k3.id);
+    let k4 = kernel("free");
+    s.replace_kernel(&k3.id, &k4).unwrap();
+    assert_eq!(s.kernel_by_name("free").unwrap().unwrap().id, k4.id);
+}

@@ -2,16 +2,16 @@
 
 use std::sync::Arc;
 
-use banger_proto::methods::image::{ImageInfo, RegisterParams};
+use banger_proto::methods::image::{BuildParams, ImageInfo, RegisterParams};
 use banger_proto::methods::{Empty, NameParams, OpBegun};
 use banger_proto::names::validate_name;
-use banger_proto::RpcError;
+use banger_proto::{ErrorKind, RpcError};
 
 use crate::caller::Ctx;
 use crate::daemon::Daemon;
 use crate::errors::Rpc;
 use crate::images::{self, RegisterJob};
-use crate::kernels;
+use crate::{builds, kernels};
 
 pub async fn register_begin(
     d: Arc<Daemon>,
@@ -55,6 +55,121 @@ pub async fn register_begin(
         .begin("image.register", &p.name, cx.caller.uid, move |op| {
             images::register(d2, op, job)
         });
+    Ok(OpBegun { operation_id: id })
+}
+
+/// Cheap checks first (distribution, variant, agent, kernel, name), then the
+/// build runs as an operation. `auto` is the first-use build `vm create`
+/// asks for: banger's defaults only, allowed unless `[build] auto = false`.
+pub async fn build_begin(d: Arc<Daemon>, cx: Ctx, p: BuildParams) -> Result<OpBegun, RpcError> {
+    use banger_core::image_build::{self, ImageSpec, Variant};
+    if p.auto {
+        if !d.config.build.auto {
+            return Err(RpcError::new(
+                ErrorKind::PreconditionFailed,
+                "no image is registered, and automatic builds are off ([build] auto = false)",
+            )
+            .with(
+                "hint",
+                "build one with `banger image build debian-bookworm` (or register one with \
+                 `banger image register`), then retry",
+            ));
+        }
+        if p.name.is_some() || p.kernel.is_some() || p.mirror.is_some() || p.replace {
+            return Err(RpcError::invalid_params(
+                "auto builds use banger's defaults: no name, kernel, mirror or replace",
+            ));
+        }
+    }
+    let variant: Variant = p
+        .variant
+        .as_deref()
+        .unwrap_or("minimal")
+        .parse()
+        .map_err(RpcError::invalid_params)?;
+    if p.auto && variant != Variant::Minimal {
+        return Err(RpcError::invalid_params("auto builds are minimal"));
+    }
+    if !banger_proto::methods::image::DISTROS.contains(&p.distro.as_str()) {
+        return Err(RpcError::invalid_params(format!(
+            "unknown distribution {:?}: known ones are {}",
+            p.distro,
+            banger_proto::methods::image::DISTROS.join(", ")
+        )));
+    }
+    let mirror = p.mirror.clone().or_else(|| d.config.build.mirror.clone());
+    if let Some(m) = &p.mirror {
+        // apt reads a file: mirror as root: a user could read a root-only
+        // repository into their image.
+        let http = m.starts_with("http://") || m.starts_with("https://");
+        if !cx.caller.is_root() && !http {
+            return Err(RpcError::permission_denied(
+                "--mirror: only root may use a file: mirror; users may give http(s) URLs",
+            ));
+        }
+    }
+    let agent = banger_core::tools::find_agent(&d.config)
+        .map_err(|e| RpcError::new(ErrorKind::PreconditionFailed, e.to_string()))?
+        .ok_or_else(|| {
+            RpcError::new(
+                ErrorKind::PreconditionFailed,
+                format!(
+                    "no guest agent: {} is not next to bangerd and agent_bin is not set",
+                    banger_core::tools::AGENT_NAME
+                ),
+            )
+            .with(
+                "hint",
+                "run ./install.sh (it builds the static agent and installs it next to bangerd), \
+                 or set agent_bin in the config",
+            )
+        })?;
+    let spec = ImageSpec {
+        distro: p.distro.clone(),
+        variant,
+        agent_binary: agent,
+        mirror,
+    };
+    image_build::check_spec(&spec).map_err(crate::errors::from_image_build)?;
+
+    let default_name = builds::default_image_name(&p.distro, variant);
+    let name = p.name.clone().unwrap_or_else(|| default_name.clone());
+    validate_name(&name).map_err(|e| RpcError::invalid_params(e.to_string()))?;
+    if let Some(i) = d.store.image_by_name(&name).rpc()? {
+        if !cx.caller.can_see_shared(i.owner_uid) {
+            return Err(RpcError::already_exists("image", &name));
+        }
+    }
+    let jobs = d.config.build.jobs as usize;
+    let kernel = match &p.kernel {
+        Some(k) => builds::KernelChoice::Registered(Box::new(kernels::find(&d, &cx.caller, k)?)),
+        None => {
+            let default_kernel = builds::default_kernel_name();
+            match d.store.kernel_by_name(&default_kernel).rpc()? {
+                Some(k) if cx.caller.can_see_shared(k.owner_uid) => {
+                    builds::KernelChoice::Registered(Box::new(k))
+                }
+                Some(_) => {
+                    return Err(RpcError::already_exists("kernel", &default_kernel)
+                        .with("hint", "pass --kernel NAME"))
+                }
+                None => builds::KernelChoice::BuildDefault { jobs },
+            }
+        }
+    };
+    let default_inputs = p.mirror.is_none() && p.kernel.is_none();
+    let job = builds::ImageJob {
+        owner_uid: builds::owner_of(cx.caller.uid, default_inputs, name == default_name),
+        name: name.clone(),
+        spec,
+        kernel,
+        replace: p.replace,
+        promote_shared: p.auto,
+    };
+    let d2 = d.clone();
+    let id = d.ops.begin("image.build", &name, cx.caller.uid, move |op| {
+        builds::image_build_op(d2, op, job)
+    });
     Ok(OpBegun { operation_id: id })
 }
 

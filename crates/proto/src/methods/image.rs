@@ -10,6 +10,11 @@ method!(
     RegisterBegin = "image.register.begin", RegisterParams => OpBegun
 );
 method!(
+    /// Builds a golden image from distribution packages (cached by recipe)
+    /// and registers it, building the default kernel first when needed.
+    BuildBegin = "image.build.begin", BuildParams => OpBegun
+);
+method!(
     /// Images visible to the caller.
     List = "image.list", Empty => Vec<ImageInfo>
 );
@@ -44,6 +49,54 @@ pub struct RegisterParams {
     /// authorized_keys from the work disk, see docs), `agent` (banger-agent).
     #[serde(default)]
     pub features: Vec<String>,
+}
+
+/// The distributions `image.build` knows.
+pub const DISTROS: &[&str] = &["debian-bookworm"];
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildParams {
+    /// `debian-bookworm`.
+    pub distro: String,
+    /// `minimal` (default) or `full`.
+    #[serde(default)]
+    pub variant: Option<String>,
+    /// Absent: the distro name, plus `-full` for the full variant. Built
+    /// from banger's defaults under that name, the image is root's (shared).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// A registered kernel. Absent: the default built kernel (`banger-6-1`),
+    /// built first when missing.
+    #[serde(default)]
+    pub kernel: Option<String>,
+    /// A Debian mirror URL instead of deb.debian.org.
+    #[serde(default)]
+    pub mirror: Option<String>,
+    /// When an image of that name exists with other content: replace it
+    /// (refused while VMs use it) instead of failing.
+    #[serde(default)]
+    pub replace: bool,
+    /// The first-use build `vm create` asks for when no image is registered:
+    /// banger's defaults only (no name, kernel, mirror or replace; minimal);
+    /// the kernel and image are shared (owned by root) and the image becomes
+    /// everyone's default when root has none. Refused when `[build] auto =
+    /// false`.
+    #[serde(default)]
+    pub auto: bool,
+}
+
+/// The result of `image.build` (the operation's `result`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildResult {
+    pub image: ImageInfo,
+    /// The image build cache entry was used: nothing was bootstrapped.
+    pub cached: bool,
+    /// An image of that name with the same content was registered already.
+    pub reused: bool,
+    /// The kernel was built (or taken from the build cache) by this operation.
+    pub kernel_built: bool,
+    pub cache_key: String,
 }
 
 /// The image features banger knows.

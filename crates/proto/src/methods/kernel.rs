@@ -10,6 +10,11 @@ method!(
     ImportBegin = "kernel.import.begin", ImportParams => OpBegun
 );
 method!(
+    /// Builds a vmlinux from kernel source with a config fragment (cached by
+    /// source + fragment) and registers it.
+    BuildBegin = "kernel.build.begin", BuildParams => OpBegun
+);
+method!(
     /// Kernels visible to the caller.
     List = "kernel.list", Empty => Vec<KernelInfo>
 );
@@ -32,6 +37,47 @@ pub struct ImportParams {
     /// The path as the user typed it, for messages only: never opened.
     #[serde(default)]
     pub source: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildParams {
+    /// Absent: `banger-<major>-<minor>` of the source (e.g. `banger-6-1`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// An unpacked, unconfigured kernel tree, passed as an `O_DIRECTORY`
+    /// descriptor (root only, see docs). Absent: Debian's `linux-source-6.1`.
+    #[serde(default)]
+    pub source: Option<FdRef>,
+    /// A config fragment passed as a descriptor. Absent: banger's own
+    /// (`images/kernel/banger.config`, built into the daemon).
+    #[serde(default)]
+    pub config: Option<FdRef>,
+    /// `make -j`; absent or 0: `[build] jobs`, else the number of CPUs.
+    #[serde(default)]
+    pub jobs: Option<u32>,
+    /// When a kernel of that name exists with other content: replace it
+    /// (refused while images use it) instead of failing.
+    #[serde(default)]
+    pub replace: bool,
+    /// Paths as typed, for messages only: never opened.
+    #[serde(default)]
+    pub source_path: Option<String>,
+    #[serde(default)]
+    pub config_path: Option<String>,
+}
+
+/// The result of `kernel.build` (the operation's `result`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildResult {
+    pub kernel: KernelInfo,
+    /// The build cache entry was used: nothing was compiled.
+    pub cached: bool,
+    /// A kernel of that name with the same content was registered already
+    /// and is what `kernel` is.
+    pub reused: bool,
+    /// The build cache key (sha256 of source, fragment and recipe).
+    pub cache_key: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

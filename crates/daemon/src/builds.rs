@@ -1,0 +1,686 @@
+//! `kernel build` and `image build`: the operation bodies around
+//! [`banger_core::kernel_build`] and [`banger_core::image_build`], and the
+//! registration of what they produce.
+//!
+//! The builds write into the build cache (`[build] cache_dir`, default the
+//! daemon's cache dir; `kernels/` and `images/` under it), keyed by their
+//! inputs, so a second build of the same inputs costs nothing. Registration
+//! copies the result into the state dir (reflink when the filesystems allow),
+//! hashing it on the way, like an import: the registry never points into the
+//! cache, which may be shared or emptied.
+//!
+//! Names: a kernel built without `--name` is `banger-<major>-<minor>` of its
+//! source (`banger-6-1`); an image is named after its distribution
+//! (`debian-bookworm`, `debian-bookworm-full`). When that name is taken:
+//! same content (sha256) → the existing object is reused; other content → an
+//! `already_exists` error unless `replace` (refused while something uses the
+//! old one; the swap is one store transaction).
+//!
+//! Ownership: what is built from banger's own default inputs under its
+//! default name (the Debian kernel with banger's fragment; an image from
+//! banger's recipe and the default mirror) is the host's, owned by root and
+//! so shared with every user, whoever asked first: it is the same artifact for
+//! everyone, and a private copy would block others' use of the name.
+//! Anything else is owned by the caller.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use banger_core::image_build::{self, ImageSpec, Variant};
+use banger_core::kernel_build::{self, BuildSpec, Source};
+use banger_core::store::{ImageRow, KernelRow, StoreError, StoredFile};
+use banger_core::{ids, timefmt};
+use banger_proto::methods::image::BuildResult as ImageBuildResult;
+use banger_proto::methods::kernel::BuildResult as KernelBuildResult;
+use banger_proto::{ErrorKind, RpcError};
+use serde_json::Value;
+
+use crate::caller::Caller;
+use crate::daemon::Daemon;
+use crate::errors::{self, Rpc};
+use crate::ops::OpHandle;
+use crate::staging::{blocking, commit, copy, Placed, Scratch};
+use crate::{images, kernels};
+
+/// The largest config fragment accepted (banger's own is ~3 KiB).
+pub const MAX_FRAGMENT: u64 = 256 * 1024;
+
+/// String options a non-root caller's fragment may set. Every other string
+/// option is refused for them: string options are how Kconfig names host
+/// files to build into the kernel (`CONFIG_INITRAMFS_SOURCE`,
+/// `CONFIG_SYSTEM_TRUSTED_KEYS`, `CONFIG_EXTRA_FIRMWARE`, ...), and the build
+/// runs as root, so they would let a user read any file through the result.
+pub const USER_STRING_OPTIONS: &[&str] = &[
+    "CONFIG_LOCALVERSION",
+    "CONFIG_CMDLINE",
+    "CONFIG_DEFAULT_HOSTNAME",
+];
+
+/// The build cache root: `[build] cache_dir`, else the daemon's cache dir.
+pub fn cache_root(d: &Daemon) -> PathBuf {
+    d.config
+        .build
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| d.paths.cache_dir.clone())
+}
+
+pub fn kernel_cache(d: &Daemon) -> PathBuf {
+    cache_root(d).join("kernels")
+}
+
+pub fn image_cache(d: &Daemon) -> PathBuf {
+    cache_root(d).join("images")
+}
+
+/// Debian's kernel source package, as a build source.
+pub fn debian_source() -> Source {
+    Source::DebianTarball(PathBuf::from(kernel_build::DEBIAN_TARBALL))
+}
+
+/// The name of the kernel images are built with by default (`banger-6-1`).
+pub fn default_kernel_name() -> String {
+    kernel_build::default_name(kernel_build::series(&debian_source()).as_deref())
+}
+
+/// The name an image build registers without `--name`.
+pub fn default_image_name(distro: &str, variant: Variant) -> String {
+    match variant {
+        Variant::Minimal => distro.to_owned(),
+        Variant::Full => format!("{distro}-full"),
+    }
+}
+
+/// Who owns a build's result: root (shared) for banger's default artifact
+/// under its default name, else the caller. See the module doc.
+pub fn owner_of(caller_uid: u32, default_inputs: bool, default_name: bool) -> u32 {
+    if default_inputs && default_name {
+        0
+    } else {
+        caller_uid
+    }
+}
+
+/// Checks the text of a fragment the caller passed: UTF-8, and for non-root
+/// callers no string options outside [`USER_STRING_OPTIONS`].
+pub fn check_fragment(text: &[u8], caller_is_root: bool) -> Result<(), RpcError> {
+    let text = std::str::from_utf8(text)
+        .map_err(|_| RpcError::invalid_params("--config: the fragment is not UTF-8 text"))?;
+    let options = kernel_build::fragment_options(text);
+    if options.is_empty() {
+        return Err(RpcError::invalid_params(
+            "--config: the fragment sets no CONFIG_ options",
+        ));
+    }
+    if caller_is_root {
+        return Ok(());
+    }
+    let refused: Vec<&str> = options
+        .iter()
+        .filter(|(name, value)| {
+            value.starts_with('"') && !USER_STRING_OPTIONS.contains(&name.as_str())
+        })
+        .map(|(name, _)| name.as_str())
+        .collect();
+    if refused.is_empty() {
+        return Ok(());
+    }
+    Err(RpcError::new(
+        ErrorKind::PermissionDenied,
+        format!(
+            "--config: string options can name host files that a root build would read into \
+             the kernel, so only root may set {}; users may set {} and any bool, tristate, int \
+             or hex option",
+            refused.join(", "),
+            USER_STRING_OPTIONS.join(", ")
+        ),
+    ))
+}
+
+/// Reads a passed fragment descriptor (bounded).
+pub fn read_fragment(f: File) -> Result<Vec<u8>, RpcError> {
+    banger_core::artifact::stage::require_regular(&f, "config fragment")
+        .map_err(errors::from_stage)?;
+    let mut bytes = Vec::new();
+    f.take(MAX_FRAGMENT + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| RpcError::invalid_params(format!("--config: cannot read it: {e}")))?;
+    if bytes.len() as u64 > MAX_FRAGMENT {
+        return Err(RpcError::invalid_params(format!(
+            "--config: larger than {} KiB; a fragment lists options, not a whole .config",
+            MAX_FRAGMENT / 1024
+        )));
+    }
+    Ok(bytes)
+}
+
+// ---------------------------------------------------------------------------
+// Kernels
+
+pub struct KernelJob {
+    pub owner_uid: u32,
+    pub name: String,
+    pub source: Source,
+    /// For a tree: the caller's `O_DIRECTORY` descriptor, which `source`
+    /// names as `/proc/self/fd/N`; kept open for the whole build.
+    pub source_dir: Option<File>,
+    pub fragment: Vec<u8>,
+    pub jobs: usize,
+    pub replace: bool,
+}
+
+pub struct KernelOutcome {
+    pub row: KernelRow,
+    pub cached: bool,
+    pub reused: bool,
+    pub key: String,
+}
+
+/// The body of a `kernel.build` operation.
+pub async fn kernel_build_op(
+    d: Arc<Daemon>,
+    op: OpHandle,
+    job: KernelJob,
+) -> Result<Value, RpcError> {
+    let out = build_kernel(&d, &op, job, "").await?;
+    let result = KernelBuildResult {
+        kernel: kernels::info(&d, &out.row)?,
+        cached: out.cached,
+        reused: out.reused,
+        cache_key: out.key,
+    };
+    serde_json::to_value(result).map_err(|e| RpcError::internal(e.to_string()))
+}
+
+/// Builds (or finds in the cache) and registers a kernel; its stages are
+/// named `<prefix><library stage>` (`unpack`, `configure`, `compile`,
+/// `install`), then `<prefix>register`.
+pub async fn build_kernel(
+    d: &Arc<Daemon>,
+    op: &OpHandle,
+    job: KernelJob,
+    prefix: &str,
+) -> Result<KernelOutcome, RpcError> {
+    let scratch = Scratch::new(&d.paths, &format!("{}-kernel", op.id()))?;
+    let fragment = scratch.path("fragment.config");
+    std::fs::write(&fragment, &job.fragment)
+        .map_err(|e| RpcError::internal(format!("cannot write {}: {e}", fragment.display())))?;
+    let spec = BuildSpec {
+        source: job.source,
+        fragment,
+        jobs: job.jobs,
+    };
+    let cache = kernel_cache(d);
+    op.stage(&format!("{prefix}prepare"));
+    let built = {
+        let (op, prefix, source_dir) = (op.clone(), prefix.to_owned(), job.source_dir);
+        blocking(move || {
+            let flag = op.cancel_flag();
+            let mut report = StageReporter::new(&op, &prefix);
+            let r = kernel_build::build(&spec, &cache, &flag, &mut |s, done, total| {
+                report.report(s, done, total)
+            });
+            drop(source_dir);
+            r.map_err(errors::from_kernel_build)
+        })
+        .await?
+    };
+    op.stage(&format!("{prefix}register"));
+    let src = File::open(&built.vmlinux)
+        .map_err(|e| RpcError::internal(format!("cannot open {}: {e}", built.vmlinux.display())))?;
+    let staged = copy(op, src, scratch.path("vmlinux")).await?;
+    op.check()?;
+    let owner = Caller {
+        uid: job.owner_uid,
+        gid: 0,
+        pid: 0,
+    };
+    let mut existing = d.store.kernel_by_name(&job.name).rpc()?;
+    // Two attempts: a concurrent build may register the same name between
+    // our look and our insert (then it is usually the same content).
+    for _ in 0..2 {
+        if let Some(k) = &existing {
+            match decide(
+                &owner,
+                k.owner_uid,
+                k.vmlinux.sha256 == staged.sha256,
+                job.replace,
+            ) {
+                Registration::Reuse => {
+                    tracing::info!(kernel = %k.name, "built kernel matches the registered one");
+                    return Ok(KernelOutcome {
+                        row: k.clone(),
+                        cached: built.cached,
+                        reused: true,
+                        key: built.key,
+                    });
+                }
+                Registration::Conflict(e) => return Err(e.into_rpc("kernel", &job.name)),
+                Registration::Insert => {}
+            }
+        }
+        let id = ids::new_id();
+        let placed = Placed::new(d.paths.kernels_dir().join(&id));
+        commit(&scratch.path("vmlinux"), &placed.path("vmlinux"))?;
+        let row = KernelRow {
+            id: id.clone(),
+            name: job.name.clone(),
+            owner_uid: job.owner_uid,
+            format: "elf".into(),
+            release: Some(built.release.clone()),
+            vmlinux: StoredFile {
+                rel_path: format!("kernels/{id}/vmlinux"),
+                size: staged.size,
+                sha256: staged.sha256.clone(),
+            },
+            initrd: None,
+            created_at: timefmt::now(),
+        };
+        let inserted = match &existing {
+            Some(old) => d.store.replace_kernel(&old.id, &row),
+            None => d.store.insert_kernel(&row),
+        };
+        match inserted {
+            Ok(()) => {
+                placed.keep();
+                if let Some(old) = &existing {
+                    crate::staging::remove_dir(&d.paths.kernels_dir().join(&old.id));
+                }
+                tracing::info!(kernel = %row.name, id = %row.id, cached = built.cached, "kernel built");
+                return Ok(KernelOutcome {
+                    row,
+                    cached: built.cached,
+                    reused: false,
+                    key: built.key,
+                });
+            }
+            Err(StoreError::AlreadyExists { .. }) if existing.is_none() => {
+                // `placed` goes; the file is still in the cache entry.
+                drop(placed);
+                let again = File::open(&built.vmlinux).map_err(|e| {
+                    RpcError::internal(format!("cannot open {}: {e}", built.vmlinux.display()))
+                })?;
+                copy(op, again, scratch.path("vmlinux")).await?;
+                existing = d.store.kernel_by_name(&job.name).rpc()?;
+            }
+            Err(e) => return Err(errors::from_store(e)),
+        }
+    }
+    Err(RpcError::new(
+        ErrorKind::Busy,
+        format!(
+            "kernel {:?} is being registered concurrently; retry",
+            job.name
+        ),
+    ))
+}
+
+// ---------------------------------------------------------------------------
+// Images
+
+/// Which kernel a built image gets.
+pub enum KernelChoice {
+    /// One that is registered (`--kernel`, or the default one, found).
+    Registered(Box<KernelRow>),
+    /// The default kernel ([`default_kernel_name`]), built first.
+    BuildDefault { jobs: usize },
+}
+
+pub struct ImageJob {
+    pub owner_uid: u32,
+    pub name: String,
+    pub spec: ImageSpec,
+    pub kernel: KernelChoice,
+    pub replace: bool,
+    /// Make it everyone's default image when root has none (the first-use
+    /// build of `vm create`; also any build of the shared default image).
+    pub promote_shared: bool,
+}
+
+/// The body of an `image.build` operation.
+pub async fn image_build_op(
+    d: Arc<Daemon>,
+    op: OpHandle,
+    job: ImageJob,
+) -> Result<Value, RpcError> {
+    let (kernel, kernel_built) = match job.kernel {
+        KernelChoice::Registered(k) => (*k, false),
+        KernelChoice::BuildDefault { jobs } => {
+            let kjob = KernelJob {
+                owner_uid: 0,
+                name: default_kernel_name(),
+                source: debian_source(),
+                source_dir: None,
+                fragment: kernel_build::DEFAULT_FRAGMENT.as_bytes().to_vec(),
+                jobs,
+                replace: false,
+            };
+            (build_kernel(&d, &op, kjob, "kernel-").await?.row, true)
+        }
+    };
+
+    let scratch = Scratch::new(&d.paths, &op.id())?;
+    let cache = image_cache(&d);
+    op.stage("prepare");
+    let built = {
+        let (op, spec) = (op.clone(), job.spec.clone());
+        blocking(move || {
+            let flag = op.cancel_flag();
+            let mut report = StageReporter::new(&op, "");
+            image_build::build(&spec, &cache, &flag, &mut |s, done, total| {
+                report.report(s, done, total)
+            })
+            .map_err(errors::from_image_build)
+        })
+        .await?
+    };
+
+    op.stage("register-rootfs");
+    let open = |p: &Path| {
+        File::open(p).map_err(|e| RpcError::internal(format!("cannot open {}: {e}", p.display())))
+    };
+    let rootfs = copy(&op, open(&built.rootfs)?, scratch.path(images::ROOTFS)).await?;
+    op.stage("register-work-seed");
+    let seed = copy(
+        &op,
+        open(&built.work_seed)?,
+        scratch.path(images::WORK_SEED),
+    )
+    .await?;
+    op.stage("register");
+    op.check()?;
+    let owner = Caller {
+        uid: job.owner_uid,
+        gid: 0,
+        pid: 0,
+    };
+    let features: Vec<String> = ["ssh", "agent"].iter().map(|s| s.to_string()).collect();
+    let existing = d.store.image_by_name(&job.name).rpc()?;
+    let (row, reused) = match existing.as_ref().map(|i| {
+        let same = i.rootfs.sha256 == rootfs.sha256
+            && i.work_seed.as_ref().map(|s| s.sha256.as_str()) == Some(seed.sha256.as_str())
+            && i.kernel_id == kernel.id
+            && i.features == features;
+        (i, decide(&owner, i.owner_uid, same, job.replace))
+    }) {
+        Some((i, Registration::Reuse)) => (i.clone(), true),
+        Some((_, Registration::Conflict(e))) => return Err(e.into_rpc("image", &job.name)),
+        Some((_, Registration::Insert)) | None => {
+            let id = ids::new_id();
+            let placed = Placed::new(d.paths.images_dir().join(&id));
+            commit(&scratch.path(images::ROOTFS), &placed.path(images::ROOTFS))?;
+            commit(
+                &scratch.path(images::WORK_SEED),
+                &placed.path(images::WORK_SEED),
+            )?;
+            let stored = |f: &str, s: &banger_core::artifact::stage::Staged| StoredFile {
+                rel_path: format!("images/{id}/{f}"),
+                size: s.size,
+                sha256: s.sha256.clone(),
+            };
+            let row = ImageRow {
+                id: id.clone(),
+                name: job.name.clone(),
+                owner_uid: job.owner_uid,
+                kernel_id: kernel.id.clone(),
+                rootfs: stored(images::ROOTFS, &rootfs),
+                work_seed: Some(stored(images::WORK_SEED, &seed)),
+                created_at: timefmt::now(),
+                features,
+            };
+            let inserted = match &existing {
+                Some(old) => d.store.replace_image(&old.id, &row),
+                None => d.store.insert_image(&row),
+            };
+            match inserted {
+                Ok(()) => {}
+                // A concurrent build (two first `vm create`s) registered it
+                // between our look and our insert: the same content is fine.
+                Err(StoreError::AlreadyExists { .. }) if existing.is_none() => {
+                    return match d.store.image_by_name(&job.name).rpc()? {
+                        Some(i)
+                            if i.rootfs.sha256 == row.rootfs.sha256
+                                && owner.can_see_shared(i.owner_uid) =>
+                        {
+                            let result = ImageBuildResult {
+                                image: images::info(&d, &owner, &i)?,
+                                cached: built.cached,
+                                reused: true,
+                                kernel_built,
+                                cache_key: built.key,
+                            };
+                            serde_json::to_value(result)
+                                .map_err(|e| RpcError::internal(e.to_string()))
+                        }
+                        _ => Err(Conflict::Differs.into_rpc("image", &job.name)),
+                    };
+                }
+                Err(e) => return Err(errors::from_store(e)),
+            }
+            placed.keep();
+            if let Some(old) = &existing {
+                crate::staging::remove_dir(&d.paths.images_dir().join(&old.id));
+            }
+            tracing::info!(image = %row.name, id = %row.id, cached = built.cached, "image built");
+            (row, false)
+        }
+    };
+    // The first image is the default: for everyone when it is shared, else
+    // for its owner.
+    let default_uid = if job.promote_shared || row.owner_uid == 0 {
+        0
+    } else {
+        row.owner_uid
+    };
+    if d.store.default_image_for(default_uid).rpc()?.is_none() {
+        d.store.set_default_image(default_uid, &row.id).rpc()?;
+        tracing::info!(image = %row.name, uid = default_uid, "built image made the default");
+    }
+    let result = ImageBuildResult {
+        image: images::info(&d, &owner, &row)?,
+        cached: built.cached,
+        reused,
+        kernel_built,
+        cache_key: built.key,
+    };
+    serde_json::to_value(result).map_err(|e| RpcError::internal(e.to_string()))
+}
+
+// ---------------------------------------------------------------------------
+// Shared
+
+/// What to do with a built result whose name is taken.
+#[derive(Debug, PartialEq)]
+pub enum Registration {
+    /// Same content, visible to the owner: keep the registered one.
+    Reuse,
+    /// Register (replacing the existing one).
+    Insert,
+    Conflict(Conflict),
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Conflict {
+    /// Another user's object, invisible to this owner.
+    OtherOwner,
+    /// Other content, no `replace`.
+    Differs,
+    /// `replace` of an object the owner may not change.
+    NotYours(u32),
+}
+
+impl Conflict {
+    fn into_rpc(self, what: &str, name: &str) -> RpcError {
+        match self {
+            Conflict::OtherOwner => RpcError::already_exists(what, name)
+                .with("hint", "pass --name to build it under another name"),
+            Conflict::Differs => RpcError::new(
+                ErrorKind::AlreadyExists,
+                format!(
+                    "{what} {name:?} already exists with other content; pass --replace to \
+                     replace it (refused while it is in use) or --name for another name"
+                ),
+            )
+            .with("resource", what)
+            .with("name", name),
+            Conflict::NotYours(uid) => RpcError::permission_denied(format!(
+                "{what} {name:?} belongs to uid {uid}; only its owner or root can replace it"
+            )),
+        }
+    }
+}
+
+/// Reuse, replace or refuse, for a result owned by `owner` whose name is
+/// taken by an object owned by `existing_owner`.
+pub fn decide(owner: &Caller, existing_owner: u32, same: bool, replace: bool) -> Registration {
+    if !owner.can_see_shared(existing_owner) {
+        return Registration::Conflict(Conflict::OtherOwner);
+    }
+    if same {
+        return Registration::Reuse;
+    }
+    if !replace {
+        return Registration::Conflict(Conflict::Differs);
+    }
+    if !owner.can_change(existing_owner) {
+        return Registration::Conflict(Conflict::NotYours(existing_owner));
+    }
+    Registration::Insert
+}
+
+/// Maps a library's `progress(stage, done, total)` onto the operation: a new
+/// stage (`<prefix><stage>`) whenever the name changes, progress otherwise.
+struct StageReporter<'a> {
+    op: &'a OpHandle,
+    prefix: &'a str,
+    last: String,
+}
+
+impl<'a> StageReporter<'a> {
+    fn new(op: &'a OpHandle, prefix: &'a str) -> Self {
+        StageReporter {
+            op,
+            prefix,
+            last: String::new(),
+        }
+    }
+
+    fn report(&mut self, stage: &str, done: u64, total: u64) {
+        if stage != self.last {
+            self.op.stage(&format!("{}{stage}", self.prefix));
+            self.last = stage.to_owned();
+        }
+        let unit = if stage == "unpack" { "bytes" } else { "steps" };
+        self.op.progress(done, total, unit);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caller(uid: u32) -> Caller {
+        Caller {
+            uid,
+            gid: 0,
+            pid: 0,
+        }
+    }
+
+    #[test]
+    fn default_names() {
+        assert_eq!(default_kernel_name(), "banger-6-1");
+        assert_eq!(
+            default_image_name("debian-bookworm", Variant::Minimal),
+            "debian-bookworm"
+        );
+        assert_eq!(
+            default_image_name("debian-bookworm", Variant::Full),
+            "debian-bookworm-full"
+        );
+        for n in [
+            default_kernel_name(),
+            default_image_name("debian-bookworm", Variant::Full),
+        ] {
+            banger_proto::names::validate_name(&n).unwrap();
+        }
+    }
+
+    #[test]
+    fn shared_only_for_default_inputs_and_name() {
+        assert_eq!(owner_of(1000, true, true), 0);
+        assert_eq!(owner_of(1000, false, true), 1000);
+        assert_eq!(owner_of(1000, true, false), 1000);
+        assert_eq!(owner_of(0, false, false), 0);
+    }
+
+    #[test]
+    fn reuse_replace_or_conflict() {
+        let alice = caller(1000);
+        // Same content: reuse (own, or a shared root one).
+        assert_eq!(decide(&alice, 1000, true, false), Registration::Reuse);
+        assert_eq!(decide(&alice, 0, true, false), Registration::Reuse);
+        assert_eq!(decide(&alice, 0, true, true), Registration::Reuse);
+        // Other content: an error unless replace, and replace only of one's own.
+        assert_eq!(
+            decide(&alice, 1000, false, false),
+            Registration::Conflict(Conflict::Differs)
+        );
+        assert_eq!(decide(&alice, 1000, false, true), Registration::Insert);
+        assert_eq!(
+            decide(&alice, 0, false, true),
+            Registration::Conflict(Conflict::NotYours(0))
+        );
+        // Another user's object is invisible: always a conflict.
+        assert_eq!(
+            decide(&alice, 2000, true, true),
+            Registration::Conflict(Conflict::OtherOwner)
+        );
+        // Root may replace anything.
+        assert_eq!(decide(&caller(0), 2000, false, true), Registration::Insert);
+        let e = Conflict::Differs.into_rpc("kernel", "banger-6-1");
+        assert!(e.is(ErrorKind::AlreadyExists));
+        assert!(e.message.contains("--replace"), "{}", e.message);
+    }
+
+    #[test]
+    fn user_fragments_cannot_name_host_files() {
+        let ok = b"CONFIG_PVH=y\n# CONFIG_MODULES is not set\nCONFIG_NR_CPUS=8\nCONFIG_LOCALVERSION=\"-me\"\n";
+        check_fragment(ok, false).unwrap();
+        let bad = b"CONFIG_PVH=y\nCONFIG_INITRAMFS_SOURCE=\"/etc/shadow\"\n";
+        let e = check_fragment(bad, false).unwrap_err();
+        assert!(e.is(ErrorKind::PermissionDenied));
+        assert!(
+            e.message.contains("CONFIG_INITRAMFS_SOURCE"),
+            "{}",
+            e.message
+        );
+        check_fragment(bad, true).unwrap();
+        assert!(check_fragment(b"hello\n", true)
+            .unwrap_err()
+            .is(ErrorKind::InvalidParams));
+        assert!(check_fragment(&[0xff, 0xfe], true)
+            .unwrap_err()
+            .is(ErrorKind::InvalidParams));
+        // banger's own fragment passes as a user's.
+        check_fragment(kernel_build::DEFAULT_FRAGMENT.as_bytes(), false).unwrap();
+    }
+
+    #[test]
+    fn fragments_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("big.config");
+        std::fs::write(&p, vec![b'#'; MAX_FRAGMENT as usize + 1]).unwrap();
+        let e = read_fragment(File::open(&p).unwrap()).unwrap_err();
+        assert!(e.message.contains("larger than"), "{}", e.message);
+        std::fs::write(&p, b"CONFIG_A=y\n").unwrap();
+        assert_eq!(
+            read_fragment(File::open(&p).unwrap()).unwrap(),
+            b"CONFIG_A=y\n"
+        );
+        let e = read_fragment(File::open(dir.path()).unwrap()).unwrap_err();
+        assert!(e.is(ErrorKind::InvalidParams), "{e:?}");
+    }
+}
