@@ -73,6 +73,26 @@ fn shell_quote(s: &str) -> String {
     }
 }
 
+/// The command line the guest's shell runs for `vm ssh NAME -- ARGS...`.
+/// OpenSSH joins its arguments with spaces and the remote shell splits them
+/// again, so `sh -c 'echo a; echo b'` or a file name with a space would be
+/// re-interpreted there (and quoting bugs become injection). Several
+/// arguments are therefore an argv, each quoted for the remote shell, as
+/// with `docker exec`; one argument is a shell command line, as with
+/// `ssh host 'cd src && make'`.
+fn remote_command(args: &[String]) -> Option<String> {
+    match args {
+        [] => None,
+        [line] => Some(line.clone()),
+        argv => Some(
+            argv.iter()
+                .map(|a| shell_quote(a))
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+    }
+}
+
 /// `banger vm ssh NAME [-- CMD...]`: replaces this process with ssh, so
 /// ssh's exit status (the remote command's) is ours.
 pub fn vm_ssh(env: &Env, name: &str, command: &[String]) -> anyhow::Result<ExitCode> {
@@ -100,8 +120,8 @@ pub fn vm_ssh(env: &Env, name: &str, command: &[String]) -> anyhow::Result<ExitC
         .arg(format!("HostKeyAlias={}", net.dns_name))
         .args(["-o", "LogLevel=ERROR"])
         .arg(format!("root@{}", net.ip));
-    if !command.is_empty() {
-        ssh.arg("--").args(command);
+    if let Some(line) = remote_command(command) {
+        ssh.arg("--").arg(line);
     }
     let err = ssh.exec();
     bail!("cannot run ssh: {err} (install openssh-client)")
@@ -193,5 +213,23 @@ mod tests {
         assert_eq!(shell_quote("/usr/bin/banger"), "/usr/bin/banger");
         assert_eq!(shell_quote("/tmp/a b"), "'/tmp/a b'");
         assert_eq!(shell_quote("it's"), "'it'\\''s'");
+    }
+
+    #[test]
+    fn remote_command_is_an_argv_or_one_line() {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(remote_command(&[]), None);
+        assert_eq!(
+            remote_command(&v(&["cd /src && make"])).unwrap(),
+            "cd /src && make"
+        );
+        assert_eq!(
+            remote_command(&v(&["sh", "-c", "echo $HOME; echo it's"])).unwrap(),
+            "sh -c 'echo $HOME; echo it'\\''s'"
+        );
+        assert_eq!(
+            remote_command(&v(&["ls", "-la", "/tmp/a b"])).unwrap(),
+            "ls -la '/tmp/a b'"
+        );
     }
 }
