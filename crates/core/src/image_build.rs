@@ -65,6 +65,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+use crate::build_lock::{lock_key, LockError};
 use crate::tools::find_system_tool;
 
 /// Hashed into every cache key with the package lists and every file the
@@ -468,7 +469,10 @@ pub fn build(
     let mkfs = require_tool("mkfs.ext4", "e2fsprogs")?;
     let debugfs = require_tool("debugfs", "e2fsprogs")?;
 
-    let _lock = lock_key(&cache_dir, &key, cancel)?;
+    let _lock = lock_key(&cache_dir, &key, cancel).map_err(|e| match e {
+        LockError::Cancelled => ImageBuildError::Cancelled,
+        LockError::Io { context, source } => ImageBuildError::Io { context, source },
+    })?;
     // Another build of this key may have finished while we waited.
     if let Some(built) = cached_entry(&entry, &key)? {
         return Ok(built);
@@ -664,36 +668,6 @@ pub fn elf_is_static_x86_64(f: &File) -> io::Result<bool> {
         }
     }
     Ok(true)
-}
-
-/// Holds `cache_dir/<key>.lock` (one build per key at a time, across
-/// processes), checking `cancel` while waiting.
-fn lock_key(cache_dir: &Path, key: &str, cancel: &AtomicBool) -> Result<File> {
-    use rustix::fs::{flock, FlockOperation};
-    let path = cache_dir.join(format!("{key}.lock"));
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(io_ctx(format!("cannot open {}", path.display())))?;
-    loop {
-        match flock(&f, FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => return Ok(f),
-            Err(rustix::io::Errno::WOULDBLOCK) | Err(rustix::io::Errno::INTR) => {}
-            Err(e) => {
-                return Err(ImageBuildError::Io {
-                    context: format!("cannot lock {}", path.display()),
-                    source: e.into(),
-                })
-            }
-        }
-        if cancel.load(Ordering::Relaxed) {
-            return Err(ImageBuildError::Cancelled);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// Removes the scratch directory unless disarmed (the build completed).

@@ -39,6 +39,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use crate::artifact::kernel_image;
+use crate::build_lock::{lock_key, LockError};
 
 /// Where Debian's `linux-source-6.1` package puts the kernel source.
 pub const DEBIAN_TARBALL: &str = "/usr/src/linux-source-6.1.tar.xz";
@@ -742,35 +743,6 @@ fn remove_stale_scratch(cache_dir: &Path, key: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// Takes `cache_dir/<key>.lock` (one build per key at a time, across
-/// processes), checking `cancel` while waiting.
-fn lock_key(cache_dir: &Path, key: &str, cancel: &AtomicBool) -> Result<File, KernelBuildError> {
-    use rustix::fs::{flock, FlockOperation};
-    let path = cache_dir.join(format!("{key}.lock"));
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(io_ctx(format!("cannot open {}", path.display())))?;
-    loop {
-        match flock(&f, FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => return Ok(f),
-            Err(rustix::io::Errno::WOULDBLOCK) | Err(rustix::io::Errno::INTR) => {}
-            Err(e) => {
-                return Err(KernelBuildError::Io {
-                    context: format!("cannot lock {}", path.display()),
-                    source: e.into(),
-                })
-            }
-        }
-        if cancel.load(Ordering::Relaxed) {
-            return Err(KernelBuildError::Cancelled);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 fn cached_entry(entry: &Path, key: &str) -> Result<Option<Built>, KernelBuildError> {
     let vmlinux = entry.join("vmlinux");
     if !vmlinux.is_file() {
@@ -833,7 +805,10 @@ pub fn build(
     if let Some(missing) = missing_tools(&host_path_var(), Path::new("/usr/include")) {
         return Err(missing);
     }
-    let _lock = lock_key(&cache_dir, &key, cancel)?;
+    let _lock = lock_key(&cache_dir, &key, cancel).map_err(|e| match e {
+        LockError::Cancelled => KernelBuildError::Cancelled,
+        LockError::Io { context, source } => KernelBuildError::Io { context, source },
+    })?;
     // Another process may have built it while we waited for the lock.
     if let Some(built) = cached_entry(&entry, &key)? {
         return Ok(built);

@@ -7,6 +7,7 @@
 //! used from a test without a daemon.
 
 pub mod artifact;
+pub mod build_lock;
 pub mod config;
 pub mod doctor;
 pub mod ids;
