@@ -14,8 +14,8 @@ use crate::output;
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCmd {
-    /// Create N VMs one after another and report the median host-side time
-    /// of each create stage (default image: a stub guest registered on the fly).
+    /// Create N VMs one after another (each deleted before the next unless
+    /// --keep) and report the median host-side time of each create stage (default image: a stub guest registered on the fly).
     /// With an image that runs sshd (`image build`), create returns when SSH
     /// answers, so the total is "create to SSH-ready".
     Create {
@@ -259,6 +259,12 @@ fn create(
                     .entry(s.name.clone())
                     .or_default()
                     .push(s.duration_ms.unwrap_or(0.0));
+            }
+            // One VM at a time: a real guest left running (under TCG, say)
+            // would slow the next one's boot and skew every later sample.
+            if !keep {
+                let name = names.pop().expect("pushed above");
+                client.call::<Delete>(&DeleteParams { name, force: true })?;
             }
         }
         Ok(())
