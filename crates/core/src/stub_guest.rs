@@ -28,11 +28,28 @@ pub fn elf() -> Vec<u8> {
     code.extend_from_slice(BANNER.as_bytes());
     code.extend_from_slice(b"\n\0");
 
+    let code_off = 0x1000u64; // page-aligned file offset
+    let mut elf = elf_header(1);
+    // PT_LOAD, R+X
+    elf.extend_from_slice(&1u32.to_le_bytes());
+    elf.extend_from_slice(&5u32.to_le_bytes());
+    elf.extend_from_slice(&code_off.to_le_bytes());
+    elf.extend_from_slice(&LOAD_ADDR.to_le_bytes()); // p_vaddr
+    elf.extend_from_slice(&LOAD_ADDR.to_le_bytes()); // p_paddr
+    elf.extend_from_slice(&(code.len() as u64).to_le_bytes()); // p_filesz
+    elf.extend_from_slice(&(code.len() as u64).to_le_bytes()); // p_memsz
+    elf.extend_from_slice(&0x1000u64.to_le_bytes()); // p_align
+    elf.resize(code_off as usize, 0);
+    elf.extend_from_slice(&code);
+    elf
+}
+
+/// An ELF64 x86-64 executable header entered at [`LOAD_ADDR`], with
+/// `phnum` program headers right after it and no sections.
+fn elf_header(phnum: u16) -> Vec<u8> {
     let ehdr_size = 64u64;
     let phdr_size = 56u64;
-    let code_off = 0x1000u64; // page-aligned file offset
     let mut elf = Vec::new();
-    // e_ident
     elf.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0]);
     elf.extend_from_slice(&[0; 8]);
     elf.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
@@ -44,21 +61,10 @@ pub fn elf() -> Vec<u8> {
     elf.extend_from_slice(&0u32.to_le_bytes()); // e_flags
     elf.extend_from_slice(&(ehdr_size as u16).to_le_bytes());
     elf.extend_from_slice(&(phdr_size as u16).to_le_bytes());
-    elf.extend_from_slice(&1u16.to_le_bytes()); // e_phnum
+    elf.extend_from_slice(&phnum.to_le_bytes()); // e_phnum
     elf.extend_from_slice(&64u16.to_le_bytes()); // e_shentsize
     elf.extend_from_slice(&0u16.to_le_bytes()); // e_shnum
     elf.extend_from_slice(&0u16.to_le_bytes()); // e_shstrndx
-                                                // PT_LOAD, R+X
-    elf.extend_from_slice(&1u32.to_le_bytes());
-    elf.extend_from_slice(&5u32.to_le_bytes());
-    elf.extend_from_slice(&code_off.to_le_bytes());
-    elf.extend_from_slice(&LOAD_ADDR.to_le_bytes()); // p_vaddr
-    elf.extend_from_slice(&LOAD_ADDR.to_le_bytes()); // p_paddr
-    elf.extend_from_slice(&(code.len() as u64).to_le_bytes()); // p_filesz
-    elf.extend_from_slice(&(code.len() as u64).to_le_bytes()); // p_memsz
-    elf.extend_from_slice(&0x1000u64.to_le_bytes()); // p_align
-    elf.resize(code_off as usize, 0);
-    elf.extend_from_slice(&code);
     elf
 }
 
@@ -116,22 +122,7 @@ pub fn pvh_elf() -> Vec<u8> {
     let phdr_size = 56u64;
     let note_off = ehdr_size + 2 * phdr_size;
     let code_off = 0x1000u64;
-    let mut elf = Vec::new();
-    elf.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0]);
-    elf.extend_from_slice(&[0; 8]);
-    elf.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
-    elf.extend_from_slice(&62u16.to_le_bytes()); // EM_X86_64
-    elf.extend_from_slice(&1u32.to_le_bytes()); // EV_CURRENT
-    elf.extend_from_slice(&LOAD_ADDR.to_le_bytes()); // e_entry
-    elf.extend_from_slice(&ehdr_size.to_le_bytes()); // e_phoff
-    elf.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
-    elf.extend_from_slice(&0u32.to_le_bytes()); // e_flags
-    elf.extend_from_slice(&(ehdr_size as u16).to_le_bytes());
-    elf.extend_from_slice(&(phdr_size as u16).to_le_bytes());
-    elf.extend_from_slice(&2u16.to_le_bytes()); // e_phnum
-    elf.extend_from_slice(&64u16.to_le_bytes()); // e_shentsize
-    elf.extend_from_slice(&0u16.to_le_bytes()); // e_shnum
-    elf.extend_from_slice(&0u16.to_le_bytes()); // e_shstrndx
+    let mut elf = elf_header(2);
     let mut phdr = |p_type: u32, flags: u32, off: u64, addr: u64, size: u64, align: u64| {
         elf.extend_from_slice(&p_type.to_le_bytes());
         elf.extend_from_slice(&flags.to_le_bytes());
