@@ -28,19 +28,17 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::error::Error;
 use banger_core::image_build::{self, ImageSpec, Variant};
 use banger_core::kernel_build::{self, BuildSpec, Source};
 use banger_core::store::{ImageRow, KernelRow, StoreError, StoredFile};
 use banger_core::{ids, timefmt};
 use banger_proto::methods::image::BuildResult as ImageBuildResult;
 use banger_proto::methods::kernel::BuildResult as KernelBuildResult;
-use banger_proto::{ErrorKind, RpcError};
-use serde_json::Value;
 
 use crate::caller::Caller;
-use crate::daemon::Daemon;
-use crate::errors::{self, Rpc};
 use crate::ops::OpHandle;
+use crate::registry::Registry;
 use crate::staging::{blocking, commit, copy, Placed, Scratch};
 use crate::{images, kernels};
 
@@ -59,7 +57,7 @@ pub const USER_STRING_OPTIONS: &[&str] = &[
 ];
 
 /// The build cache root: `[build] cache_dir`, else the daemon's cache dir.
-pub fn cache_root(d: &Daemon) -> PathBuf {
+pub fn cache_root(d: &Registry) -> PathBuf {
     d.config
         .build
         .cache_dir
@@ -67,11 +65,11 @@ pub fn cache_root(d: &Daemon) -> PathBuf {
         .unwrap_or_else(|| d.paths.cache_dir.clone())
 }
 
-pub fn kernel_cache(d: &Daemon) -> PathBuf {
+pub fn kernel_cache(d: &Registry) -> PathBuf {
     cache_root(d).join("kernels")
 }
 
-pub fn image_cache(d: &Daemon) -> PathBuf {
+pub fn image_cache(d: &Registry) -> PathBuf {
     cache_root(d).join("images")
 }
 
@@ -105,12 +103,12 @@ pub fn owner_of(caller_uid: u32, default_inputs: bool, default_name: bool) -> u3
 
 /// Checks the text of a fragment the caller passed: UTF-8, and for non-root
 /// callers no string options outside [`USER_STRING_OPTIONS`].
-pub fn check_fragment(text: &[u8], caller_is_root: bool) -> Result<(), RpcError> {
+pub fn check_fragment(text: &[u8], caller_is_root: bool) -> Result<(), Error> {
     let text = std::str::from_utf8(text)
-        .map_err(|_| RpcError::invalid_params("--config: the fragment is not UTF-8 text"))?;
+        .map_err(|_| Error::invalid("--config: the fragment is not UTF-8 text"))?;
     let options = kernel_build::fragment_options(text);
     if options.is_empty() {
-        return Err(RpcError::invalid_params(
+        return Err(Error::invalid(
             "--config: the fragment sets no CONFIG_ options",
         ));
     }
@@ -127,28 +125,24 @@ pub fn check_fragment(text: &[u8], caller_is_root: bool) -> Result<(), RpcError>
     if refused.is_empty() {
         return Ok(());
     }
-    Err(RpcError::new(
-        ErrorKind::PermissionDenied,
-        format!(
-            "--config: string options can name host files that a root build would read into \
+    Err(Error::denied(format!(
+        "--config: string options can name host files that a root build would read into \
              the kernel, so only root may set {}; users may set {} and any bool, tristate, int \
              or hex option",
-            refused.join(", "),
-            USER_STRING_OPTIONS.join(", ")
-        ),
-    ))
+        refused.join(", "),
+        USER_STRING_OPTIONS.join(", ")
+    )))
 }
 
 /// Reads a passed fragment descriptor (bounded).
-pub fn read_fragment(f: File) -> Result<Vec<u8>, RpcError> {
-    banger_core::artifact::stage::require_regular(&f, "config fragment")
-        .map_err(errors::from_stage)?;
+pub fn read_fragment(f: File) -> Result<Vec<u8>, Error> {
+    banger_core::artifact::stage::require_regular(&f, "config fragment").map_err(Error::from)?;
     let mut bytes = Vec::new();
     f.take(MAX_FRAGMENT + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| RpcError::invalid_params(format!("--config: cannot read it: {e}")))?;
+        .map_err(|e| Error::invalid(format!("--config: cannot read it: {e}")))?;
     if bytes.len() as u64 > MAX_FRAGMENT {
-        return Err(RpcError::invalid_params(format!(
+        return Err(Error::invalid(format!(
             "--config: larger than {} KiB; a fragment lists options, not a whole .config",
             MAX_FRAGMENT / 1024
         )));
@@ -180,10 +174,10 @@ pub struct KernelOutcome {
 
 /// The body of a `kernel.build` operation.
 pub async fn kernel_build_op(
-    d: Arc<Daemon>,
+    d: Arc<Registry>,
     op: OpHandle,
     job: KernelJob,
-) -> Result<Value, RpcError> {
+) -> Result<KernelBuildResult, Error> {
     let out = build_kernel(&d, &op, job, "").await?;
     let result = KernelBuildResult {
         kernel: kernels::info(&d, &out.row)?,
@@ -191,22 +185,22 @@ pub async fn kernel_build_op(
         reused: out.reused,
         cache_key: out.key,
     };
-    serde_json::to_value(result).map_err(|e| RpcError::internal(e.to_string()))
+    Ok(result)
 }
 
 /// Builds (or finds in the cache) and registers a kernel; its stages are
 /// named `<prefix><library stage>` (`unpack`, `configure`, `compile`,
 /// `install`), then `<prefix>register`.
 pub async fn build_kernel(
-    d: &Arc<Daemon>,
+    d: &Arc<Registry>,
     op: &OpHandle,
     job: KernelJob,
     prefix: &str,
-) -> Result<KernelOutcome, RpcError> {
+) -> Result<KernelOutcome, Error> {
     let scratch = Scratch::new(&d.paths, &format!("{}-kernel", op.id()))?;
     let fragment = scratch.path("fragment.config");
     std::fs::write(&fragment, &job.fragment)
-        .map_err(|e| RpcError::internal(format!("cannot write {}: {e}", fragment.display())))?;
+        .map_err(|e| Error::internal(format!("cannot write {}: {e}", fragment.display())))?;
     let spec = BuildSpec {
         source: job.source,
         fragment,
@@ -223,13 +217,13 @@ pub async fn build_kernel(
                 report.report(s, done, total)
             });
             drop(source_dir);
-            r.map_err(errors::from_kernel_build)
+            r.map_err(Error::from)
         })
         .await?
     };
     op.stage(&format!("{prefix}register"));
     let src = File::open(&built.vmlinux)
-        .map_err(|e| RpcError::internal(format!("cannot open {}: {e}", built.vmlinux.display())))?;
+        .map_err(|e| Error::internal(format!("cannot open {}: {e}", built.vmlinux.display())))?;
     let staged = copy(op, src, scratch.path("vmlinux")).await?;
     op.check()?;
     let owner = Caller {
@@ -237,7 +231,7 @@ pub async fn build_kernel(
         gid: 0,
         pid: 0,
     };
-    let mut existing = d.store.kernel_by_name(&job.name).rpc()?;
+    let mut existing = d.store.kernel_by_name(&job.name)?;
     // Two attempts: a concurrent build may register the same name between
     // our look and our insert (then it is usually the same content).
     for _ in 0..2 {
@@ -257,7 +251,7 @@ pub async fn build_kernel(
                         key: built.key,
                     });
                 }
-                Registration::Conflict(e) => return Err(e.into_rpc("kernel", &job.name)),
+                Registration::Conflict(e) => return Err(e.into_error("kernel", &job.name)),
                 Registration::Insert => {}
             }
         }
@@ -300,21 +294,21 @@ pub async fn build_kernel(
                 // `placed` goes; the file is still in the cache entry.
                 drop(placed);
                 let again = File::open(&built.vmlinux).map_err(|e| {
-                    RpcError::internal(format!("cannot open {}: {e}", built.vmlinux.display()))
+                    Error::internal(format!("cannot open {}: {e}", built.vmlinux.display()))
                 })?;
                 copy(op, again, scratch.path("vmlinux")).await?;
-                existing = d.store.kernel_by_name(&job.name).rpc()?;
+                existing = d.store.kernel_by_name(&job.name)?;
             }
-            Err(e) => return Err(errors::from_store(e)),
+            Err(e) => return Err(Error::from(e)),
         }
     }
-    Err(RpcError::new(
-        ErrorKind::Busy,
-        format!(
+    Err(Error::Busy {
+        message: format!(
             "kernel {:?} is being registered concurrently; retry",
             job.name
         ),
-    ))
+        state: None,
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -341,10 +335,10 @@ pub struct ImageJob {
 
 /// The body of an `image.build` operation.
 pub async fn image_build_op(
-    d: Arc<Daemon>,
+    d: Arc<Registry>,
     op: OpHandle,
     job: ImageJob,
-) -> Result<Value, RpcError> {
+) -> Result<ImageBuildResult, Error> {
     let (kernel, kernel_built) = match job.kernel {
         KernelChoice::Registered(k) => (*k, false),
         KernelChoice::BuildDefault { jobs } => {
@@ -372,14 +366,14 @@ pub async fn image_build_op(
             image_build::build(&spec, &cache, &flag, &mut |s, done, total| {
                 report.report(s, done, total)
             })
-            .map_err(errors::from_image_build)
+            .map_err(Error::from)
         })
         .await?
     };
 
     op.stage("register-rootfs");
     let open = |p: &Path| {
-        File::open(p).map_err(|e| RpcError::internal(format!("cannot open {}: {e}", p.display())))
+        File::open(p).map_err(|e| Error::internal(format!("cannot open {}: {e}", p.display())))
     };
     let rootfs = copy(&op, open(&built.rootfs)?, scratch.path(images::ROOTFS)).await?;
     op.stage("register-work-seed");
@@ -397,7 +391,7 @@ pub async fn image_build_op(
         pid: 0,
     };
     let features: Vec<String> = ["ssh", "agent"].iter().map(|s| s.to_string()).collect();
-    let existing = d.store.image_by_name(&job.name).rpc()?;
+    let existing = d.store.image_by_name(&job.name)?;
     let (row, reused) = match existing.as_ref().map(|i| {
         let same = i.rootfs.sha256 == rootfs.sha256
             && i.work_seed.as_ref().map(|s| s.sha256.as_str()) == Some(seed.sha256.as_str())
@@ -406,7 +400,7 @@ pub async fn image_build_op(
         (i, decide(&owner, i.owner_uid, same, job.replace))
     }) {
         Some((i, Registration::Reuse)) => (i.clone(), true),
-        Some((_, Registration::Conflict(e))) => return Err(e.into_rpc("image", &job.name)),
+        Some((_, Registration::Conflict(e))) => return Err(e.into_error("image", &job.name)),
         Some((_, Registration::Insert)) | None => {
             let id = ids::new_id();
             let placed = Placed::new(d.paths.images_dir().join(&id));
@@ -439,7 +433,7 @@ pub async fn image_build_op(
                 // A concurrent build (two first `vm create`s) registered it
                 // between our look and our insert: the same content is fine.
                 Err(StoreError::AlreadyExists { .. }) if existing.is_none() => {
-                    return match d.store.image_by_name(&job.name).rpc()? {
+                    return match d.store.image_by_name(&job.name)? {
                         Some(i)
                             if i.rootfs.sha256 == row.rootfs.sha256
                                 && owner.can_see_shared(i.owner_uid) =>
@@ -451,13 +445,12 @@ pub async fn image_build_op(
                                 kernel_built,
                                 cache_key: built.key,
                             };
-                            serde_json::to_value(result)
-                                .map_err(|e| RpcError::internal(e.to_string()))
+                            Ok(result)
                         }
-                        _ => Err(Conflict::Differs.into_rpc("image", &job.name)),
+                        _ => Err(Conflict::Differs.into_error("image", &job.name)),
                     };
                 }
-                Err(e) => return Err(errors::from_store(e)),
+                Err(e) => return Err(Error::from(e)),
             }
             placed.keep();
             if let Some(old) = &existing {
@@ -474,8 +467,8 @@ pub async fn image_build_op(
     } else {
         row.owner_uid
     };
-    if d.store.default_image_for(default_uid).rpc()?.is_none() {
-        d.store.set_default_image(default_uid, &row.id).rpc()?;
+    if d.store.default_image_for(default_uid)?.is_none() {
+        d.store.set_default_image(default_uid, &row.id)?;
         tracing::info!(image = %row.name, uid = default_uid, "built image made the default");
     }
     let result = ImageBuildResult {
@@ -485,7 +478,7 @@ pub async fn image_build_op(
         kernel_built,
         cache_key: built.key,
     };
-    serde_json::to_value(result).map_err(|e| RpcError::internal(e.to_string()))
+    Ok(result)
 }
 
 // ---------------------------------------------------------------------------
@@ -512,20 +505,16 @@ pub enum Conflict {
 }
 
 impl Conflict {
-    fn into_rpc(self, what: &str, name: &str) -> RpcError {
+    fn into_error(self, what: &'static str, name: &str) -> Error {
         match self {
-            Conflict::OtherOwner => RpcError::already_exists(what, name)
-                .with("hint", "pass --name to build it under another name"),
-            Conflict::Differs => RpcError::new(
-                ErrorKind::AlreadyExists,
-                format!(
-                    "{what} {name:?} already exists with other content; pass --replace to \
-                     replace it (refused while it is in use) or --name for another name"
-                ),
-            )
-            .with("resource", what)
-            .with("name", name),
-            Conflict::NotYours(uid) => RpcError::permission_denied(format!(
+            Conflict::OtherOwner => {
+                Error::already_exists(what, name).hint("pass --name to build it under another name")
+            }
+            Conflict::Differs => Error::ContentDiffers {
+                what,
+                name: name.to_string(),
+            },
+            Conflict::NotYours(uid) => Error::denied(format!(
                 "{what} {name:?} belongs to uid {uid}; only its owner or root can replace it"
             )),
         }
@@ -580,6 +569,7 @@ impl<'a> StageReporter<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use banger_proto::{ErrorKind, RpcError};
 
     fn caller(uid: u32) -> Caller {
         Caller {
@@ -640,7 +630,7 @@ mod tests {
         );
         // Root may replace anything.
         assert_eq!(decide(&caller(0), 2000, false, true), Registration::Insert);
-        let e = Conflict::Differs.into_rpc("kernel", "banger-6-1");
+        let e = RpcError::from(Conflict::Differs.into_error("kernel", "banger-6-1"));
         assert!(e.is(ErrorKind::AlreadyExists));
         assert!(e.message.contains("--replace"), "{}", e.message);
     }
@@ -650,7 +640,7 @@ mod tests {
         let ok = b"CONFIG_PVH=y\n# CONFIG_MODULES is not set\nCONFIG_NR_CPUS=8\nCONFIG_LOCALVERSION=\"-me\"\n";
         check_fragment(ok, false).unwrap();
         let bad = b"CONFIG_PVH=y\nCONFIG_INITRAMFS_SOURCE=\"/etc/shadow\"\n";
-        let e = check_fragment(bad, false).unwrap_err();
+        let e = RpcError::from(check_fragment(bad, false).unwrap_err());
         assert!(e.is(ErrorKind::PermissionDenied));
         assert!(
             e.message.contains("CONFIG_INITRAMFS_SOURCE"),
@@ -658,12 +648,14 @@ mod tests {
             e.message
         );
         check_fragment(bad, true).unwrap();
-        assert!(check_fragment(b"hello\n", true)
-            .unwrap_err()
-            .is(ErrorKind::InvalidParams));
-        assert!(check_fragment(&[0xff, 0xfe], true)
-            .unwrap_err()
-            .is(ErrorKind::InvalidParams));
+        assert!(
+            RpcError::from(check_fragment(b"hello\n", true).unwrap_err())
+                .is(ErrorKind::InvalidParams)
+        );
+        assert!(
+            RpcError::from(check_fragment(&[0xff, 0xfe], true).unwrap_err())
+                .is(ErrorKind::InvalidParams)
+        );
         // banger's own fragment passes as a user's.
         check_fragment(kernel_build::DEFAULT_FRAGMENT.as_bytes(), false).unwrap();
     }
@@ -673,14 +665,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("big.config");
         std::fs::write(&p, vec![b'#'; MAX_FRAGMENT as usize + 1]).unwrap();
-        let e = read_fragment(File::open(&p).unwrap()).unwrap_err();
+        let e = RpcError::from(read_fragment(File::open(&p).unwrap()).unwrap_err());
         assert!(e.message.contains("larger than"), "{}", e.message);
         std::fs::write(&p, b"CONFIG_A=y\n").unwrap();
         assert_eq!(
             read_fragment(File::open(&p).unwrap()).unwrap(),
             b"CONFIG_A=y\n"
         );
-        let e = read_fragment(File::open(dir.path()).unwrap()).unwrap_err();
+        let e = RpcError::from(read_fragment(File::open(dir.path()).unwrap()).unwrap_err());
         assert!(e.is(ErrorKind::InvalidParams), "{e:?}");
     }
 }

@@ -1,10 +1,11 @@
 //! Who is calling: the peer credentials of the connection (SO_PEERCRED), read
 //! once at accept. The kernel fills them, so a client cannot lie about them.
 
+use crate::error::Error;
 use std::fs::File;
 use std::os::fd::OwnedFd;
 
-use banger_proto::{FdRef, RpcError};
+use banger_proto::FdRef;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Caller {
@@ -54,13 +55,13 @@ impl Fds {
 
     /// Takes the descriptor `r` points at, as a file. `what` names the
     /// argument in the error.
-    pub fn take(&mut self, r: FdRef, what: &str) -> Result<File, RpcError> {
+    pub fn take(&mut self, r: FdRef, what: &str) -> Result<File, Error> {
         self.0
             .get_mut(r.fd as usize)
             .and_then(Option::take)
             .map(File::from)
             .ok_or_else(|| {
-                RpcError::invalid_params(format!(
+                Error::invalid(format!(
                     "{what}: descriptor #{} was not sent with the request (files are passed \
                      as descriptors with SCM_RIGHTS, never as paths)",
                     r.fd

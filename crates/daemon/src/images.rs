@@ -4,42 +4,51 @@
 use std::fs::File;
 use std::sync::Arc;
 
+use crate::error::Error;
 use banger_core::artifact::{ext4, stage};
 use banger_core::store::{ImageRow, StoredFile};
 use banger_core::{ids, timefmt};
 use banger_proto::methods::image::ImageInfo;
-use banger_proto::RpcError;
-use serde_json::Value;
 
 use crate::caller::Caller;
-use crate::daemon::Daemon;
-use crate::errors::{self, Rpc};
 use crate::kernels::file_info;
 use crate::ops::OpHandle;
+use crate::registry::Registry;
 use crate::staging::{commit, copy, Placed, Scratch};
 
 pub const ROOTFS: &str = "rootfs.ext4";
 pub const WORK_SEED: &str = "work-seed.ext4";
 
 /// An image the caller may see, by name.
-pub fn find(d: &Daemon, caller: &Caller, name: &str) -> Result<ImageRow, RpcError> {
-    match d.store.image_by_name(name).rpc()? {
+pub fn find(d: &Registry, caller: &Caller, name: &str) -> Result<ImageRow, Error> {
+    match d.store.image_by_name(name)? {
         Some(i) if caller.can_see_shared(i.owner_uid) => Ok(i),
-        _ => Err(RpcError::not_found("image", name).with(
-            "hint",
-            "see `banger image list`, or add one with `banger image register`",
-        )),
+        _ => Err(Error::not_found("image", name)
+            .hint("see `banger image list`, or add one with `banger image register`")),
     }
 }
 
-pub fn info(d: &Daemon, caller: &Caller, i: &ImageRow) -> Result<ImageInfo, RpcError> {
+/// The image a new VM of `caller` gets: the named one, else their default.
+pub fn for_create(d: &Registry, caller: &Caller, name: Option<&str>) -> Result<ImageRow, Error> {
+    if let Some(name) = name {
+        return find(d, caller, name);
+    }
+    let id = d.store.default_image_for(caller.uid)?.ok_or_else(|| {
+        Error::precondition("no image given and no default image")
+            .hint("pass --image NAME, or make one the default with `banger image promote NAME`")
+    })?;
+    d.store
+        .image_by_id(&id)?
+        .ok_or_else(|| Error::internal("default image vanished"))
+}
+
+pub fn info(d: &Registry, caller: &Caller, i: &ImageRow) -> Result<ImageInfo, Error> {
     let kernel = d
         .store
-        .kernel_by_id(&i.kernel_id)
-        .rpc()?
+        .kernel_by_id(&i.kernel_id)?
         .map(|k| k.name)
         .unwrap_or_else(|| i.kernel_id.clone());
-    let default = d.store.default_image_for(caller.uid).rpc()?;
+    let default = d.store.default_image_for(caller.uid)?;
     Ok(ImageInfo {
         id: i.id.clone(),
         name: i.name.clone(),
@@ -49,7 +58,7 @@ pub fn info(d: &Daemon, caller: &Caller, i: &ImageRow) -> Result<ImageInfo, RpcE
         work_seed: i.work_seed.as_ref().map(|f| file_info(d, f)),
         default: default.as_deref() == Some(i.id.as_str()),
         created_at: i.created_at.clone(),
-        used_by: d.store.image_users(&i.id).rpc()?,
+        used_by: d.store.image_users(&i.id)?,
         features: i.features.clone(),
     })
 }
@@ -57,9 +66,9 @@ pub fn info(d: &Daemon, caller: &Caller, i: &ImageRow) -> Result<ImageInfo, RpcE
 /// Checks that `f` is a regular file holding a complete ext4 filesystem.
 /// Cheap (one superblock read), so it runs before the operation starts and a
 /// wrong file fails the request itself.
-pub fn validate_ext4(f: &File, what: &str) -> Result<ext4::Ext4Info, RpcError> {
-    stage::require_regular(f, what).map_err(errors::from_stage)?;
-    ext4::inspect(f).map_err(|e| errors::from_ext4(e, what))
+pub fn validate_ext4(f: &File, what: &str) -> Result<ext4::Ext4Info, Error> {
+    stage::require_regular(f, what).map_err(Error::from)?;
+    ext4::inspect(f).map_err(|e| Error::ext4(what, e))
 }
 
 pub struct RegisterJob {
@@ -72,7 +81,11 @@ pub struct RegisterJob {
 }
 
 /// The body of an `image.register` operation.
-pub async fn register(d: Arc<Daemon>, op: OpHandle, job: RegisterJob) -> Result<Value, RpcError> {
+pub async fn register(
+    d: Arc<Registry>,
+    op: OpHandle,
+    job: RegisterJob,
+) -> Result<ImageInfo, Error> {
     let scratch = Scratch::new(&d.paths, &op.id())?;
     op.stage("copy-rootfs");
     let rootfs = copy(&op, job.rootfs, scratch.path(ROOTFS)).await?;
@@ -111,7 +124,7 @@ pub async fn register(d: Arc<Daemon>, op: OpHandle, job: RegisterJob) -> Result<
         created_at: timefmt::now(),
         features: job.features,
     };
-    d.store.insert_image(&row).rpc()?;
+    d.store.insert_image(&row)?;
     placed.keep();
     let owner = Caller {
         uid: row.owner_uid,
@@ -119,19 +132,19 @@ pub async fn register(d: Arc<Daemon>, op: OpHandle, job: RegisterJob) -> Result<
         pid: 0,
     };
     let info = info(&d, &owner, &row)?;
-    serde_json::to_value(info).map_err(|e| RpcError::internal(e.to_string()))
+    Ok(info)
 }
 
 /// Deletes the image row (refused while VMs use it), then its files.
-pub fn delete(d: &Daemon, caller: &Caller, name: &str) -> Result<(), RpcError> {
+pub fn delete(d: &Registry, caller: &Caller, name: &str) -> Result<(), Error> {
     let i = find(d, caller, name)?;
     if !caller.can_change(i.owner_uid) {
-        return Err(RpcError::permission_denied(format!(
+        return Err(Error::denied(format!(
             "image {name:?} belongs to uid {}; only its owner or root can delete it",
             i.owner_uid
         )));
     }
-    d.store.delete_image(&i.id).rpc()?;
+    d.store.delete_image(&i.id)?;
     crate::staging::remove_dir(&d.paths.images_dir().join(&i.id));
     tracing::info!(image = %name, uid = caller.uid, "image deleted");
     Ok(())

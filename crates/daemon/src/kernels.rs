@@ -4,32 +4,28 @@
 use std::fs::File;
 use std::sync::Arc;
 
+use crate::error::Error;
 use banger_core::artifact::kernel_image;
 use banger_core::store::{KernelRow, StoredFile};
 use banger_core::{ids, timefmt};
 use banger_proto::methods::kernel::KernelInfo;
 use banger_proto::methods::FileInfo;
-use banger_proto::RpcError;
-use serde_json::Value;
 
 use crate::caller::Caller;
-use crate::daemon::Daemon;
-use crate::errors::{self, Rpc};
 use crate::ops::OpHandle;
+use crate::registry::Registry;
 use crate::staging::{blocking, commit, copy, hash, Placed, Scratch};
 
 /// A kernel the caller may see, by name.
-pub fn find(d: &Daemon, caller: &Caller, name: &str) -> Result<KernelRow, RpcError> {
-    match d.store.kernel_by_name(name).rpc()? {
+pub fn find(d: &Registry, caller: &Caller, name: &str) -> Result<KernelRow, Error> {
+    match d.store.kernel_by_name(name)? {
         Some(k) if caller.can_see_shared(k.owner_uid) => Ok(k),
-        _ => Err(RpcError::not_found("kernel", name).with(
-            "hint",
-            "see `banger kernel list`, or add one with `banger kernel import`",
-        )),
+        _ => Err(Error::not_found("kernel", name)
+            .hint("see `banger kernel list`, or add one with `banger kernel import`")),
     }
 }
 
-pub fn info(d: &Daemon, k: &KernelRow) -> Result<KernelInfo, RpcError> {
+pub fn info(d: &Registry, k: &KernelRow) -> Result<KernelInfo, Error> {
     Ok(KernelInfo {
         id: k.id.clone(),
         name: k.name.clone(),
@@ -39,11 +35,11 @@ pub fn info(d: &Daemon, k: &KernelRow) -> Result<KernelInfo, RpcError> {
         vmlinux: file_info(d, &k.vmlinux),
         initrd: k.initrd.as_ref().map(|f| file_info(d, f)),
         created_at: k.created_at.clone(),
-        used_by: d.store.kernel_users(&k.id).rpc()?,
+        used_by: d.store.kernel_users(&k.id)?,
     })
 }
 
-pub fn file_info(d: &Daemon, f: &StoredFile) -> FileInfo {
+pub fn file_info(d: &Registry, f: &StoredFile) -> FileInfo {
     FileInfo {
         path: d.state_path(&f.rel_path).display().to_string(),
         size: f.size,
@@ -53,13 +49,13 @@ pub fn file_info(d: &Daemon, f: &StoredFile) -> FileInfo {
 
 /// The body of a `kernel.import` operation.
 pub async fn import(
-    d: Arc<Daemon>,
+    d: Arc<Registry>,
     op: OpHandle,
     owner_uid: u32,
     name: String,
     kernel: File,
     initrd: Option<File>,
-) -> Result<Value, RpcError> {
+) -> Result<KernelInfo, Error> {
     let scratch = Scratch::new(&d.paths, &op.id())?;
     op.stage("extract");
     let vmlinux_tmp = scratch.path("vmlinux");
@@ -73,12 +69,12 @@ pub async fn import(
                 .write(true)
                 .read(true)
                 .open(&tmp)
-                .map_err(|e| RpcError::internal(format!("cannot create {}: {e}", tmp.display())))?;
+                .map_err(|e| Error::internal(format!("cannot create {}: {e}", tmp.display())))?;
             let mut report = |n| op.progress(n, 0, "bytes");
             let ex = kernel_image::extract_vmlinux(&kernel, &mut out, &flag, &mut report)
-                .map_err(errors::from_kernel_image)?;
+                .map_err(Error::from)?;
             out.sync_all()
-                .map_err(|e| RpcError::internal(format!("cannot sync {}: {e}", tmp.display())))?;
+                .map_err(|e| Error::internal(format!("cannot sync {}: {e}", tmp.display())))?;
             let (size, sha256) = hash(&op, &flag, &out)?;
             Ok((ex, (size, sha256)))
         })
@@ -120,23 +116,23 @@ pub async fn import(
         }),
         created_at: timefmt::now(),
     };
-    d.store.insert_kernel(&row).rpc()?;
+    d.store.insert_kernel(&row)?;
     placed.keep();
     tracing::info!(kernel = %row.name, id = %row.id, format = %row.format, "kernel imported");
     let info = info(&d, &row)?;
-    serde_json::to_value(info).map_err(|e| RpcError::internal(e.to_string()))
+    Ok(info)
 }
 
 /// Deletes the kernel row (refused while images or VMs use it), then its files.
-pub fn delete(d: &Daemon, caller: &Caller, name: &str) -> Result<(), RpcError> {
+pub fn delete(d: &Registry, caller: &Caller, name: &str) -> Result<(), Error> {
     let k = find(d, caller, name)?;
     if !caller.can_change(k.owner_uid) {
-        return Err(RpcError::permission_denied(format!(
+        return Err(Error::denied(format!(
             "kernel {name:?} belongs to uid {}; only its owner or root can delete it",
             k.owner_uid
         )));
     }
-    d.store.delete_kernel(&k.id).rpc()?;
+    d.store.delete_kernel(&k.id)?;
     crate::staging::remove_dir(&d.paths.kernels_dir().join(&k.id));
     tracing::info!(kernel = %name, uid = caller.uid, "kernel deleted");
     Ok(())

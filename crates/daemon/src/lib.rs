@@ -9,15 +9,13 @@
 //!
 //! See ARCHITECTURE.md for the lock and state rules.
 
+pub mod app;
 pub mod builds;
 pub mod caller;
-pub mod daemon;
 pub mod disk;
-pub mod dispatch;
 pub mod dns;
-pub mod errors;
+pub mod error;
 pub mod guest;
-pub mod handlers;
 pub mod images;
 pub mod kernels;
 pub mod logfile;
@@ -27,6 +25,8 @@ mod notify;
 pub mod ops;
 pub mod privileged;
 pub mod reconcile;
+pub mod registry;
+pub mod rpc;
 pub mod server;
 pub mod staging;
 mod system_groups;
@@ -47,7 +47,7 @@ use banger_core::timefmt;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-use crate::daemon::Daemon;
+use crate::app::App;
 use crate::ops::Ops;
 
 /// How long shutdown waits for running operations to clean up.
@@ -110,33 +110,47 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     reconcile::at_start(&paths, &store, &ops).context("start-up reconciliation failed")?;
     let gid = socket_gid(&config)?;
     let vmms = vmm::registry::Vmms::new(&config);
+    let (procs, exits) = vm::procs::Procs::new();
     let shutdown = CancellationToken::new();
     let dns = start_dns(&config, &store, &shutdown).await;
-    let d = Arc::new(Daemon {
+    let vms = Arc::new(vm::Vms {
+        paths: paths.clone(),
+        config: config.clone(),
+        store: store.clone(),
+        host: Arc::new(privileged::SystemHost),
+        vmms,
+        procs,
+        net: Default::default(),
+        dns,
+        shutdown: shutdown.clone(),
+    });
+    let registry = Arc::new(registry::Registry {
+        paths: paths.clone(),
+        config: config.clone(),
+        store: store.clone(),
+    });
+    let d = Arc::new(App {
+        vms: vms.clone(),
+        registry,
+        ops,
         paths: paths.clone(),
         config,
-        store: store.clone(),
-        ops,
         started_at: timefmt::now(),
         started: Instant::now(),
         shutdown,
         log_target,
-        host: Arc::new(privileged::SystemHost),
-        vmms,
-        procs: Default::default(),
-        dns,
-        net: Default::default(),
     });
     // Before accepting requests: re-adopt running VMs, settle the rest.
-    vm::reaper::reconcile_at_start(&d)
+    vm::reaper::reconcile_at_start(&vms)
         .await
         .context("VM reconciliation failed")?;
-    if let Err(e) = vm::network::reconcile_at_start(&d).await {
+    if let Err(e) = vm::network::reconcile_at_start(&vms).await {
         // The registry and stopped VMs still work; starts will report it.
         tracing::error!(error = %e, "host network reconciliation failed");
     }
     let listener = server::bind(&paths, gid)?;
-    tokio::spawn(vm::reaper::cap_logs_forever(d.clone()));
+    tokio::spawn(vm::reaper::run(vms.clone(), exits));
+    tokio::spawn(vm::reaper::cap_logs_forever(vms.clone()));
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         pid = std::process::id(),
@@ -145,13 +159,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
     spawn_signal_watch(d.shutdown.clone())?;
     notify::notify("READY=1");
-    server::serve(d.clone(), Arc::new(handlers::table()), listener).await;
+    server::serve(d.clone(), Arc::new(rpc::handlers::table()), listener).await;
 
     tracing::info!("shutting down");
     notify::notify("STOPPING=1");
     server::remove_socket(&paths.socket());
     d.ops.shutdown(SHUTDOWN_GRACE).await;
-    vm::network::shutdown(&d).await;
+    vm::network::shutdown(&vms).await;
     if let Err(e) = store.checkpoint() {
         tracing::warn!(error = %e, "WAL checkpoint failed");
     }

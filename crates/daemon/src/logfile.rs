@@ -4,8 +4,8 @@
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
+use crate::error::Error;
 use banger_proto::methods::daemon::LogChunk;
-use banger_proto::RpcError;
 
 /// Most bytes one call returns.
 const CHUNK: u64 = 256 * 1024;
@@ -13,11 +13,7 @@ const DEFAULT_TAIL: u64 = 16 * 1024;
 
 /// From `offset` (or the last `tail` bytes, starting at a line boundary).
 /// An offset past the end means the file was cut back: start over at 0.
-pub fn read_chunk(
-    path: &Path,
-    offset: Option<u64>,
-    tail: Option<u64>,
-) -> Result<LogChunk, RpcError> {
+pub fn read_chunk(path: &Path, offset: Option<u64>, tail: Option<u64>) -> Result<LogChunk, Error> {
     let chunk = |offset, next_offset, data| LogChunk {
         path: path.display().to_string(),
         journald: false,
@@ -31,13 +27,13 @@ pub fn read_chunk(
             return Ok(chunk(0, 0, String::new()))
         }
         Err(e) => {
-            return Err(RpcError::internal(format!(
+            return Err(Error::internal(format!(
                 "cannot read {}: {e}",
                 path.display()
             )))
         }
     };
-    let io = |e: std::io::Error| RpcError::internal(format!("cannot read {}: {e}", path.display()));
+    let io = |e: std::io::Error| Error::internal(format!("cannot read {}: {e}", path.display()));
     let len = f.metadata().map_err(io)?.len();
     let mut start = match offset {
         Some(o) if o > len => 0,

@@ -22,9 +22,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::error::Error;
 use banger_core::store::{OperationRow, Store};
 use banger_core::{ids, timefmt};
-use banger_proto::methods::op::{OpState, OperationInfo, Progress, StageInfo};
+use banger_proto::methods::op::{OpState, Operation, OperationInfo, Progress, StageInfo};
 use banger_proto::{ErrorKind, RpcError};
 use serde_json::Value;
 use tokio::sync::watch;
@@ -82,8 +83,7 @@ impl Ops {
 
     /// Marks operations cut off by a previous crash as failed; returns how many.
     pub fn fail_interrupted(&self) -> anyhow::Result<usize> {
-        let err = RpcError::new(
-            ErrorKind::Internal,
+        let err = RpcError::internal(
             "interrupted: the daemon stopped while this operation ran; nothing it made was kept",
         );
         let rows = self
@@ -92,12 +92,15 @@ impl Ops {
         Ok(rows.len())
     }
 
-    /// Starts `body` as a new operation and returns its id.
-    pub fn begin<F, Fut>(&self, kind: &str, target: &str, owner_uid: u32, body: F) -> String
+    /// Starts `body` as a new operation of kind `O` and returns its id. The
+    /// body's output type is the one the protocol promises for `O`.
+    pub fn begin<O, F, Fut>(&self, target: &str, owner_uid: u32, body: F) -> String
     where
+        O: Operation,
         F: FnOnce(OpHandle) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Value, RpcError>> + Send + 'static,
+        Fut: Future<Output = Result<O::Output, Error>> + Send + 'static,
     {
+        let kind = O::KIND;
         let id = ids::new_id();
         let now = timefmt::now();
         let info = OperationInfo {
@@ -143,8 +146,10 @@ impl Ops {
             // even if a body never looks (its future is then dropped, which
             // still runs its synchronous cleanup guards).
             let outcome = tokio::select! {
-                r = body(handle.clone()) => r,
-                _ = async { token.cancelled().await; tokio::time::sleep(grace).await } => Err(cancelled()),
+                r = body(handle.clone()) => r.and_then(|out| {
+                    serde_json::to_value(out).map_err(|e| Error::internal(format!("result: {e}")))
+                }),
+                _ = async { token.cancelled().await; tokio::time::sleep(grace).await } => Err(Error::Cancelled),
             };
             handle.finish(outcome);
         });
@@ -287,9 +292,9 @@ impl OpHandle {
     }
 
     /// Errors with `Cancelled` if the operation was cancelled.
-    pub fn check(&self) -> Result<(), RpcError> {
+    pub fn check(&self) -> Result<(), Error> {
         if self.entry.token.is_cancelled() {
-            Err(cancelled())
+            Err(Error::Cancelled)
         } else {
             Ok(())
         }
@@ -299,7 +304,7 @@ impl OpHandle {
         lock(&self.entry.state).info.id.clone()
     }
 
-    fn finish(&self, outcome: Result<Value, RpcError>) {
+    fn finish(&self, outcome: Result<Value, Error>) {
         {
             let mut st = lock(&self.entry.state);
             close_stage(&mut st);
@@ -310,6 +315,7 @@ impl OpHandle {
                     st.info.result = Some(v);
                 }
                 Err(e) => {
+                    let e = crate::rpc::errors::to_rpc(e);
                     st.info.state = if e.is(ErrorKind::Cancelled) {
                         OpState::Cancelled
                     } else {
@@ -342,10 +348,6 @@ fn close_stage(st: &mut EntryState) {
             last.duration_ms = Some((elapsed * 1000.0).round() / 1000.0);
         }
     }
-}
-
-pub fn cancelled() -> RpcError {
-    RpcError::new(ErrorKind::Cancelled, "operation cancelled")
 }
 
 fn visible(info: &OperationInfo, uid: Option<u32>) -> bool {

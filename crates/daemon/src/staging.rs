@@ -13,10 +13,9 @@ use std::sync::atomic::AtomicBool;
 
 use banger_core::artifact::stage;
 
+use crate::error::Error;
 use banger_core::paths::Paths;
-use banger_proto::RpcError;
 
-use crate::errors;
 use crate::ops::OpHandle;
 
 pub struct Scratch {
@@ -24,10 +23,10 @@ pub struct Scratch {
 }
 
 impl Scratch {
-    pub fn new(paths: &Paths, op_id: &str) -> Result<Scratch, RpcError> {
+    pub fn new(paths: &Paths, op_id: &str) -> Result<Scratch, Error> {
         let dir = paths.staging_dir().join(op_id);
         std::fs::create_dir_all(&dir).map_err(|e| {
-            RpcError::internal(format!("cannot create scratch dir {}: {e}", dir.display()))
+            Error::internal(format!("cannot create scratch dir {}: {e}", dir.display()))
         })?;
         Ok(Scratch { dir })
     }
@@ -81,24 +80,24 @@ pub fn remove_dir(dir: &Path) {
 
 /// Runs blocking work off the async threads.
 pub async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, RpcError> + Send + 'static,
-) -> Result<T, RpcError> {
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| RpcError::internal(format!("worker failed: {e}")))?
+        .map_err(|e| Error::internal(format!("worker failed: {e}")))?
 }
 
-pub fn hash(op: &OpHandle, flag: &AtomicBool, f: &File) -> Result<(u64, String), RpcError> {
+pub fn hash(op: &OpHandle, flag: &AtomicBool, f: &File) -> Result<(u64, String), Error> {
     let report = |done, total| op.progress(done, total, "bytes");
     let ctl = stage::Ctl {
         cancel: flag,
         progress: &report,
     };
-    stage::hash_file(f, &ctl).map_err(errors::from_stage)
+    stage::hash_file(f, &ctl).map_err(Error::from)
 }
 
 /// Copies `src` into the scratch file `tmp` (reflink when possible).
-pub async fn copy(op: &OpHandle, src: File, tmp: PathBuf) -> Result<stage::Staged, RpcError> {
+pub async fn copy(op: &OpHandle, src: File, tmp: PathBuf) -> Result<stage::Staged, Error> {
     let op = op.clone();
     blocking(move || {
         let flag = op.cancel_flag();
@@ -107,11 +106,11 @@ pub async fn copy(op: &OpHandle, src: File, tmp: PathBuf) -> Result<stage::Stage
             cancel: &flag,
             progress: &report,
         };
-        stage::copy_into(&src, &tmp, &ctl).map_err(errors::from_stage)
+        stage::copy_into(&src, &tmp, &ctl).map_err(Error::from)
     })
     .await
 }
 
-pub fn commit(tmp: &Path, dest: &Path) -> Result<(), RpcError> {
-    stage::commit(tmp, dest).map_err(errors::from_stage)
+pub fn commit(tmp: &Path, dest: &Path) -> Result<(), Error> {
+    stage::commit(tmp, dest).map_err(Error::from)
 }

@@ -40,7 +40,7 @@ mod root;
 mod work;
 
 #[cfg(test)]
-mod fake;
+pub(crate) mod fake;
 
 use std::fmt;
 use std::fs::{File, OpenOptions};

@@ -26,8 +26,8 @@ use banger_proto::methods::Empty;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
-use crate::daemon::Daemon;
 use crate::vm::record::Vm;
+use crate::vm::Vms;
 
 /// Bound on opening the channel. Firecracker gives up on a guest that does
 /// not accept a vsock connection after 2 s; allow for that answer.
@@ -187,7 +187,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AgentClient<S> {
 }
 
 /// Whether the VM's image says its guest runs the agent.
-pub fn vm_has_agent(d: &Daemon, vm: &Vm) -> bool {
+pub fn vm_has_agent(d: &Vms, vm: &Vm) -> bool {
     d.store
         .image_by_id(&vm.row.image_id)
         .ok()
@@ -196,7 +196,7 @@ pub fn vm_has_agent(d: &Daemon, vm: &Vm) -> bool {
 }
 
 /// Opens the agent channel of a running VM.
-pub async fn connect(d: &Daemon, vm: &Vm) -> Result<AgentClient<UnixStream>, AgentError> {
+pub async fn connect(d: &Vms, vm: &Vm) -> Result<AgentClient<UnixStream>, AgentError> {
     let h = vm
         .runtime
         .vmm
@@ -205,7 +205,7 @@ pub async fn connect(d: &Daemon, vm: &Vm) -> Result<AgentClient<UnixStream>, Age
     let vmm = d
         .vmms
         .get(&vm.spec.vmm)
-        .map_err(|e| AgentError::Channel(e.message))?;
+        .map_err(|e| AgentError::Channel(e.to_string()))?;
     let stream = vmm
         .agent_connect(h, CONNECT_TIMEOUT)
         .await

@@ -17,30 +17,27 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use banger_proto::{ErrorKind, RpcError};
+use crate::error::Error;
 use tokio::io::AsyncReadExt;
 
-use crate::daemon::Daemon;
 use crate::privileged::GuestFile;
+use crate::vm::Vms;
 
 /// Where the guest's sshd finds its host key (on the work disk, /root).
 pub const HOST_KEY_PATH: &str = "/.banger/ssh/ssh_host_ed25519_key";
 pub const AUTHORIZED_KEYS_PATH: &str = "/.ssh/authorized_keys";
 
-fn keygen(path: &Path, comment: &str) -> Result<(), RpcError> {
+fn keygen(path: &Path, comment: &str) -> Result<(), Error> {
     let out = std::process::Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
         .arg(path)
         .output()
         .map_err(|e| {
-            RpcError::new(
-                ErrorKind::PreconditionFailed,
-                format!("cannot run ssh-keygen: {e}"),
-            )
-            .with("hint", "sudo apt-get install openssh-client")
+            Error::precondition(format!("cannot run ssh-keygen: {e}"))
+                .hint("sudo apt-get install openssh-client")
         })?;
     if !out.status.success() {
-        return Err(RpcError::internal(format!(
+        return Err(Error::internal(format!(
             "ssh-keygen failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         )));
@@ -48,18 +45,18 @@ fn keygen(path: &Path, comment: &str) -> Result<(), RpcError> {
     Ok(())
 }
 
-fn read(path: &Path) -> Result<String, RpcError> {
+fn read(path: &Path) -> Result<String, Error> {
     std::fs::read_to_string(path)
-        .map_err(|e| RpcError::internal(format!("cannot read {}: {e}", path.display())))
+        .map_err(|e| Error::internal(format!("cannot read {}: {e}", path.display())))
 }
 
 /// The user's key pair (private key path, public key line), made if missing.
-pub fn user_key(d: &Daemon, uid: u32) -> Result<(PathBuf, String), RpcError> {
+pub fn user_key(d: &Vms, uid: u32) -> Result<(PathBuf, String), Error> {
     let dir = d.paths.state_dir.join("ssh/users").join(uid.to_string());
     let key = dir.join("id_ed25519");
     if !key.exists() {
         std::fs::create_dir_all(&dir)
-            .map_err(|e| RpcError::internal(format!("cannot create {}: {e}", dir.display())))?;
+            .map_err(|e| Error::internal(format!("cannot create {}: {e}", dir.display())))?;
         // Made under a temporary name and renamed: two first uses at once
         // cannot leave a private key without its public half.
         let tmp = dir.join(format!(".id_ed25519.{}", banger_core::ids::new_id()));
@@ -68,17 +65,17 @@ pub fn user_key(d: &Daemon, uid: u32) -> Result<(PathBuf, String), RpcError> {
         tmp_pub.push(".pub");
         std::fs::rename(&tmp_pub, dir.join("id_ed25519.pub"))
             .and_then(|()| std::fs::rename(&tmp, &key))
-            .map_err(|e| RpcError::internal(format!("cannot store the key: {e}")))?;
+            .map_err(|e| Error::internal(format!("cannot store the key: {e}")))?;
     }
     Ok((key, read(&dir.join("id_ed25519.pub"))?.trim().to_string()))
 }
 
 /// A fresh host key pair: (private key file contents, public key line).
-pub fn new_host_key() -> Result<(Vec<u8>, String), RpcError> {
-    let dir = tempfile::tempdir().map_err(|e| RpcError::internal(e.to_string()))?;
+pub fn new_host_key() -> Result<(Vec<u8>, String), Error> {
+    let dir = tempfile::tempdir().map_err(|e| Error::internal(e.to_string()))?;
     let path = dir.path().join("host");
     keygen(&path, "banger-vm")?;
-    let private = std::fs::read(&path).map_err(|e| RpcError::internal(e.to_string()))?;
+    let private = std::fs::read(&path).map_err(|e| Error::internal(e.to_string()))?;
     let public = read(&dir.path().join("host.pub"))?.trim().to_string();
     Ok((private, public))
 }
@@ -109,9 +106,9 @@ pub fn guest_files(user_pub: &str, host_private: Vec<u8>, host_pub: &str) -> Vec
 
 /// known_hosts lines for the VMs `uid` may reach (root: all): the key type
 /// and body of each pinned host key, under `<name>.vm` and its address.
-pub fn known_hosts(d: &Daemon, uid: Option<u32>) -> Result<String, RpcError> {
+pub fn known_hosts(d: &Vms, uid: Option<u32>) -> Result<String, Error> {
     let mut out = String::new();
-    for row in d.store.list_vms().map_err(crate::errors::from_store)? {
+    for row in d.store.list_vms().map_err(Error::from)? {
         if uid.is_some_and(|u| u != row.owner_uid) {
             continue;
         }

@@ -2,11 +2,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use banger_core::store::Store;
-use banger_proto::methods::op::OpState;
-use banger_proto::{ErrorKind, RpcError};
+use banger_proto::methods::op::{OpState, Operation};
+use banger_proto::ErrorKind;
 use serde_json::json;
 
 use super::Ops;
+use crate::error::Error;
+
+/// An operation kind for these tests, with a free-form result.
+struct TestOp;
+impl Operation for TestOp {
+    const KIND: &'static str = "test.op";
+    type Output = serde_json::Value;
+}
 
 fn ops() -> (tempfile::TempDir, Arc<Store>, Ops) {
     let dir = tempfile::tempdir().unwrap();
@@ -18,7 +26,7 @@ fn ops() -> (tempfile::TempDir, Arc<Store>, Ops) {
 #[tokio::test]
 async fn stages_are_timed_and_the_result_is_kept() {
     let (_d, store, ops) = ops();
-    let id = ops.begin("test.op", "thing", 1000, |op| async move {
+    let id = ops.begin::<TestOp, _, _>("thing", 1000, |op| async move {
         op.stage("one");
         tokio::time::sleep(Duration::from_millis(20)).await;
         op.progress(5, 10, "bytes");
@@ -57,7 +65,7 @@ async fn stages_are_timed_and_the_result_is_kept() {
 async fn wait_returns_on_change_not_on_timeout() {
     let (_d, _s, ops) = ops();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let id = ops.begin("test.op", "x", 0, |op| async move {
+    let id = ops.begin::<TestOp, _, _>("x", 0, |op| async move {
         op.stage("waiting");
         let _ = rx.await;
         Ok(json!(null))
@@ -85,7 +93,7 @@ async fn wait_returns_on_change_not_on_timeout() {
 #[tokio::test]
 async fn cancel_ends_even_a_body_that_does_not_look() {
     let (_d, _s, ops) = ops();
-    let id = ops.begin("test.op", "x", 0, |op| async move {
+    let id = ops.begin::<TestOp, _, _>("x", 0, |op| async move {
         op.stage("forever");
         std::future::pending::<()>().await;
         Ok(json!(null))
@@ -108,9 +116,11 @@ async fn cancel_ends_even_a_body_that_does_not_look() {
 #[tokio::test]
 async fn failures_are_recorded_and_restart_fails_running_ones() {
     let (dir, store, ops) = ops();
-    let id = ops.begin("test.op", "x", 0, |_op| async move {
-        Err(RpcError::new(ErrorKind::PreconditionFailed, "no disk"))
-    });
+    let id = ops.begin::<TestOp, _, _>(
+        "x",
+        0,
+        |_op| async move { Err(Error::precondition("no disk")) },
+    );
     let mut info = ops.info(&id, None).unwrap();
     while !info.state.is_finished() {
         info = ops
@@ -122,7 +132,7 @@ async fn failures_are_recorded_and_restart_fails_running_ones() {
     assert_eq!(info.error.unwrap().message, "no disk");
 
     // One left running when the "daemon" goes away...
-    let _hung = ops.begin("test.op", "y", 0, |_op| std::future::pending());
+    let _hung = ops.begin::<TestOp, _, _>("y", 0, |_op| std::future::pending());
     drop(ops);
     drop(store);
     // ...is failed by the next start.

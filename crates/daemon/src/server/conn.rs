@@ -15,11 +15,11 @@ use tokio::io::Interest;
 use tokio::net::UnixStream;
 
 use super::framing::{Frame, Framer, Line};
+use crate::app::App;
 use crate::caller::{Caller, Ctx, Fds};
-use crate::daemon::Daemon;
-use crate::dispatch::Table;
+use crate::rpc::dispatch::Table;
 
-pub async fn serve(d: Arc<Daemon>, table: Arc<Table>, stream: UnixStream, caller: Caller) {
+pub async fn serve(d: Arc<App>, table: Arc<Table>, stream: UnixStream, caller: Caller) {
     tracing::debug!(uid = caller.uid, pid = caller.pid, "client connected");
     let mut framer = Framer::new(MAX_REQUEST_BYTES);
     let mut buf = vec![0u8; 64 * 1024];
@@ -67,12 +67,7 @@ pub async fn serve(d: Arc<Daemon>, table: Arc<Table>, stream: UnixStream, caller
 }
 
 /// Runs one line; `None` when nothing is to be sent (notifications only).
-async fn handle_line(
-    d: &Arc<Daemon>,
-    table: &Table,
-    caller: Caller,
-    line: Line,
-) -> Option<Vec<u8>> {
+async fn handle_line(d: &Arc<App>, table: &Table, caller: Caller, line: Line) -> Option<Vec<u8>> {
     match jsonrpc::decode(&line.bytes) {
         Err(resp) => Some(jsonrpc::encode_responses(&[resp], false)),
         Ok(Incoming::Single(Err(resp))) => Some(jsonrpc::encode_responses(&[resp], false)),
@@ -105,7 +100,7 @@ async fn handle_line(
 }
 
 async fn run(
-    d: &Arc<Daemon>,
+    d: &Arc<App>,
     table: &Table,
     caller: Caller,
     req: Request,

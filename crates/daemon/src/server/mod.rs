@@ -16,9 +16,9 @@ use rustix::fs::{flock, FlockOperation};
 use tokio::net::UnixListener;
 use tokio_util::task::TaskTracker;
 
+use crate::app::App;
 use crate::caller::Caller;
-use crate::daemon::Daemon;
-use crate::dispatch::Table;
+use crate::rpc::dispatch::Table;
 
 /// Takes the home's lock; fails if another daemon holds it. Holding it is what
 /// makes an existing socket file provably stale.
@@ -71,7 +71,7 @@ pub fn bind(paths: &Paths, gid: Option<u32>) -> anyhow::Result<UnixListener> {
 
 /// Accepts until shutdown, then waits for open connections to finish their
 /// current request.
-pub async fn serve(d: Arc<Daemon>, table: Arc<Table>, listener: UnixListener) {
+pub async fn serve(d: Arc<App>, table: Arc<Table>, listener: UnixListener) {
     let conns = TaskTracker::new();
     loop {
         tokio::select! {

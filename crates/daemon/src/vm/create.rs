@@ -6,35 +6,30 @@
 
 use std::sync::Arc;
 
+use crate::error::Error;
 use banger_core::artifact::stage;
-use banger_proto::methods::vm::VmState;
-use banger_proto::RpcError;
-use serde_json::Value;
+use banger_proto::methods::vm::{VmInfo, VmState};
 
 use super::access;
 use super::record::{self, Vm};
 use super::release;
 use super::stages::Stages;
 use super::start;
-use crate::daemon::Daemon;
-use crate::errors;
 use crate::ops::OpHandle;
 use crate::staging::blocking;
+use crate::vm::Vms;
 
 pub async fn run(
-    d: Arc<Daemon>,
+    d: Arc<Vms>,
     op: OpHandle,
     vm_id: String,
     no_start: bool,
-) -> Result<Value, RpcError> {
+) -> Result<VmInfo, Error> {
     let stages = Stages::new(Some(op.clone()));
     match make(&d, &op, &vm_id, no_start, &stages).await {
-        Ok(vm) => {
-            let info = super::info::vm_info(&d, &vm)?;
-            serde_json::to_value(info).map_err(|e| RpcError::internal(e.to_string()))
-        }
+        Ok(vm) => super::info::vm_info(&d, &vm),
         // sshd did not come up: the VM runs and is kept for inspection.
-        Err(e) if e.data.as_ref().is_some_and(|d| d["kept"] == true) => Err(e),
+        Err(e) if e.kept_vm() => Err(e),
         Err(e) => {
             let e = super::start::explain(&d, &vm_id, e);
             stages.stage("cleanup");
@@ -47,21 +42,21 @@ pub async fn run(
 }
 
 async fn make(
-    d: &Arc<Daemon>,
+    d: &Arc<Vms>,
     op: &OpHandle,
     id: &str,
     no_start: bool,
     stages: &Stages,
-) -> Result<Vm, RpcError> {
+) -> Result<Vm, Error> {
     let vm = access::load(d, id)?;
     let image = d
         .store
         .image_by_id(&vm.row.image_id)
-        .map_err(errors::from_store)?
-        .ok_or_else(|| RpcError::internal("the image record vanished"))?;
+        .map_err(Error::from)?
+        .ok_or_else(|| Error::internal("the image record vanished"))?;
     let vm_dir = record::vm_dir(&d.paths, id);
     std::fs::create_dir_all(&vm_dir)
-        .map_err(|e| RpcError::internal(format!("cannot create {}: {e}", vm_dir.display())))?;
+        .map_err(|e| Error::internal(format!("cannot create {}: {e}", vm_dir.display())))?;
     let backend = super::disks::backend(d)?;
 
     stages.stage("disk-root");
@@ -74,7 +69,7 @@ async fn make(
             cancel: &flag,
             progress: &report,
         };
-        crate::disk::create_root(backend, &origin, &dir, &ctl).map_err(errors::from_disk)
+        crate::disk::create_root(backend, &origin, &dir, &ctl).map_err(Error::from)
     })
     .await?;
     access::update(d, id, |vm| vm.runtime.root = Some(root))?;
@@ -96,7 +91,7 @@ async fn make(
             progress: &report,
         };
         crate::disk::create_work(seed.as_deref(), &dir, size, host.as_ref(), &ctl)
-            .map_err(errors::from_disk)
+            .map_err(Error::from)
     })
     .await?;
     let work_file = work.file.clone();
@@ -111,7 +106,7 @@ async fn make(
             let (host_priv, host_pub) = crate::guest::ssh::new_host_key()?;
             let files = crate::guest::ssh::guest_files(&user_pub, host_priv, &host_pub);
             host.ext4_write_files(&work_file, &files).map_err(|e| {
-                RpcError::internal(format!("writing SSH keys onto the work disk: {e}"))
+                Error::internal(format!("writing SSH keys onto the work disk: {e}"))
             })?;
             Ok(host_pub)
         })

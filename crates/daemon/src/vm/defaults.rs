@@ -2,9 +2,9 @@
 //! config, else host heuristics — vCPUs = host CPUs / 4 (1..=4), memory = host
 //! RAM / 8 (256 MiB..=8 GiB), work disk 8 GiB.
 
+use crate::error::Error;
 use banger_core::config::VmDefaults;
 use banger_core::size;
-use banger_proto::RpcError;
 
 pub const DEFAULT_DISK_BYTES: u64 = 8 << 30;
 
@@ -44,13 +44,9 @@ pub fn resolve(
     vcpus: Option<u32>,
     memory_mib: Option<u64>,
     disk_bytes: Option<u64>,
-) -> Result<Resolved, RpcError> {
-    let bad = |what: &str, e: String| {
-        RpcError::new(
-            banger_proto::ErrorKind::PreconditionFailed,
-            format!("config [vm_defaults] {what}: {e}"),
-        )
-    };
+) -> Result<Resolved, Error> {
+    let bad =
+        |what: &str, e: String| Error::precondition(format!("config [vm_defaults] {what}: {e}"));
     let vcpus = match vcpus.or(cfg.vcpus) {
         Some(v) => v,
         None => (host.cpus / 4).clamp(1, 4),
@@ -74,19 +70,17 @@ pub fn resolve(
 }
 
 /// Limits Firecracker and ext4 impose, checked before anything is made.
-pub fn validate(vcpus: u32, memory_mib: u64, disk_bytes: u64) -> Result<(), RpcError> {
+pub fn validate(vcpus: u32, memory_mib: u64, disk_bytes: u64) -> Result<(), Error> {
     if !(1..=32).contains(&vcpus) {
-        return Err(RpcError::invalid_params(format!(
-            "vcpus must be 1..32, not {vcpus}"
-        )));
+        return Err(Error::invalid(format!("vcpus must be 1..32, not {vcpus}")));
     }
     if memory_mib < 128 {
-        return Err(RpcError::invalid_params(format!(
+        return Err(Error::invalid(format!(
             "memory must be at least 128 MiB, not {memory_mib} MiB"
         )));
     }
     if disk_bytes < (64 << 20) {
-        return Err(RpcError::invalid_params(format!(
+        return Err(Error::invalid(format!(
             "disk size must be at least 64 MiB, not {disk_bytes} bytes"
         )));
     }

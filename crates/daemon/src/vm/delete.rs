@@ -2,18 +2,17 @@
 
 use std::sync::Arc;
 
+use crate::error::Error;
 use banger_proto::methods::vm::VmState;
-use banger_proto::RpcError;
 
 use super::access;
 use super::record::Vm;
 use super::release;
 use crate::caller::Caller;
-use crate::daemon::Daemon;
-use crate::errors::Rpc;
+use crate::vm::Vms;
 
 /// Deletes a stopped VM (or, with `force`, a running one: killed first).
-pub async fn delete(d: &Arc<Daemon>, vm: Vm, force: bool) -> Result<(), RpcError> {
+pub async fn delete(d: &Arc<Vms>, vm: Vm, force: bool) -> Result<(), Error> {
     let from: &[VmState] = if force {
         &[VmState::Stopped, VmState::Running]
     } else {
@@ -24,9 +23,9 @@ pub async fn delete(d: &Arc<Daemon>, vm: Vm, force: bool) -> Result<(), RpcError
 }
 
 /// Deletes the caller's own stopped VMs; returns their names.
-pub async fn prune(d: &Arc<Daemon>, caller: &Caller) -> Result<Vec<String>, RpcError> {
+pub async fn prune(d: &Arc<Vms>, caller: &Caller) -> Result<Vec<String>, Error> {
     let mut deleted = Vec::new();
-    for row in d.store.list_vms().rpc()? {
+    for row in d.store.list_vms()? {
         if row.owner_uid != caller.uid || row.state != VmState::Stopped.as_str() {
             continue;
         }

@@ -5,21 +5,20 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::error::Error;
 use banger_core::timefmt;
 use banger_proto::agent::{ListeningPort, PortProto};
 use banger_proto::methods::vm::{
     DiskInfo, GuestPort, NetworkInfo, VmHealth, VmInfo, VmPorts, VmState, VmStats,
 };
-use banger_proto::{ErrorKind, RpcError};
 
 use super::record::{self, Vm};
-use crate::daemon::Daemon;
-use crate::errors::Rpc;
 use crate::guest::agent;
+use crate::vm::Vms;
 
-pub fn vm_info(d: &Daemon, vm: &Vm) -> Result<VmInfo, RpcError> {
-    let image = d.store.image_by_id(&vm.row.image_id).rpc()?;
-    let kernel = d.store.kernel_by_id(&vm.row.kernel_id).rpc()?;
+pub fn vm_info(d: &Vms, vm: &Vm) -> Result<VmInfo, Error> {
+    let image = d.store.image_by_id(&vm.row.image_id)?;
+    let kernel = d.store.kernel_by_id(&vm.row.kernel_id)?;
     let rt = &vm.runtime;
     let dir = record::vm_dir(&d.paths, vm.id());
     Ok(VmInfo {
@@ -71,8 +70,8 @@ pub fn vm_info(d: &Daemon, vm: &Vm) -> Result<VmInfo, RpcError> {
     })
 }
 
-fn network_info(d: &Daemon, vm: &Vm) -> Result<Option<NetworkInfo>, RpcError> {
-    let Some(ip) = d.store.vm_address(vm.id()).rpc()? else {
+fn network_info(d: &Vms, vm: &Vm) -> Result<Option<NetworkInfo>, Error> {
+    let Some(ip) = d.store.vm_address(vm.id())? else {
         return Ok(None);
     };
     let subnet = super::network::subnet(d)?;
@@ -85,15 +84,14 @@ fn network_info(d: &Daemon, vm: &Vm) -> Result<Option<NetworkInfo>, RpcError> {
         mac: super::network::mac_for(vm.id()),
         ports: d
             .store
-            .ports_of(vm.id())
-            .rpc()?
+            .ports_of(vm.id())?
             .iter()
             .map(super::network::mapping)
             .collect(),
     }))
 }
 
-pub async fn stats(d: &Arc<Daemon>, vm: &Vm) -> Result<VmStats, RpcError> {
+pub async fn stats(d: &Arc<Vms>, vm: &Vm) -> Result<VmStats, Error> {
     let info = vm_info(d, vm)?;
     let mut out = VmStats {
         name: info.name,
@@ -134,7 +132,7 @@ pub async fn stats(d: &Arc<Daemon>, vm: &Vm) -> Result<VmStats, RpcError> {
 /// VMM liveness only (`checked: "vmm"`): the process is alive and its API
 /// answers, and `detail` says that no agent was asked. `health` also asks
 /// the VMM for its state; `ping` makes one round trip only.
-pub async fn health(d: &Arc<Daemon>, vm: &Vm, ping: bool) -> Result<VmHealth, RpcError> {
+pub async fn health(d: &Arc<Vms>, vm: &Vm, ping: bool) -> Result<VmHealth, Error> {
     let has_agent = agent::vm_has_agent(d, vm);
     let mut h = VmHealth {
         name: vm.name().to_string(),
@@ -214,7 +212,7 @@ fn millis(t: Instant) -> f64 {
     (t.elapsed().as_secs_f64() * 1e6).round() / 1e3
 }
 
-fn image_name(d: &Daemon, vm: &Vm) -> String {
+fn image_name(d: &Vms, vm: &Vm) -> String {
     d.store
         .image_by_id(&vm.row.image_id)
         .ok()
@@ -223,45 +221,34 @@ fn image_name(d: &Daemon, vm: &Vm) -> String {
 }
 
 /// `vm ports`: the guest's listening sockets, from its agent.
-pub async fn ports(d: &Arc<Daemon>, vm: &Vm) -> Result<VmPorts, RpcError> {
+pub async fn ports(d: &Arc<Vms>, vm: &Vm) -> Result<VmPorts, Error> {
     if vm.state != VmState::Running || vm.runtime.vmm.is_none() {
-        return Err(RpcError::new(
-            ErrorKind::InvalidState,
-            format!(
+        return Err(Error::InvalidState {
+            message: format!(
                 "vm {:?} is {}: start it to see its ports",
                 vm.name(),
                 vm.state.as_str()
             ),
-        ));
+            state: Some(vm.state.as_str().into()),
+        });
     }
     if !agent::vm_has_agent(d, vm) {
-        return Err(RpcError::new(
-            ErrorKind::PreconditionFailed,
-            format!(
-                "image {} has no guest agent (image feature `{}`): vm ports asks the agent",
-                image_name(d, vm),
-                agent::FEATURE
-            ),
-        ));
+        return Err(Error::precondition(format!(
+            "image {} has no guest agent (image feature `{}`): vm ports asks the agent",
+            image_name(d, vm),
+            agent::FEATURE
+        )));
     }
     let answer = match agent::connect(d, vm).await {
         Ok(mut c) => c.ports().await,
         Err(e) => Err(e),
     };
-    let listening = answer.map_err(|e| {
-        let kind = match e {
-            agent::AgentError::Timeout { .. } => ErrorKind::Timeout,
-            agent::AgentError::Channel(_) | agent::AgentError::Closed { .. } => {
-                ErrorKind::PreconditionFailed
-            }
-            _ => ErrorKind::Internal,
-        };
-        RpcError::new(kind, agent::not_answering(vm.name(), &e)).with(
-            "hint",
-            format!("see the guest console: banger vm logs {}", vm.name()),
-        )
+    let listening = answer.map_err(|e| Error::Agent {
+        vm: vm.name().to_string(),
+        message: agent::not_answering(vm.name(), &e),
+        source: e,
     })?;
-    let ip = d.store.vm_address(vm.id()).rpc()?;
+    let ip = d.store.vm_address(vm.id())?;
     Ok(VmPorts {
         name: vm.name().to_string(),
         dns_name: ip.map(|_| format!("{}.vm", vm.name())),

@@ -9,7 +9,8 @@
 //! with `busy`. No in-memory lock is held across any slow step (see
 //! ARCHITECTURE.md, "Locks").
 //!
-//! Modules: [`access`] (lookup, claim, settle), [`create`], [`start`] (the
+//! [`Vms`] is the service; [`verbs`] has one function per request. Modules:
+//! [`access`] (lookup, claim, settle), [`create`], [`start`] (the
 //! start pipeline), [`stop`] (stop/kill/restart), [`delete`], [`set`],
 //! [`release`] (process end and resource release), [`reaper`] (exits and
 //! start-up reconciliation), [`procs`] (live VMM processes), [`info`]
@@ -28,7 +29,13 @@ pub mod procs;
 pub mod reaper;
 pub mod record;
 pub mod release;
+pub mod service;
 pub mod set;
 pub mod stages;
 pub mod start;
 pub mod stop;
+#[cfg(test)]
+mod tests;
+pub mod verbs;
+
+pub use service::Vms;

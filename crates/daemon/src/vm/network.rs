@@ -12,15 +12,14 @@ use std::net::Ipv4Addr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use crate::error::Error;
 use banger_core::net_alloc::Subnet;
 use banger_proto::methods::vm::{PortMapping, VmState};
-use banger_proto::{ErrorKind, RpcError};
 
 use super::record::Vm;
-use crate::daemon::Daemon;
-use crate::errors::Rpc;
 use crate::netfilter::{self, Plan, PortMap, Proto, VmNet};
 use crate::staging::blocking;
+use crate::vm::Vms;
 use crate::vmm::backend::NetAttach;
 
 /// `bgr-` + 10 hex chars of the VM id: 14 bytes, within IFNAMSIZ.
@@ -36,56 +35,42 @@ pub fn mac_for(vm_id: &str) -> String {
     format!("02:{}", hex.join(":"))
 }
 
-pub fn subnet(d: &Daemon) -> Result<Subnet, RpcError> {
-    Subnet::parse(&d.config.network.bridge_cidr).map_err(|e| {
-        RpcError::new(
-            ErrorKind::PreconditionFailed,
-            format!("config [network] bridge_cidr: {e}"),
-        )
-    })
+pub fn subnet(d: &Vms) -> Result<Subnet, Error> {
+    Subnet::parse(&d.config.network.bridge_cidr)
+        .map_err(|e| Error::precondition(format!("config [network] bridge_cidr: {e}")))
 }
 
-fn host_err(e: crate::privileged::HostError) -> RpcError {
-    RpcError::new(
-        ErrorKind::PreconditionFailed,
-        format!("host networking: {e}"),
-    )
+fn host_err(e: crate::privileged::HostError) -> Error {
+    Error::precondition(format!("host networking: {e}"))
 }
 
 /// Reserves an address for a new VM. Exhaustion is a clear error.
-pub fn allocate(d: &Daemon, vm_id: &str) -> Result<Option<Ipv4Addr>, RpcError> {
+pub fn allocate(d: &Vms, vm_id: &str) -> Result<Option<Ipv4Addr>, Error> {
     if !d.config.network.enabled {
         return Ok(None);
     }
     let subnet = subnet(d)?;
     match d
         .store
-        .allocate_address(vm_id, |taken| subnet.first_free(taken))
-        .rpc()?
+        .allocate_address(vm_id, |taken| subnet.first_free(taken))?
     {
         Some(ip) => Ok(Some(ip)),
-        None => Err(RpcError::new(
-            ErrorKind::PreconditionFailed,
-            format!(
-                "no free address left in {subnet} ({} VMs fit)",
-                subnet.capacity()
-            ),
-        )
-        .with(
-            "hint",
-            "delete VMs you no longer need, or widen [network] bridge_cidr",
-        )),
+        None => Err(Error::precondition(format!(
+            "no free address left in {subnet} ({} VMs fit)",
+            subnet.capacity()
+        ))
+        .hint("delete VMs you no longer need, or widen [network] bridge_cidr")),
     }
 }
 
 /// Prepares the VM's network device before its VMM starts: bridge (made on
 /// first need, checked every time), TAP, rules; on the first VM also the DNS
 /// listener on the bridge address and systemd-resolved routing.
-pub async fn attach(d: &Arc<Daemon>, vm: &Vm) -> Result<Option<NetAttach>, RpcError> {
+pub async fn attach(d: &Arc<Vms>, vm: &Vm) -> Result<Option<NetAttach>, Error> {
     if !d.config.network.enabled {
         return Ok(None);
     }
-    let Some(ip) = d.store.vm_address(vm.id()).rpc()? else {
+    let Some(ip) = d.store.vm_address(vm.id())? else {
         return Ok(None);
     };
     let subnet = subnet(d)?;
@@ -122,7 +107,7 @@ pub async fn attach(d: &Arc<Daemon>, vm: &Vm) -> Result<Option<NetAttach>, RpcEr
 }
 
 /// Undoes [`attach`]: the TAP goes, the rules are rebuilt without this VM.
-pub async fn release(d: &Arc<Daemon>, vm: &Vm) -> Result<(), RpcError> {
+pub async fn release(d: &Arc<Vms>, vm: &Vm) -> Result<(), Error> {
     if !d.config.network.enabled {
         return Ok(());
     }
@@ -145,7 +130,7 @@ pub async fn release(d: &Arc<Daemon>, vm: &Vm) -> Result<(), RpcError> {
     Ok(())
 }
 
-async fn table_exists(d: &Arc<Daemon>) -> bool {
+async fn table_exists(d: &Arc<Vms>) -> bool {
     let host = d.host.clone();
     blocking(move || {
         host.nft_list_table(netfilter::FAMILY, netfilter::TABLE)
@@ -159,7 +144,7 @@ async fn table_exists(d: &Arc<Daemon>) -> bool {
 /// The DNS listener on the bridge address and systemd-resolved routing,
 /// once per daemon, as soon as the bridge exists. Failures are logged, not
 /// fatal: a VM without name resolution still runs.
-pub async fn bridge_ready(d: &Arc<Daemon>) {
+pub async fn bridge_ready(d: &Arc<Vms>) {
     if d.net.bridge_ready.swap(true, Ordering::SeqCst) {
         return;
     }
@@ -177,7 +162,7 @@ pub async fn bridge_ready(d: &Arc<Daemon>) {
         let bridge = d.config.network.bridge_name.clone();
         let r = blocking(move || {
             crate::dns::resolved::route_vm_domain(&crate::dns::resolved::SystemRunner, &bridge, gw)
-                .map_err(|e| RpcError::internal(e.to_string()))
+                .map_err(|e| Error::internal(e.to_string()))
         })
         .await;
         match r {
@@ -191,12 +176,12 @@ pub async fn bridge_ready(d: &Arc<Daemon>) {
 }
 
 /// Undoes the systemd-resolved routing at shutdown.
-pub async fn shutdown(d: &Arc<Daemon>) {
+pub async fn shutdown(d: &Arc<Vms>) {
     if d.net.resolved_routed.load(Ordering::SeqCst) {
         let bridge = d.config.network.bridge_name.clone();
         let _ = blocking(move || {
             crate::dns::resolved::revert(&crate::dns::resolved::SystemRunner, &bridge)
-                .map_err(|e| RpcError::internal(e.to_string()))
+                .map_err(|e| Error::internal(e.to_string()))
         })
         .await;
     }
@@ -228,14 +213,14 @@ pub fn mapping(p: &banger_core::store::PortRow) -> PortMapping {
 /// starting or running (except `exclude`, which is being stopped). One sync
 /// at a time, so two VMs starting together cannot apply stale plans over
 /// each other; the lock is held for one plan + one nft transaction.
-pub async fn sync(d: &Arc<Daemon>, exclude: Option<&str>) -> Result<(), RpcError> {
+pub async fn sync(d: &Arc<Vms>, exclude: Option<&str>) -> Result<(), Error> {
     if !d.config.network.enabled {
         return Ok(());
     }
     let _one_at_a_time = d.net.sync.lock().await;
     let subnet = subnet(d)?;
     let mut vms = Vec::new();
-    for row in d.store.list_vms().rpc()? {
+    for row in d.store.list_vms()? {
         if Some(row.id.as_str()) == exclude {
             continue;
         }
@@ -245,7 +230,7 @@ pub async fn sync(d: &Arc<Daemon>, exclude: Option<&str>) -> Result<(), RpcError
         ) {
             continue;
         }
-        let Some(ip) = d.store.vm_address(&row.id).rpc()? else {
+        let Some(ip) = d.store.vm_address(&row.id)? else {
             continue;
         };
         let vm = Vm::from_row(row)?;
@@ -255,13 +240,7 @@ pub async fn sync(d: &Arc<Daemon>, exclude: Option<&str>) -> Result<(), RpcError
             ip,
             tap: tap_name(vm.id()),
             nat: vm.spec.nat,
-            ports: d
-                .store
-                .ports_of(vm.id())
-                .rpc()?
-                .iter()
-                .map(port_map)
-                .collect(),
+            ports: d.store.ports_of(vm.id())?.iter().map(port_map).collect(),
         });
     }
     let needs_forwarding = vms.iter().any(|v| v.nat || !v.ports.is_empty());
@@ -297,14 +276,13 @@ pub async fn sync(d: &Arc<Daemon>, exclude: Option<&str>) -> Result<(), RpcError
 /// At daemon start: the bridge and DNS for running VMs, no TAPs of VMs that
 /// are not running, and rules matching the store (dead VMs' rules gone,
 /// missing ones back). Touches nothing when banger has no network state here.
-pub async fn reconcile_at_start(d: &Arc<Daemon>) -> Result<(), RpcError> {
+pub async fn reconcile_at_start(d: &Arc<Vms>) -> Result<(), Error> {
     if !d.config.network.enabled {
         return Ok(());
     }
     let running: Vec<String> = d
         .store
-        .list_vms()
-        .rpc()?
+        .list_vms()?
         .into_iter()
         .filter(|r| r.state == VmState::Running.as_str())
         .map(|r| r.id)

@@ -1,5 +1,7 @@
 //! The live VMM processes, by VM id: each tracked by its pidfd, with a
-//! watcher task that reaps it when it exits and tells the reaper.
+//! watcher task that reaps it when it exits and publishes the exit on a
+//! channel. One task ([`super::reaper::run`]) consumes the channel and settles
+//! the VM; this module knows nothing of the lifecycle above it.
 //!
 //! The map's mutex is a leaf: held only to insert, look up or remove.
 
@@ -8,14 +10,23 @@ use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
-use crate::daemon::Daemon;
 use crate::vmm::process::{self, ExitInfo};
 
-#[derive(Default)]
+/// A VMM process ended.
+#[derive(Debug, Clone)]
+pub struct Exited {
+    pub vm_id: String,
+    pub pid: u32,
+    pub info: ExitInfo,
+    /// Why the daemon ended it, if it did (see [`Proc::expect_exit`]).
+    pub expected: Option<String>,
+}
+
 pub struct Procs {
     map: Mutex<HashMap<String, Arc<Proc>>>,
+    exits: mpsc::UnboundedSender<Exited>,
 }
 
 pub struct Proc {
@@ -28,8 +39,18 @@ pub struct Proc {
 }
 
 impl Procs {
-    /// Starts tracking `pidfd` for `vm_id`; its exit is reaped and reported.
-    pub fn track(&self, d: &Arc<Daemon>, vm_id: &str, pid: u32, pidfd: OwnedFd) -> Arc<Proc> {
+    /// The registry and the receiving end of its exits (for the reaper).
+    pub fn new() -> (Procs, mpsc::UnboundedReceiver<Exited>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let procs = Procs {
+            map: Mutex::new(HashMap::new()),
+            exits: tx,
+        };
+        (procs, rx)
+    }
+
+    /// Starts tracking `pidfd` for `vm_id`; its exit is reaped and published.
+    pub fn track(&self, vm_id: &str, pid: u32, pidfd: OwnedFd) -> Arc<Proc> {
         let (tx, rx) = watch::channel(None);
         let proc = Arc::new(Proc {
             pid,
@@ -38,7 +59,7 @@ impl Procs {
             expected: Mutex::new(None),
         });
         lock(&self.map).insert(vm_id.to_string(), proc.clone());
-        let d = d.clone();
+        let exits = self.exits.clone();
         let id = vm_id.to_string();
         let watched = proc.clone();
         tokio::spawn(async move {
@@ -46,9 +67,28 @@ impl Procs {
             tracing::info!(vm = %id, pid = watched.pid, exit = %info, "VMM exited");
             let _ = tx.send(Some(info));
             let expected = lock(&watched.expected).clone();
-            super::reaper::on_exit(d, id, info, expected).await;
+            // Fails only when the reaper is gone, i.e. the daemon is exiting.
+            let _ = exits.send(Exited {
+                vm_id: id,
+                pid: watched.pid,
+                info,
+                expected,
+            });
         });
         proc
+    }
+
+    /// Publishes an exit that was seen before anyone listened for it (a
+    /// start that raced its VMM's death).
+    pub fn republish(&self, vm_id: &str, proc: &Proc) {
+        if let Some(info) = proc.exited() {
+            let _ = self.exits.send(Exited {
+                vm_id: vm_id.to_string(),
+                pid: proc.pid,
+                info,
+                expected: None,
+            });
+        }
     }
 
     pub fn get(&self, vm_id: &str) -> Option<Arc<Proc>> {

@@ -13,16 +13,24 @@ use banger_core::store::Transition;
 use banger_proto::methods::vm::VmState;
 use rustix::process::Signal;
 
+use super::procs::Exited;
 use super::record::{self, Vm};
 use super::{access, release};
-use crate::daemon::Daemon;
 use crate::staging::remove_dir;
+use crate::vm::Vms;
 use crate::vmm::process::{self, ExitInfo};
 
-/// Called by a VMM's watcher when the process exits. Only a `running` VM is
-/// settled here; a VM in a transitional state belongs to the operation that
-/// put it there, which sees the exit itself.
-pub async fn on_exit(d: Arc<Daemon>, id: String, info: ExitInfo, expected: Option<String>) {
+/// The reaper: settles VMs whose VMM exited, one exit at a time, for as long
+/// as the daemon runs. Exits come from [`super::procs::Procs`]' watchers.
+pub async fn run(d: Arc<Vms>, mut exits: tokio::sync::mpsc::UnboundedReceiver<Exited>) {
+    while let Some(e) = exits.recv().await {
+        on_exit(&d, e.vm_id, e.info, e.expected).await;
+    }
+}
+
+/// Only a `running` VM is settled here; a VM in a transitional state belongs
+/// to the operation that put it there, which sees the exit itself.
+pub async fn on_exit(d: &Arc<Vms>, id: String, info: ExitInfo, expected: Option<String>) {
     let claimed = d.store.transition_vm(&id, &["running"], "stopping", |_| {});
     let Ok(Transition::Done(row)) = claimed else {
         return;
@@ -32,14 +40,14 @@ pub async fn on_exit(d: Arc<Daemon>, id: String, info: ExitInfo, expected: Optio
     if let Some(p) = d.procs.get(&id) {
         d.procs.forget(&id, p.pid);
     }
-    if let Err(e) = release::settle_stopped(&d, &id, VmState::Stopping, &by, info.to_string()).await
+    if let Err(e) = release::settle_stopped(d, &id, VmState::Stopping, &by, info.to_string()).await
     {
         tracing::error!(vm = %row.name, error = %e, "settling an exited VM failed");
     }
 }
 
 /// Forces a state during start-up reconciliation (no operation runs yet).
-fn force_state(d: &Daemon, id: &str, state: VmState) {
+fn force_state(d: &Vms, id: &str, state: VmState) {
     if let Err(e) = d
         .store
         .update_vm(id, |r| r.state = state.as_str().to_string())
@@ -48,7 +56,7 @@ fn force_state(d: &Daemon, id: &str, state: VmState) {
     }
 }
 
-pub async fn reconcile_at_start(d: &Arc<Daemon>) -> anyhow::Result<()> {
+pub async fn reconcile_at_start(d: &Arc<Vms>) -> anyhow::Result<()> {
     let mut known = HashSet::new();
     let mut tracked_pids = HashSet::new();
     for row in d.store.list_vms()? {
@@ -96,7 +104,7 @@ pub async fn reconcile_at_start(d: &Arc<Daemon>) -> anyhow::Result<()> {
 }
 
 /// Returns the pid if the VM's VMM was adopted.
-async fn adopt_or_settle(d: &Arc<Daemon>, vm: &Vm) -> Option<u32> {
+async fn adopt_or_settle(d: &Arc<Vms>, vm: &Vm) -> Option<u32> {
     let found = vm
         .runtime
         .vmm
@@ -120,7 +128,7 @@ async fn adopt_or_settle(d: &Arc<Daemon>, vm: &Vm) -> Option<u32> {
         Err(_) => None,
     };
     let booted = matches!(status.as_deref(), Some("Running" | "Paused"));
-    let proc = d.procs.track(d, vm.id(), h.pid, fd);
+    let proc = d.procs.track(vm.id(), h.pid, fd);
     if booted && vm.state != VmState::Stopping {
         let _ = access::update(d, vm.id(), |v| {
             if v.runtime.started_at.is_none() {
@@ -130,7 +138,7 @@ async fn adopt_or_settle(d: &Arc<Daemon>, vm: &Vm) -> Option<u32> {
         force_state(d, vm.id(), VmState::Running);
         tracing::info!(vm = %vm.name(), pid = h.pid, "re-adopted running VM");
         if let Some(info) = proc.exited() {
-            on_exit(d.clone(), vm.id().to_string(), info, None).await;
+            on_exit(d, vm.id().to_string(), info, None).await;
         }
         return Some(h.pid);
     }
@@ -207,7 +215,7 @@ fn remove_orphan_dirs(dir: &Path, known: &HashSet<String>) {
 /// The console and VMM logs of running VMs are cut back when they pass the
 /// configured size: the current content moves to `<log>.1`, the file is
 /// emptied. The VMM writes with O_APPEND, so it carries on at the new end.
-pub async fn cap_logs_forever(d: Arc<Daemon>) {
+pub async fn cap_logs_forever(d: Arc<Vms>) {
     let mut tick = tokio::time::interval(Duration::from_secs(15));
     loop {
         tokio::select! {

@@ -3,11 +3,11 @@
 
 use std::path::PathBuf;
 
+use crate::error::Error;
 use banger_core::paths::Paths;
 use banger_core::store::VmRow;
 use banger_proto::methods::op::StageInfo;
 use banger_proto::methods::vm::{ExitRecord, VmState};
-use banger_proto::RpcError;
 use serde::{Deserialize, Serialize};
 
 use crate::disk::{ActiveRoot, RootDisk, WorkDisk};
@@ -58,9 +58,9 @@ pub struct Vm {
 }
 
 impl Vm {
-    pub fn from_row(row: VmRow) -> Result<Vm, RpcError> {
+    pub fn from_row(row: VmRow) -> Result<Vm, Error> {
         let corrupt = |what: &str, e: String| {
-            RpcError::internal(format!("vm {:?}: unreadable {what}: {e}", row.name))
+            Error::internal(format!("vm {:?}: unreadable {what}: {e}", row.name))
         };
         let state =
             VmState::parse(&row.state).ok_or_else(|| corrupt("state", row.state.clone()))?;

@@ -4,21 +4,21 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::error::Error;
 use banger_core::timefmt;
 use banger_proto::methods::vm::{ExitRecord, VmState};
-use banger_proto::RpcError;
 use rustix::process::Signal;
 
 use super::access;
 use super::record::{self, Vm};
-use crate::daemon::Daemon;
 use crate::staging::{blocking, remove_dir};
+use crate::vm::Vms;
 
 /// How long to wait for a VMM to die after SIGKILL (it is reaped by then).
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
 /// SIGKILLs the VM's VMM if it still runs, and waits for it to be gone.
-pub async fn kill_process(d: &Arc<Daemon>, vm: &Vm, why: &str) {
+pub async fn kill_process(d: &Arc<Vms>, vm: &Vm, why: &str) {
     if let Some(proc) = d.procs.get(vm.id()) {
         if proc.exited().is_none() {
             proc.expect_exit(why);
@@ -40,13 +40,13 @@ pub async fn kill_process(d: &Arc<Daemon>, vm: &Vm, why: &str) {
 
 /// Releases root-disk devices, the network and the control socket. Best
 /// effort: every step runs; failures are logged and the first is returned.
-pub async fn release_runtime(d: &Arc<Daemon>, vm: &Vm) -> Result<(), RpcError> {
-    let mut first: Option<RpcError> = None;
+pub async fn release_runtime(d: &Arc<Vms>, vm: &Vm) -> Result<(), Error> {
+    let mut first: Option<Error> = None;
     if let Some(active) = vm.runtime.active_root.clone() {
         let host = d.host.clone();
         let r = blocking(move || {
             crate::disk::deactivate(&active, host.as_ref())
-                .map_err(|e| RpcError::internal(format!("releasing the root disk: {e}")))
+                .map_err(|e| Error::internal(format!("releasing the root disk: {e}")))
         })
         .await;
         if let Err(e) = r {
@@ -68,12 +68,12 @@ pub async fn release_runtime(d: &Arc<Daemon>, vm: &Vm) -> Result<(), RpcError> {
 /// Releases the runtime and moves the VM from `from` (a state this caller
 /// owns) to stopped, recording how it ended.
 pub async fn settle_stopped(
-    d: &Arc<Daemon>,
+    d: &Arc<Vms>,
     id: &str,
     from: VmState,
     by: &str,
     detail: String,
-) -> Result<Vm, RpcError> {
+) -> Result<Vm, Error> {
     let vm = access::load(d, id)?;
     let released = release_runtime(d, &vm).await;
     let vm = access::settle(d, id, from, VmState::Stopped, |vm| {
@@ -93,12 +93,12 @@ pub async fn settle_stopped(
 }
 
 /// Removes everything a VM has: process, devices, files, record.
-pub async fn teardown(d: &Arc<Daemon>, id: &str) -> Result<(), RpcError> {
+pub async fn teardown(d: &Arc<Vms>, id: &str) -> Result<(), Error> {
     let vm = access::load(d, id)?;
     kill_process(d, &vm, "delete").await;
     release_runtime(d, &vm).await?;
     remove_dir(&record::vm_dir(&d.paths, id));
-    d.store.delete_vm(id).map_err(crate::errors::from_store)?;
+    d.store.delete_vm(id).map_err(Error::from)?;
     tracing::info!(vm = %vm.name(), "vm removed");
     Ok(())
 }

@@ -4,23 +4,22 @@
 
 use std::sync::Arc;
 
+use crate::error::Error;
 use banger_proto::methods::vm::{SetParams, VmState};
-use banger_proto::RpcError;
 
 use super::access;
 use super::defaults;
 use super::record::Vm;
-use crate::daemon::Daemon;
-use crate::errors;
 use crate::staging::blocking;
+use crate::vm::Vms;
 
-pub async fn set(d: &Arc<Daemon>, vm: Vm, p: &SetParams) -> Result<Vm, RpcError> {
+pub async fn set(d: &Arc<Vms>, vm: Vm, p: &SetParams) -> Result<Vm, Error> {
     let vcpus = p.vcpus.unwrap_or(vm.spec.vcpus);
     let memory_mib = p.memory_mib.unwrap_or(vm.spec.memory_mib);
     let disk_bytes = p.disk_bytes.unwrap_or(vm.spec.disk_bytes);
     defaults::validate(vcpus, memory_mib, disk_bytes)?;
     if disk_bytes < vm.spec.disk_bytes {
-        return Err(RpcError::invalid_params(format!(
+        return Err(Error::invalid(format!(
             "the work disk can only grow: it is {} bytes, {} asked",
             vm.spec.disk_bytes, disk_bytes
         )));
@@ -30,7 +29,7 @@ pub async fn set(d: &Arc<Daemon>, vm: Vm, p: &SetParams) -> Result<Vm, RpcError>
         (Some(work), true) => {
             let (work, host) = (work.clone(), d.host.clone());
             blocking(move || {
-                crate::disk::grow_work(&work, disk_bytes, host.as_ref()).map_err(errors::from_disk)
+                crate::disk::grow_work(&work, disk_bytes, host.as_ref()).map_err(Error::from)
             })
             .await
             .map(Some)

@@ -5,32 +5,31 @@
 
 use std::sync::Arc;
 
+use crate::error::Error;
 use banger_core::timefmt;
 use banger_proto::methods::vm::VmState;
-use banger_proto::RpcError;
 use tokio_util::sync::CancellationToken;
 
 use super::access;
 use super::record::{self, Vm};
 use super::release;
 use super::stages::Stages;
-use crate::daemon::Daemon;
-use crate::errors;
 use crate::staging::blocking;
+use crate::vm::Vms;
 use crate::vmm::backend::{LaunchSpec, NetAttach};
 
 /// Boots a VM the caller has claimed (`starting`). On error the caller runs
 /// [`abort`] (or a create's full teardown).
 pub async fn boot(
-    d: &Arc<Daemon>,
+    d: &Arc<Vms>,
     vm: &Vm,
     stages: &Stages,
     cancel: &CancellationToken,
-) -> Result<Vm, RpcError> {
+) -> Result<Vm, Error> {
     let id = vm.id().to_string();
     let check = || {
         if cancel.is_cancelled() {
-            Err(crate::ops::cancelled())
+            Err(Error::Cancelled)
         } else {
             Ok(())
         }
@@ -38,33 +37,32 @@ pub async fn boot(
     let image = d
         .store
         .image_by_id(&vm.row.image_id)
-        .map_err(errors::from_store)?
-        .ok_or_else(|| RpcError::internal("the VM's image record is missing"))?;
+        .map_err(Error::from)?
+        .ok_or_else(|| Error::internal("the VM's image record is missing"))?;
     let kernel = d
         .store
         .kernel_by_id(&image.kernel_id)
-        .map_err(errors::from_store)?
-        .ok_or_else(|| RpcError::internal("the VM's kernel record is missing"))?;
+        .map_err(Error::from)?
+        .ok_or_else(|| Error::internal("the VM's kernel record is missing"))?;
     let vmm = d.vmms.get(&vm.spec.vmm)?;
-    vmm.preflight().map_err(errors::from_vmm)?;
+    vmm.preflight().map_err(Error::from)?;
     let root = vm
         .runtime
         .root
         .clone()
-        .ok_or_else(|| RpcError::internal("the VM has no root disk record"))?;
+        .ok_or_else(|| Error::internal("the VM has no root disk record"))?;
     let work = vm
         .runtime
         .work
         .clone()
-        .ok_or_else(|| RpcError::internal("the VM has no work disk record"))?;
+        .ok_or_else(|| Error::internal("the VM has no work disk record"))?;
 
     stages.stage("disk");
     let host = d.host.clone();
     let vm_id = id.clone();
-    let active = blocking(move || {
-        crate::disk::activate(&root, &vm_id, host.as_ref()).map_err(errors::from_disk)
-    })
-    .await?;
+    let active =
+        blocking(move || crate::disk::activate(&root, &vm_id, host.as_ref()).map_err(Error::from))
+            .await?;
     let root_device = active.device.clone();
     // Devices (dm-snapshot) must be on record before anything else can fail,
     // so a crash leaves enough behind to release them; a plain file needs no
@@ -84,7 +82,7 @@ pub async fn boot(
     stages.stage("spawn");
     let run_dir = record::run_dir(&d.paths, &id);
     std::fs::create_dir_all(&run_dir)
-        .map_err(|e| RpcError::internal(format!("cannot create {}: {e}", run_dir.display())))?;
+        .map_err(|e| Error::internal(format!("cannot create {}: {e}", run_dir.display())))?;
     let spec = LaunchSpec {
         vm_id: id.clone(),
         vcpus: vm.spec.vcpus,
@@ -98,7 +96,7 @@ pub async fn boot(
         run_dir,
         vm_dir: record::vm_dir(&d.paths, &id),
     };
-    let (handle, pidfd) = vmm.spawn(&spec).await.map_err(errors::from_vmm)?;
+    let (handle, pidfd) = vmm.spawn(&spec).await.map_err(Error::from)?;
     let pid = handle.pid;
     // Recorded before anything else can fail, so a crash from here on leaves
     // enough behind for the next start to find and end this process.
@@ -106,17 +104,15 @@ pub async fn boot(
         vm.runtime.vmm = Some(handle.clone());
         vm.runtime.active_root = Some(active.clone());
     })?;
-    d.procs.track(d, &id, pid, pidfd);
+    d.procs.track(&id, pid, pidfd);
     check()?;
 
     stages.stage("configure");
-    vmm.configure(&handle, &spec)
-        .await
-        .map_err(errors::from_vmm)?;
+    vmm.configure(&handle, &spec).await.map_err(Error::from)?;
     check()?;
 
     stages.stage("boot");
-    vmm.boot(&handle).await.map_err(errors::from_vmm)?;
+    vmm.boot(&handle).await.map_err(Error::from)?;
     access::load(d, &id)
 }
 
@@ -142,37 +138,33 @@ pub fn boot_args(base: &str, name: &str, net: Option<&NetAttach>) -> String {
 
 /// `starting` → `running`, recording the start's stages. If the VMM died
 /// while we were finishing, hand it to the reaper right away.
-pub fn mark_running(d: &Arc<Daemon>, id: &str, stages: &Stages) -> Result<Vm, RpcError> {
+pub fn mark_running(d: &Arc<Vms>, id: &str, stages: &Stages) -> Result<Vm, Error> {
     let timing = stages.since("disk");
     let vm = access::settle(d, id, VmState::Starting, VmState::Running, |vm| {
         vm.runtime.started_at = Some(timefmt::now());
         vm.runtime.last_start = timing;
     })?;
     if let Some(proc) = d.procs.get(id) {
-        if let Some(info) = proc.exited() {
-            let d = d.clone();
-            let id = id.to_string();
-            tokio::spawn(async move { super::reaper::on_exit(d, id, info, None).await });
-        }
+        d.procs.republish(id, &proc);
     }
     Ok(vm)
 }
 
 /// When a start fails because its VMM died under it (a concurrent `vm kill`,
 /// a crash), say so instead of quoting the API error that followed.
-pub fn explain(d: &Daemon, id: &str, err: RpcError) -> RpcError {
+pub fn explain(d: &Vms, id: &str, err: Error) -> Error {
     match d
         .procs
         .get(id)
         .and_then(|p| p.exited().map(|e| (p.expected_exit(), e)))
     {
-        Some((Some(why), exit)) => RpcError::new(
-            banger_proto::ErrorKind::Cancelled,
-            format!("start aborted: the VMM was ended by {why} ({exit})"),
-        ),
-        Some((None, exit)) => RpcError::internal(format!(
-            "the VMM died during start ({exit}); see `banger vm logs --vmm`"
-        )),
+        Some((Some(why), exit)) => Error::StartAborted {
+            why,
+            exit: exit.to_string(),
+        },
+        Some((None, exit)) => Error::VmmDied {
+            exit: exit.to_string(),
+        },
         None => err,
     }
 }
@@ -180,16 +172,13 @@ pub fn explain(d: &Daemon, id: &str, err: RpcError) -> RpcError {
 /// After boot: for images whose guest runs sshd, wait (bounded) until it
 /// answers, so "running" means "you can ssh in". A timeout leaves the VM
 /// running for inspection and says where to look.
-pub async fn wait_ready(d: &Arc<Daemon>, id: &str, stages: &Stages) -> Result<(), RpcError> {
+pub async fn wait_ready(d: &Arc<Vms>, id: &str, stages: &Stages) -> Result<(), Error> {
     let vm = access::load(d, id)?;
-    let image = d
-        .store
-        .image_by_id(&vm.row.image_id)
-        .map_err(errors::from_store)?;
+    let image = d.store.image_by_id(&vm.row.image_id).map_err(Error::from)?;
     let Some(image) = image.filter(|i| i.has("ssh")) else {
         return Ok(());
     };
-    let Some(ip) = d.store.vm_address(id).map_err(errors::from_store)? else {
+    let Some(ip) = d.store.vm_address(id).map_err(Error::from)? else {
         return Ok(());
     };
     stages.stage("ssh");
@@ -199,39 +188,29 @@ pub async fn wait_ready(d: &Arc<Daemon>, id: &str, stages: &Stages) -> Result<()
             tracing::info!(vm = %vm.name(), image = %image.name, ms = took.as_millis() as u64, "sshd answers");
             Ok(())
         }
-        Err(last) => Err(RpcError::new(
-            banger_proto::ErrorKind::Timeout,
-            format!(
-                "vm {:?} is running but its sshd did not answer on {ip}:22 within {}s ({last}); the VM was kept for inspection",
-                vm.name(),
-                timeout.as_secs()
-            ),
-        )
-        .with("hint", format!("see the guest console: banger vm logs {}", vm.name()))
-        .with("kept", true)),
+        Err(last) => Err(Error::SshTimeout {
+            vm: vm.name().to_string(),
+            addr: format!("{ip}:22"),
+            secs: timeout.as_secs(),
+            last: last.to_string(),
+        }),
     }
 }
 
 /// A start failed: end the VMM, release what was set up, back to stopped.
-pub async fn abort(d: &Arc<Daemon>, id: &str, err: &RpcError) {
+pub async fn abort(d: &Arc<Vms>, id: &str, err: &Error) {
     if let Ok(vm) = access::load(d, id) {
         release::kill_process(d, &vm, "start-failed").await;
     }
-    if let Err(e) = release::settle_stopped(
-        d,
-        id,
-        VmState::Starting,
-        "start-failed",
-        err.message.clone(),
-    )
-    .await
+    if let Err(e) =
+        release::settle_stopped(d, id, VmState::Starting, "start-failed", err.to_string()).await
     {
         tracing::error!(vm = id, error = %e, "cleanup after a failed start failed");
     }
 }
 
 /// `vm start`.
-pub async fn start(d: &Arc<Daemon>, vm: Vm) -> Result<(Vm, Stages), RpcError> {
+pub async fn start(d: &Arc<Vms>, vm: Vm) -> Result<(Vm, Stages), Error> {
     let vm = access::claim(d, &vm, &[VmState::Stopped], VmState::Starting, "start")?;
     let stages = Stages::new(None);
     match boot(d, &vm, &stages, &CancellationToken::new()).await {

@@ -7,8 +7,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::error::Error;
 use banger_proto::methods::vm::VmState;
-use banger_proto::RpcError;
 use rustix::process::Signal;
 use tokio_util::sync::CancellationToken;
 
@@ -17,8 +17,8 @@ use super::record::Vm;
 use super::release;
 use super::stages::Stages;
 use super::start;
-use crate::daemon::Daemon;
 use crate::guest::agent;
+use crate::vm::Vms;
 
 const TERM_WAIT: Duration = Duration::from_secs(5);
 const KILL_WAIT: Duration = Duration::from_secs(10);
@@ -30,7 +30,7 @@ const KILL_WAIT: Duration = Duration::from_secs(10);
 /// request (Firecracker: Ctrl-Alt-Del). If neither can reach the guest —
 /// QEMU's microvm has no ACPI, so its power button goes nowhere — there is
 /// nothing to wait for and the stop goes straight to SIGTERM.
-async fn shut_down(d: &Arc<Daemon>, vm: &Vm, timeout: Duration, stages: &Stages) -> String {
+async fn shut_down(d: &Arc<Vms>, vm: &Vm, timeout: Duration, stages: &Stages) -> String {
     let Some(proc) = d.procs.get(vm.id()) else {
         return "already-exited".into();
     };
@@ -83,16 +83,16 @@ async fn shut_down(d: &Arc<Daemon>, vm: &Vm, timeout: Duration, stages: &Stages)
     "sigkill".into()
 }
 
-fn stop_timeout(d: &Daemon, secs: Option<u64>) -> Duration {
+fn stop_timeout(d: &Vms, secs: Option<u64>) -> Duration {
     Duration::from_secs(secs.unwrap_or(d.config.vm.stop_timeout_secs))
 }
 
 /// `vm stop`.
 pub async fn stop(
-    d: &Arc<Daemon>,
+    d: &Arc<Vms>,
     vm: Vm,
     timeout: Option<u64>,
-) -> Result<(Vm, String, Stages), RpcError> {
+) -> Result<(Vm, String, Stages), Error> {
     let vm = access::claim(d, &vm, &[VmState::Running], VmState::Stopping, "stop")?;
     let stages = Stages::new(None);
     let by = shut_down(d, &vm, stop_timeout(d, timeout), &stages).await;
@@ -111,10 +111,10 @@ pub async fn stop(
 /// `vm restart`: stop, then start without passing through `stopped`, so no
 /// other request can slip in between.
 pub async fn restart(
-    d: &Arc<Daemon>,
+    d: &Arc<Vms>,
     vm: Vm,
     timeout: Option<u64>,
-) -> Result<(Vm, String, Stages), RpcError> {
+) -> Result<(Vm, String, Stages), Error> {
     let vm = access::claim(d, &vm, &[VmState::Running], VmState::Stopping, "restart")?;
     let stages = Stages::new(None);
     let by = shut_down(d, &vm, stop_timeout(d, timeout), &stages).await;
@@ -142,7 +142,7 @@ pub async fn restart(
 }
 
 /// Parses `KILL`, `SIGKILL`, `kill`, `9`.
-pub fn parse_signal(s: &str) -> Result<Signal, RpcError> {
+pub fn parse_signal(s: &str) -> Result<Signal, Error> {
     let up = s.trim().to_ascii_uppercase();
     let name = up.strip_prefix("SIG").unwrap_or(&up);
     let sig = match name {
@@ -156,7 +156,7 @@ pub fn parse_signal(s: &str) -> Result<Signal, RpcError> {
         "STOP" | "19" => Signal::Stop,
         "CONT" | "18" => Signal::Cont,
         _ => {
-            return Err(RpcError::invalid_params(format!(
+            return Err(Error::invalid(format!(
                 "unknown signal {s:?}: use a name like KILL, TERM, INT, HUP, USR1 or a number"
             )))
         }
@@ -174,7 +174,7 @@ fn is_fatal(sig: Signal) -> bool {
 /// `vm kill`: the signal, now. Allowed while starting or stopping too —
 /// that is what kill is for when a stop hangs. The operation (or the reaper,
 /// for a running VM) settles the state when the VMM dies.
-pub async fn kill(d: &Arc<Daemon>, vm: Vm, signal: Option<&str>) -> Result<(Vm, String), RpcError> {
+pub async fn kill(d: &Arc<Vms>, vm: Vm, signal: Option<&str>) -> Result<(Vm, String), Error> {
     let sig = parse_signal(signal.unwrap_or("KILL"))?;
     if !matches!(
         vm.state,
@@ -191,7 +191,7 @@ pub async fn kill(d: &Arc<Daemon>, vm: Vm, signal: Option<&str>) -> Result<(Vm, 
         proc.expect_exit(&format!("kill ({label})"));
     }
     proc.signal(sig)
-        .map_err(|e| RpcError::internal(format!("cannot signal pid {}: {e}", proc.pid)))?;
+        .map_err(|e| Error::internal(format!("cannot signal pid {}: {e}", proc.pid)))?;
     if is_fatal(sig) && proc.wait(KILL_WAIT).await.is_some() {
         // The reaper settles a running VM; wait for it so the caller sees `stopped`.
         for _ in 0..200 {

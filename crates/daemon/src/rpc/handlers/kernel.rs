@@ -2,56 +2,52 @@
 
 use std::sync::Arc;
 
+use crate::error::Error;
 use banger_proto::methods::kernel::{BuildParams, ImportParams, KernelInfo};
+use banger_proto::methods::op::{KernelBuild, KernelImport};
 use banger_proto::methods::{Empty, NameParams, OpBegun};
 use banger_proto::names::validate_name;
-use banger_proto::{ErrorKind, RpcError};
 
+use crate::app::App;
 use crate::caller::Ctx;
-use crate::daemon::Daemon;
-use crate::errors::Rpc;
 use crate::{builds, kernels};
 
-pub async fn import_begin(
-    d: Arc<Daemon>,
-    mut cx: Ctx,
-    p: ImportParams,
-) -> Result<OpBegun, RpcError> {
-    validate_name(&p.name).map_err(|e| RpcError::invalid_params(e.to_string()))?;
-    if d.store.kernel_by_name(&p.name).rpc()?.is_some() {
-        return Err(RpcError::already_exists("kernel", &p.name));
+pub async fn import_begin(d: Arc<App>, mut cx: Ctx, p: ImportParams) -> Result<OpBegun, Error> {
+    validate_name(&p.name).map_err(|e| Error::invalid(e.to_string()))?;
+    if d.registry.store.kernel_by_name(&p.name)?.is_some() {
+        return Err(Error::already_exists("kernel", &p.name));
     }
     let kernel = cx.fds.take(p.kernel, "kernel")?;
-    banger_core::artifact::stage::require_regular(&kernel, "kernel")
-        .map_err(crate::errors::from_stage)?;
+    banger_core::artifact::stage::require_regular(&kernel, "kernel").map_err(Error::from)?;
     let initrd = match p.initrd {
         Some(r) => {
             let f = cx.fds.take(r, "initrd")?;
-            banger_core::artifact::stage::require_regular(&f, "initrd")
-                .map_err(crate::errors::from_stage)?;
+            banger_core::artifact::stage::require_regular(&f, "initrd").map_err(Error::from)?;
             Some(f)
         }
         None => None,
     };
     let owner = cx.caller.uid;
     let name = p.name.clone();
-    let d2 = d.clone();
-    let id = d.ops.begin("kernel.import", &p.name, owner, move |op| {
-        kernels::import(d2, op, owner, name, kernel, initrd)
-    });
+    let d2 = d.registry.clone();
+    let id = d
+        .ops
+        .begin::<KernelImport, _, _>(&p.name, owner, move |op| {
+            kernels::import(d2, op, owner, name, kernel, initrd)
+        });
     Ok(OpBegun { operation_id: id })
 }
 
 /// `--source DIR` is root only: building a tree runs its Makefiles as root.
 /// The tree comes as the caller's `O_DIRECTORY` descriptor, named for `make`
 /// as `/proc/self/fd/N`; `--config` comes as a descriptor and is read here.
-pub async fn build_begin(d: Arc<Daemon>, mut cx: Ctx, p: BuildParams) -> Result<OpBegun, RpcError> {
+pub async fn build_begin(d: Arc<App>, mut cx: Ctx, p: BuildParams) -> Result<OpBegun, Error> {
     use banger_core::kernel_build::{self, Source};
     use std::os::fd::AsRawFd;
     let (source, source_dir) = match p.source {
         Some(r) => {
             if !cx.caller.is_root() {
-                return Err(RpcError::permission_denied(
+                return Err(Error::denied(
                     "--source: building a kernel tree runs its Makefiles as root, so only root \
                      may build one; without --source banger builds Debian's linux-source",
                 ));
@@ -59,16 +55,16 @@ pub async fn build_begin(d: Arc<Daemon>, mut cx: Ctx, p: BuildParams) -> Result<
             let dir = cx.fds.take(r, "source")?;
             let is_dir = dir
                 .metadata()
-                .map_err(|e| RpcError::internal(format!("fstat source: {e}")))?
+                .map_err(|e| Error::internal(format!("fstat source: {e}")))?
                 .is_dir();
             if !is_dir {
-                return Err(RpcError::invalid_params(
+                return Err(Error::invalid(
                     "--source: not a directory (pass an unpacked kernel tree)",
                 ));
             }
             let path = std::path::PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
             if !path.join("Makefile").is_file() {
-                return Err(RpcError::invalid_params(format!(
+                return Err(Error::invalid(format!(
                     "--source {}: has no Makefile: not a kernel tree",
                     p.source_path.as_deref().unwrap_or("DIR")
                 )));
@@ -78,15 +74,13 @@ pub async fn build_begin(d: Arc<Daemon>, mut cx: Ctx, p: BuildParams) -> Result<
         None => {
             let tarball = std::path::Path::new(kernel_build::DEBIAN_TARBALL);
             if !tarball.is_file() {
-                return Err(RpcError::new(
-                    ErrorKind::PreconditionFailed,
+                return Err(Error::missing_packages(
                     format!(
                         "Debian's kernel source {} is not installed",
                         tarball.display()
                     ),
-                )
-                .with("packages", ["linux-source-6.1"])
-                .with("hint", "apt-get install linux-source-6.1"));
+                    &["linux-source-6.1"],
+                ));
             }
             (builds::debian_source(), None)
         }
@@ -101,10 +95,10 @@ pub async fn build_begin(d: Arc<Daemon>, mut cx: Ctx, p: BuildParams) -> Result<
     };
     let default_name = kernel_build::default_name(kernel_build::series(&source).as_deref());
     let name = p.name.unwrap_or_else(|| default_name.clone());
-    validate_name(&name).map_err(|e| RpcError::invalid_params(e.to_string()))?;
-    if let Some(k) = d.store.kernel_by_name(&name).rpc()? {
+    validate_name(&name).map_err(|e| Error::invalid(e.to_string()))?;
+    if let Some(k) = d.registry.store.kernel_by_name(&name)? {
         if !cx.caller.can_see_shared(k.owner_uid) {
-            return Err(RpcError::already_exists("kernel", &name));
+            return Err(Error::already_exists("kernel", &name));
         }
     }
     let default_inputs =
@@ -118,30 +112,33 @@ pub async fn build_begin(d: Arc<Daemon>, mut cx: Ctx, p: BuildParams) -> Result<
         jobs: p.jobs.filter(|&j| j > 0).unwrap_or(d.config.build.jobs) as usize,
         replace: p.replace,
     };
-    let d2 = d.clone();
+    let d2 = d.registry.clone();
     let id = d
         .ops
-        .begin("kernel.build", &name, cx.caller.uid, move |op| {
+        .begin::<KernelBuild, _, _>(&name, cx.caller.uid, move |op| {
             builds::kernel_build_op(d2, op, job)
         });
     Ok(OpBegun { operation_id: id })
 }
 
-pub async fn list(d: Arc<Daemon>, cx: Ctx, _p: Empty) -> Result<Vec<KernelInfo>, RpcError> {
-    d.store
-        .list_kernels()
-        .rpc()?
+pub async fn list(d: Arc<App>, cx: Ctx, _p: Empty) -> Result<Vec<KernelInfo>, Error> {
+    d.registry
+        .store
+        .list_kernels()?
         .iter()
         .filter(|k| cx.caller.can_see_shared(k.owner_uid))
-        .map(|k| kernels::info(&d, k))
+        .map(|k| kernels::info(&d.registry, k))
         .collect()
 }
 
-pub async fn show(d: Arc<Daemon>, cx: Ctx, p: NameParams) -> Result<KernelInfo, RpcError> {
-    kernels::info(&d, &kernels::find(&d, &cx.caller, &p.name)?)
+pub async fn show(d: Arc<App>, cx: Ctx, p: NameParams) -> Result<KernelInfo, Error> {
+    kernels::info(
+        &d.registry,
+        &kernels::find(&d.registry, &cx.caller, &p.name)?,
+    )
 }
 
-pub async fn delete(d: Arc<Daemon>, cx: Ctx, p: NameParams) -> Result<Empty, RpcError> {
-    kernels::delete(&d, &cx.caller, &p.name)?;
+pub async fn delete(d: Arc<App>, cx: Ctx, p: NameParams) -> Result<Empty, Error> {
+    kernels::delete(&d.registry, &cx.caller, &p.name)?;
     Ok(Empty {})
 }

@@ -1,7 +1,8 @@
 //! The method table: one handler per method name, typed by [`Method`] so the
 //! params a handler receives and the result it returns are the protocol's own
-//! types. Unknown methods, bad params and the conversion to JSON live here and
-//! nowhere else.
+//! types. Handlers return domain errors; unknown methods, bad params, the
+//! conversion of a domain error (crate::rpc::errors) and of a result to JSON
+//! happen here and nowhere else.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -12,11 +13,12 @@ use banger_proto::methods::Method;
 use banger_proto::{ErrorKind, RpcError};
 use serde_json::Value;
 
+use crate::app::App;
 use crate::caller::Ctx;
-use crate::daemon::Daemon;
+use crate::error::Error;
 
 type BoxFut = Pin<Box<dyn Future<Output = Result<Value, RpcError>> + Send>>;
-type Handler = Box<dyn Fn(Arc<Daemon>, Ctx, Value) -> BoxFut + Send + Sync>;
+type Handler = Box<dyn Fn(Arc<App>, Ctx, Value) -> BoxFut + Send + Sync>;
 
 #[derive(Default)]
 pub struct Table {
@@ -28,15 +30,15 @@ impl Table {
     pub fn add<M, F, Fut>(&mut self, f: F)
     where
         M: Method,
-        F: Fn(Arc<Daemon>, Ctx, M::Params) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<M::Result, RpcError>> + Send + 'static,
+        F: Fn(Arc<App>, Ctx, M::Params) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<M::Result, Error>> + Send + 'static,
     {
         let f = Arc::new(f);
         let h: Handler = Box::new(move |d, ctx, params| {
             let f = f.clone();
             Box::pin(async move {
                 let p = parse_params::<M::Params>(params)?;
-                let r = f(d, ctx, p).await?;
+                let r = f(d, ctx, p).await.map_err(RpcError::from)?;
                 serde_json::to_value(r).map_err(|e| RpcError::internal(e.to_string()))
             })
         });
@@ -50,7 +52,7 @@ impl Table {
 
     pub async fn call(
         &self,
-        d: Arc<Daemon>,
+        d: Arc<App>,
         ctx: Ctx,
         method: &str,
         params: Value,

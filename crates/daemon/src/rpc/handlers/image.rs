@@ -2,27 +2,23 @@
 
 use std::sync::Arc;
 
+use crate::error::Error;
 use banger_proto::methods::image::{BuildParams, ImageInfo, RegisterParams};
+use banger_proto::methods::op::{ImageBuild, ImageRegister};
 use banger_proto::methods::{Empty, NameParams, OpBegun};
 use banger_proto::names::validate_name;
-use banger_proto::{ErrorKind, RpcError};
 
+use crate::app::App;
 use crate::caller::Ctx;
-use crate::daemon::Daemon;
-use crate::errors::Rpc;
 use crate::images::{self, RegisterJob};
 use crate::{builds, kernels};
 
-pub async fn register_begin(
-    d: Arc<Daemon>,
-    mut cx: Ctx,
-    p: RegisterParams,
-) -> Result<OpBegun, RpcError> {
-    validate_name(&p.name).map_err(|e| RpcError::invalid_params(e.to_string()))?;
-    if d.store.image_by_name(&p.name).rpc()?.is_some() {
-        return Err(RpcError::already_exists("image", &p.name));
+pub async fn register_begin(d: Arc<App>, mut cx: Ctx, p: RegisterParams) -> Result<OpBegun, Error> {
+    validate_name(&p.name).map_err(|e| Error::invalid(e.to_string()))?;
+    if d.registry.store.image_by_name(&p.name)?.is_some() {
+        return Err(Error::already_exists("image", &p.name));
     }
-    let kernel = kernels::find(&d, &cx.caller, &p.kernel)?;
+    let kernel = kernels::find(&d.registry, &cx.caller, &p.kernel)?;
     let rootfs = cx.fds.take(p.rootfs, "rootfs")?;
     images::validate_ext4(&rootfs, "rootfs")?;
     let work_seed = match p.work_seed {
@@ -35,7 +31,7 @@ pub async fn register_begin(
     };
     for f in &p.features {
         if !banger_proto::methods::image::FEATURES.contains(&f.as_str()) {
-            return Err(RpcError::invalid_params(format!(
+            return Err(Error::invalid(format!(
                 "unknown image feature {f:?}: known ones are {}",
                 banger_proto::methods::image::FEATURES.join(", ")
             )));
@@ -49,10 +45,10 @@ pub async fn register_begin(
         rootfs,
         work_seed,
     };
-    let d2 = d.clone();
+    let d2 = d.registry.clone();
     let id = d
         .ops
-        .begin("image.register", &p.name, cx.caller.uid, move |op| {
+        .begin::<ImageRegister, _, _>(&p.name, cx.caller.uid, move |op| {
             images::register(d2, op, job)
         });
     Ok(OpBegun { operation_id: id })
@@ -61,22 +57,20 @@ pub async fn register_begin(
 /// Cheap checks first (distribution, variant, agent, kernel, name), then the
 /// build runs as an operation. `auto` is the first-use build `vm create`
 /// asks for: banger's defaults only, allowed unless `[build] auto = false`.
-pub async fn build_begin(d: Arc<Daemon>, cx: Ctx, p: BuildParams) -> Result<OpBegun, RpcError> {
+pub async fn build_begin(d: Arc<App>, cx: Ctx, p: BuildParams) -> Result<OpBegun, Error> {
     use banger_core::image_build::{self, ImageSpec, Variant};
     if p.auto {
         if !d.config.build.auto {
-            return Err(RpcError::new(
-                ErrorKind::PreconditionFailed,
+            return Err(Error::precondition(
                 "no image is registered, and automatic builds are off ([build] auto = false)",
             )
-            .with(
-                "hint",
+            .hint(
                 "build one with `banger image build debian-bookworm` (or register one with \
                  `banger image register`), then retry",
             ));
         }
         if p.name.is_some() || p.kernel.is_some() || p.mirror.is_some() || p.replace {
-            return Err(RpcError::invalid_params(
+            return Err(Error::invalid(
                 "auto builds use banger's defaults: no name, kernel, mirror or replace",
             ));
         }
@@ -86,12 +80,12 @@ pub async fn build_begin(d: Arc<Daemon>, cx: Ctx, p: BuildParams) -> Result<OpBe
         .as_deref()
         .unwrap_or("minimal")
         .parse()
-        .map_err(RpcError::invalid_params)?;
+        .map_err(Error::invalid)?;
     if p.auto && variant != Variant::Minimal {
-        return Err(RpcError::invalid_params("auto builds are minimal"));
+        return Err(Error::invalid("auto builds are minimal"));
     }
     if !banger_proto::methods::image::DISTROS.contains(&p.distro.as_str()) {
-        return Err(RpcError::invalid_params(format!(
+        return Err(Error::invalid(format!(
             "unknown distribution {:?}: known ones are {}",
             p.distro,
             banger_proto::methods::image::DISTROS.join(", ")
@@ -103,23 +97,19 @@ pub async fn build_begin(d: Arc<Daemon>, cx: Ctx, p: BuildParams) -> Result<OpBe
         // repository into their image.
         let http = m.starts_with("http://") || m.starts_with("https://");
         if !cx.caller.is_root() && !http {
-            return Err(RpcError::permission_denied(
+            return Err(Error::denied(
                 "--mirror: only root may use a file: mirror; users may give http(s) URLs",
             ));
         }
     }
     let agent = banger_core::tools::find_agent(&d.config)
-        .map_err(|e| RpcError::new(ErrorKind::PreconditionFailed, e.to_string()))?
+        .map_err(|e| Error::precondition(e.to_string()))?
         .ok_or_else(|| {
-            RpcError::new(
-                ErrorKind::PreconditionFailed,
-                format!(
-                    "no guest agent: {} is not next to bangerd and agent_bin is not set",
-                    banger_core::tools::AGENT_NAME
-                ),
-            )
-            .with(
-                "hint",
+            Error::precondition(format!(
+                "no guest agent: {} is not next to bangerd and agent_bin is not set",
+                banger_core::tools::AGENT_NAME
+            ))
+            .hint(
                 "run ./install.sh (it builds the static agent and installs it next to bangerd), \
                  or set agent_bin in the config",
             )
@@ -130,28 +120,31 @@ pub async fn build_begin(d: Arc<Daemon>, cx: Ctx, p: BuildParams) -> Result<OpBe
         agent_binary: agent,
         mirror,
     };
-    image_build::check_spec(&spec).map_err(crate::errors::from_image_build)?;
+    image_build::check_spec(&spec).map_err(Error::from)?;
 
     let default_name = builds::default_image_name(&p.distro, variant);
     let name = p.name.clone().unwrap_or_else(|| default_name.clone());
-    validate_name(&name).map_err(|e| RpcError::invalid_params(e.to_string()))?;
-    if let Some(i) = d.store.image_by_name(&name).rpc()? {
+    validate_name(&name).map_err(|e| Error::invalid(e.to_string()))?;
+    if let Some(i) = d.registry.store.image_by_name(&name)? {
         if !cx.caller.can_see_shared(i.owner_uid) {
-            return Err(RpcError::already_exists("image", &name));
+            return Err(Error::already_exists("image", &name));
         }
     }
     let jobs = d.config.build.jobs as usize;
     let kernel = match &p.kernel {
-        Some(k) => builds::KernelChoice::Registered(Box::new(kernels::find(&d, &cx.caller, k)?)),
+        Some(k) => {
+            builds::KernelChoice::Registered(Box::new(kernels::find(&d.registry, &cx.caller, k)?))
+        }
         None => {
             let default_kernel = builds::default_kernel_name();
-            match d.store.kernel_by_name(&default_kernel).rpc()? {
+            match d.registry.store.kernel_by_name(&default_kernel)? {
                 Some(k) if cx.caller.can_see_shared(k.owner_uid) => {
                     builds::KernelChoice::Registered(Box::new(k))
                 }
                 Some(_) => {
-                    return Err(RpcError::already_exists("kernel", &default_kernel)
-                        .with("hint", "pass --kernel NAME"))
+                    return Err(
+                        Error::already_exists("kernel", &default_kernel).hint("pass --kernel NAME")
+                    )
                 }
                 None => builds::KernelChoice::BuildDefault { jobs },
             }
@@ -166,36 +159,42 @@ pub async fn build_begin(d: Arc<Daemon>, cx: Ctx, p: BuildParams) -> Result<OpBe
         replace: p.replace,
         promote_shared: p.auto,
     };
-    let d2 = d.clone();
-    let id = d.ops.begin("image.build", &name, cx.caller.uid, move |op| {
-        builds::image_build_op(d2, op, job)
-    });
+    let d2 = d.registry.clone();
+    let id = d
+        .ops
+        .begin::<ImageBuild, _, _>(&name, cx.caller.uid, move |op| {
+            builds::image_build_op(d2, op, job)
+        });
     Ok(OpBegun { operation_id: id })
 }
 
-pub async fn list(d: Arc<Daemon>, cx: Ctx, _p: Empty) -> Result<Vec<ImageInfo>, RpcError> {
-    d.store
-        .list_images()
-        .rpc()?
+pub async fn list(d: Arc<App>, cx: Ctx, _p: Empty) -> Result<Vec<ImageInfo>, Error> {
+    d.registry
+        .store
+        .list_images()?
         .iter()
         .filter(|i| cx.caller.can_see_shared(i.owner_uid))
-        .map(|i| images::info(&d, &cx.caller, i))
+        .map(|i| images::info(&d.registry, &cx.caller, i))
         .collect()
 }
 
-pub async fn show(d: Arc<Daemon>, cx: Ctx, p: NameParams) -> Result<ImageInfo, RpcError> {
-    images::info(&d, &cx.caller, &images::find(&d, &cx.caller, &p.name)?)
+pub async fn show(d: Arc<App>, cx: Ctx, p: NameParams) -> Result<ImageInfo, Error> {
+    images::info(
+        &d.registry,
+        &cx.caller,
+        &images::find(&d.registry, &cx.caller, &p.name)?,
+    )
 }
 
-pub async fn delete(d: Arc<Daemon>, cx: Ctx, p: NameParams) -> Result<Empty, RpcError> {
-    images::delete(&d, &cx.caller, &p.name)?;
+pub async fn delete(d: Arc<App>, cx: Ctx, p: NameParams) -> Result<Empty, Error> {
+    images::delete(&d.registry, &cx.caller, &p.name)?;
     Ok(Empty {})
 }
 
 /// Root sets everyone's default; a user sets their own (over root's).
-pub async fn promote(d: Arc<Daemon>, cx: Ctx, p: NameParams) -> Result<ImageInfo, RpcError> {
-    let img = images::find(&d, &cx.caller, &p.name)?;
-    d.store.set_default_image(cx.caller.uid, &img.id).rpc()?;
+pub async fn promote(d: Arc<App>, cx: Ctx, p: NameParams) -> Result<ImageInfo, Error> {
+    let img = images::find(&d.registry, &cx.caller, &p.name)?;
+    d.registry.store.set_default_image(cx.caller.uid, &img.id)?;
     tracing::info!(image = %p.name, uid = cx.caller.uid, "image promoted to default");
-    images::info(&d, &cx.caller, &img)
+    images::info(&d.registry, &cx.caller, &img)
 }

@@ -1,5 +1,6 @@
 //! `daemon.*` handlers.
 
+use crate::error::Error;
 use std::sync::Arc;
 
 use banger_proto::methods::daemon::{
@@ -8,14 +9,13 @@ use banger_proto::methods::daemon::{
 };
 use banger_proto::methods::op::OperationInfo;
 use banger_proto::methods::Empty;
-use banger_proto::{RpcError, PROTOCOL_VERSION};
+use banger_proto::PROTOCOL_VERSION;
 
+use crate::app::App;
 use crate::caller::Ctx;
-use crate::daemon::Daemon;
-use crate::errors::Rpc;
 use crate::logging::LogTarget;
 
-pub async fn status(d: Arc<Daemon>, _cx: Ctx, _p: Empty) -> Result<StatusInfo, RpcError> {
+pub async fn status(d: Arc<App>, _cx: Ctx, _p: Empty) -> Result<StatusInfo, Error> {
     let p = &d.paths;
     Ok(StatusInfo {
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -35,6 +35,7 @@ pub async fn status(d: Arc<Daemon>, _cx: Ctx, _p: Empty) -> Result<StatusInfo, R
         log_target: d.log_target.label().to_string(),
         operations_running: d.ops.running() as u32,
         dns: d
+            .vms
             .dns
             .as_ref()
             .map(|s| s.local_addrs().iter().map(|a| a.to_string()).collect())
@@ -42,10 +43,10 @@ pub async fn status(d: Arc<Daemon>, _cx: Ctx, _p: Empty) -> Result<StatusInfo, R
     })
 }
 
-pub async fn shutdown(d: Arc<Daemon>, cx: Ctx, _p: Empty) -> Result<Empty, RpcError> {
+pub async fn shutdown(d: Arc<App>, cx: Ctx, _p: Empty) -> Result<Empty, Error> {
     let me = rustix::process::geteuid().as_raw();
     if !(cx.caller.is_root() || cx.caller.uid == me) {
-        return Err(RpcError::permission_denied(
+        return Err(Error::denied(
             "only root can stop the daemon (try: sudo banger daemon stop)",
         ));
     }
@@ -58,7 +59,16 @@ pub async fn shutdown(d: Arc<Daemon>, cx: Ctx, _p: Empty) -> Result<Empty, RpcEr
     Ok(Empty {})
 }
 
-pub async fn logs(d: Arc<Daemon>, _cx: Ctx, p: LogsParams) -> Result<LogChunk, RpcError> {
+/// The daemon's log names every user's VMs, images and operations, so only
+/// root (or the user a per-user daemon runs as) may read it.
+pub async fn logs(d: Arc<App>, cx: Ctx, p: LogsParams) -> Result<LogChunk, Error> {
+    let me = rustix::process::geteuid().as_raw();
+    if !(cx.caller.is_root() || cx.caller.uid == me) {
+        return Err(Error::denied(
+            "the daemon log covers every user's VMs; only root can read it \
+             (try: sudo banger daemon logs)",
+        ));
+    }
     let path = d.paths.log_file();
     if !matches!(d.log_target, LogTarget::File(_)) {
         // journald (or stderr): the client reads the journal itself.
@@ -74,14 +84,16 @@ pub async fn logs(d: Arc<Daemon>, _cx: Ctx, p: LogsParams) -> Result<LogChunk, R
 }
 
 pub async fn operations_list(
-    d: Arc<Daemon>,
+    d: Arc<App>,
     cx: Ctx,
     p: OperationsListParams,
-) -> Result<Vec<OperationInfo>, RpcError> {
-    d.ops.list(cx.caller.uid_filter(), p.all).rpc()
+) -> Result<Vec<OperationInfo>, Error> {
+    d.ops
+        .list(cx.caller.uid_filter(), p.all)
+        .map_err(|e| Error::internal(format!("{e:#}")))
 }
 
-pub async fn doctor(d: Arc<Daemon>, _cx: Ctx, _p: Empty) -> Result<DoctorReport, RpcError> {
+pub async fn doctor(d: Arc<App>, _cx: Ctx, _p: Empty) -> Result<DoctorReport, Error> {
     let d2 = d.clone();
     let checks = tokio::task::spawn_blocking(move || {
         let mut checks = banger_core::doctor::run_checks(&d2.paths, &d2.config);
@@ -91,7 +103,7 @@ pub async fn doctor(d: Arc<Daemon>, _cx: Ctx, _p: Empty) -> Result<DoctorReport,
         checks
     })
     .await
-    .map_err(|e| RpcError::internal(e.to_string()))?;
+    .map_err(|e| Error::internal(e.to_string()))?;
     Ok(DoctorReport {
         source: "daemon".into(),
         checks,
@@ -99,7 +111,7 @@ pub async fn doctor(d: Arc<Daemon>, _cx: Ctx, _p: Empty) -> Result<DoctorReport,
 }
 
 /// The bridge's subnet against the host's routes.
-fn network_check(d: &Daemon) -> Check {
+fn network_check(d: &App) -> Check {
     let name = "network".to_string();
     let cfg = &d.config.network;
     if !cfg.enabled {
@@ -124,6 +136,7 @@ fn network_check(d: &Daemon) -> Check {
         }
     };
     match d
+        .vms
         .host
         .routes_overlapping(subnet.network, subnet.prefix, Some(&cfg.bridge_name))
     {
@@ -155,10 +168,10 @@ fn network_check(d: &Daemon) -> Check {
 }
 
 /// How `<name>.vm` resolution is wired on this host.
-fn dns_check(d: &Daemon) -> Check {
+fn dns_check(d: &App) -> Check {
     use crate::dns::resolved::{self, Resolver};
     let name = "dns".to_string();
-    let Some(dns) = &d.dns else {
+    let Some(dns) = &d.vms.dns else {
         return Check {
             name,
             status: if d.config.network.enabled {
@@ -179,7 +192,7 @@ fn dns_check(d: &Daemon) -> Check {
             detail: format!(
                 "answering on {}; systemd-resolved {} *.vm to the bridge address",
                 addrs.join(", "),
-                if d.net.resolved_routed.load(std::sync::atomic::Ordering::SeqCst) { "routes" } else { "will route (once the bridge is up)" }
+                if d.vms.net.resolved_routed.load(std::sync::atomic::Ordering::SeqCst) { "routes" } else { "will route (once the bridge is up)" }
             ),
             fix: None,
         },

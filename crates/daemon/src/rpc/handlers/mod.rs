@@ -3,7 +3,7 @@
 
 use banger_proto::methods::{daemon as d, image as i, kernel as k, op as o, ssh as s, vm as v};
 
-use crate::dispatch::Table;
+use crate::rpc::dispatch::Table;
 
 mod daemon;
 mod image;
