@@ -9,6 +9,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Child, Command, Stdio};
 
+use banger_proto::guest;
 use common::{require_root, Home};
 
 fn debugfs_cat(image: &str, path: &str) -> Vec<u8> {
@@ -159,10 +160,10 @@ fn vm_ssh_uses_pinned_keys_written_at_create() {
     let work = vm["work_disk"]["path"].as_str().unwrap().to_string();
 
     // The work disk holds the VM's own host key and its owner's public key.
-    let host_key = debugfs_cat(&work, "/.banger/ssh/ssh_host_ed25519_key");
+    let host_key = debugfs_cat(&work, guest::HOST_KEY_PATH);
     let host_pub =
-        String::from_utf8(debugfs_cat(&work, "/.banger/ssh/ssh_host_ed25519_key.pub")).unwrap();
-    let authorized = debugfs_cat(&work, "/.ssh/authorized_keys");
+        String::from_utf8(debugfs_cat(&work, &format!("{}.pub", guest::HOST_KEY_PATH))).unwrap();
+    let authorized = debugfs_cat(&work, guest::AUTHORIZED_KEYS_PATH);
     assert!(String::from_utf8_lossy(&host_key).contains("OPENSSH PRIVATE KEY"));
     assert!(String::from_utf8_lossy(&authorized).starts_with("ssh-ed25519 "));
     // Pinned at once: OpenSSH's KnownHostsCommand gets exactly that key.

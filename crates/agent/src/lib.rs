@@ -1,5 +1,5 @@
 //! `banger-agent`: the small program banger installs in every guest image
-//! (`/usr/local/bin/banger-agent`, run as root by `banger-agent.service`). It
+//! ([`AGENT_PATH`], run as root by `banger-agent.service`). It
 //! answers the host's questions about the guest — [`health`], listening
 //! [`ports`] — and powers the guest off cleanly on request ([`power`]). The
 //! protocol (newline-delimited JSON, one response per request, in order) is
@@ -29,8 +29,9 @@
 //!     cargo build --release -p banger-agent --target x86_64-unknown-linux-gnu
 //! ```
 //!
-//! [`AGENT_VSOCK_PORT`]: banger_proto::agent::AGENT_VSOCK_PORT
-//! [`AGENT_SERIAL_NAME`]: banger_proto::agent::AGENT_SERIAL_NAME
+//! [`AGENT_PATH`]: banger_proto::guest::AGENT_PATH
+//! [`AGENT_VSOCK_PORT`]: banger_proto::guest::AGENT_VSOCK_PORT
+//! [`AGENT_SERIAL_NAME`]: banger_proto::guest::AGENT_SERIAL_NAME
 
 use std::sync::Arc;
 use std::thread;
@@ -58,11 +59,11 @@ pub fn run() -> i32 {
     let agent = Arc::new(Agent::new());
     let mut threads = Vec::new();
 
-    match vsock::listen(banger_proto::agent::AGENT_VSOCK_PORT) {
+    match vsock::listen(banger_proto::guest::AGENT_VSOCK_PORT) {
         Ok(listener) => {
             log!(
                 "listening on vsock port {}",
-                banger_proto::agent::AGENT_VSOCK_PORT
+                banger_proto::guest::AGENT_VSOCK_PORT
             );
             let agent = agent.clone();
             threads.push(

@@ -8,7 +8,7 @@
 //! each host connection starts with a fresh line buffer, and an idle agent
 //! costs a few open/close calls a second, no busy loop.
 //!
-//! [`AGENT_SERIAL_NAME`]: banger_proto::agent::AGENT_SERIAL_NAME
+//! [`AGENT_SERIAL_NAME`]: banger_proto::guest::AGENT_SERIAL_NAME
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use banger_proto::agent::AGENT_SERIAL_NAME;
+use banger_proto::guest::AGENT_SERIAL_NAME;
 
 use crate::{log, serve, Agent};
 

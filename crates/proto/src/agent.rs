@@ -21,11 +21,8 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-/// The vsock port the agent listens on (any CID).
-pub const AGENT_VSOCK_PORT: u32 = 10789;
-
-/// The virtio-serial port name (`/dev/virtio-ports/<name>` in the guest).
-pub const AGENT_SERIAL_NAME: &str = "org.banger.agent.0";
+/// Where the agent listens: part of the guest contract, [`crate::guest`].
+pub use crate::guest::{AGENT_SERIAL_NAME, AGENT_VSOCK_PORT};
 
 /// Bumped whenever the agent protocol changes incompatibly; `health` reports it.
 pub const PROTOCOL: u32 = 1;

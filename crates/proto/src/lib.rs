@@ -10,6 +10,7 @@
 
 pub mod agent;
 pub mod error;
+pub mod guest;
 pub mod jsonrpc;
 pub mod methods;
 pub mod names;

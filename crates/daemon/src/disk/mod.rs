@@ -63,8 +63,6 @@ pub const ROOT_FILE: &str = "root.ext4";
 pub const COW_FILE: &str = "root.cow";
 /// The work disk's file.
 pub const WORK_FILE: &str = "work.ext4";
-/// The work disk's ext4 label when banger makes it.
-pub const WORK_LABEL: &str = "banger-work";
 
 /// How a VM's root disk is made from its image's rootfs. Serialized (store,
 /// config, JSON) as its [`RootBackend::as_str`] name: `"dm-snapshot"`,

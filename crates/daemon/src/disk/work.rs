@@ -1,4 +1,5 @@
-//! The work disk: an ext4 image the guest mounts at `/root`, made from the
+//! The work disk: an ext4 image the guest mounts at `/root`
+//! ([`banger_proto::guest::WORK_MOUNT`]), made from the
 //! image's optional seed or from scratch ([`create_work`]) and grown on
 //! request ([`grow_work`]).
 
@@ -6,8 +7,9 @@ use std::fs::File;
 use std::path::Path;
 
 use banger_core::artifact::stage;
+use banger_proto::guest::WORK_LABEL;
 
-use super::{clone_or_copy, io_err, DiskError, Pending, WorkDisk, WORK_FILE, WORK_LABEL};
+use super::{clone_or_copy, io_err, DiskError, Pending, WorkDisk, WORK_FILE};
 use crate::privileged::HostOps;
 
 /// Makes the VM's work disk `vm_dir/work.ext4`, at VM create. With a `seed`
@@ -15,7 +17,7 @@ use crate::privileged::HostOps;
 /// sparse copy, with progress and cancel through `ctl`), then grows the
 /// filesystem to `size` when that is larger; a seed larger than `size` keeps
 /// its size (the returned [`WorkDisk::size`] says so). Without: a fresh ext4
-/// filesystem of `size` bytes labelled `banger-work`. Made under a `.tmp`
+/// filesystem of `size` bytes labelled [`WORK_LABEL`]. Made under a `.tmp`
 /// name and renamed into place; on any error nothing is left behind.
 pub fn create_work(
     seed: Option<&Path>,
@@ -153,7 +155,7 @@ mod tests {
         assert_eq!(work.size, 64 * MIB);
         let info = ext4::inspect(&File::open(&work.file).unwrap()).unwrap();
         assert_eq!(info.fs_size, 64 * MIB);
-        assert_eq!(info.volume_name.as_deref(), Some("banger-work"));
+        assert_eq!(info.volume_name.as_deref(), Some(WORK_LABEL));
 
         let grown = grow_work(&work, 96 * MIB, &SystemHost).unwrap();
         assert_eq!(grown.size, 96 * MIB);
@@ -182,7 +184,7 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         assert_eq!(
             host.calls(),
-            vec![Call::MkfsExt4(tmp, 8 * MIB, "banger-work".into())]
+            vec![Call::MkfsExt4(tmp, 8 * MIB, WORK_LABEL.into())]
         );
         let work = WorkDisk {
             file: dir.path().join("work.ext4"),

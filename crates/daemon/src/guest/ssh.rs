@@ -5,7 +5,7 @@
 //!   over the socket (`ssh.identity`, checked by peer credentials).
 //! - Each VM gets its own host key, made by the daemon at create and written,
 //!   with the owner's public key as `authorized_keys`, onto the VM's work disk
-//!   (`/root/.banger/ssh/`, `/root/.ssh/` in the guest) before the first boot.
+//!   ([`HOST_KEY_PATH`], [`AUTHORIZED_KEYS_PATH`]) before the first boot.
 //!   Images built by banger ship no host keys and point sshd at that file, so
 //!   no two VMs share a key. The public half is recorded with the VM: the
 //!   host key is pinned from the start, nothing is trusted on first use, and
@@ -23,9 +23,9 @@ use tokio::io::AsyncReadExt;
 use crate::privileged::GuestFile;
 use crate::vm::Vms;
 
-/// Where the guest's sshd finds its host key (on the work disk, /root).
-pub const HOST_KEY_PATH: &str = "/.banger/ssh/ssh_host_ed25519_key";
-pub const AUTHORIZED_KEYS_PATH: &str = "/.ssh/authorized_keys";
+/// Where the guest's sshd finds its host key and root's authorized keys, on
+/// the work disk (the guest contract).
+pub use banger_proto::guest::{AUTHORIZED_KEYS_PATH, HOST_KEY_PATH};
 
 fn keygen(path: &Path, comment: &str) -> Result<(), Error> {
     let out = std::process::Command::new("ssh-keygen")

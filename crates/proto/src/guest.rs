@@ -1,0 +1,62 @@
+//! The guest contract: what a banger image and the host agree on, in one
+//! place. The image build (`banger_core::image_build`) lays the guest out this
+//! way, the daemon writes into the VM's work disk and attaches its disks and
+//! agent transports this way, and `banger-agent` listens where this says.
+//!
+//! - The root disk is the first virtio block device, [`ROOT_DEVICE`], an ext4
+//!   filesystem labelled [`ROOT_LABEL`] mounted on `/`.
+//! - The work disk is the second, [`WORK_DEVICE`], labelled [`WORK_LABEL`] and
+//!   mounted on [`WORK_MOUNT`] (`/root`, root's home): it survives a rebuilt
+//!   root disk. Paths *on the work disk* are absolute from the work disk's own
+//!   root ([`HOST_KEY_PATH`], [`AUTHORIZED_KEYS_PATH`]), because the daemon
+//!   writes them into the filesystem image before the first boot; in the
+//!   running guest they sit under [`WORK_MOUNT`] ([`GUEST_HOST_KEY_PATH`]).
+//! - sshd's only host key is [`GUEST_HOST_KEY_PATH`], made per VM by the
+//!   daemon: images carry none.
+//! - The agent is [`AGENT_PATH`], listening on vsock port [`AGENT_VSOCK_PORT`]
+//!   (Firecracker) or the virtio-serial port [`AGENT_SERIAL_NAME`] (QEMU); its
+//!   protocol is [`crate::agent`].
+
+/// The root disk in the guest (the VMM's first drive).
+pub const ROOT_DEVICE: &str = "/dev/vda";
+/// The work disk in the guest (the VMM's second drive).
+pub const WORK_DEVICE: &str = "/dev/vdb";
+/// Where the work disk is mounted in the guest: root's home.
+pub const WORK_MOUNT: &str = "/root";
+
+/// The root filesystem's ext4 label.
+pub const ROOT_LABEL: &str = "banger-root";
+/// The work filesystem's ext4 label (image work seeds and the disks banger makes).
+pub const WORK_LABEL: &str = "banger-work";
+
+/// Directories on the work disk, each 0700 and root's: root's `.ssh`, and
+/// banger's own files (the SSH host key).
+pub const WORK_DIRS: &[&str] = &[".ssh", ".banger", ".banger/ssh"];
+/// The VM's SSH host key (private half; the public one is `<this>.pub`), on
+/// the work disk.
+pub const HOST_KEY_PATH: &str = "/.banger/ssh/ssh_host_ed25519_key";
+/// The same key as sshd sees it: [`WORK_MOUNT`] + [`HOST_KEY_PATH`].
+pub const GUEST_HOST_KEY_PATH: &str = "/root/.banger/ssh/ssh_host_ed25519_key";
+/// root's `authorized_keys`, on the work disk.
+pub const AUTHORIZED_KEYS_PATH: &str = "/.ssh/authorized_keys";
+
+/// Where images install the agent binary.
+pub const AGENT_PATH: &str = "/usr/local/bin/banger-agent";
+/// The vsock port the agent listens on (any CID).
+pub const AGENT_VSOCK_PORT: u32 = 10789;
+/// The virtio-serial port name (`/dev/virtio-ports/<name>` in the guest).
+pub const AGENT_SERIAL_NAME: &str = "org.banger.agent.0";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_paths_agree() {
+        assert_eq!(GUEST_HOST_KEY_PATH, format!("{WORK_MOUNT}{HOST_KEY_PATH}"));
+        for p in [HOST_KEY_PATH, AUTHORIZED_KEYS_PATH] {
+            let dir = p.rsplit_once('/').unwrap().0.trim_start_matches('/');
+            assert!(WORK_DIRS.contains(&dir), "{p}: {dir} is made by the image");
+        }
+    }
+}
