@@ -71,6 +71,7 @@ pub async fn create_begin(
         d.vmms
             .get(&spec.vmm)?
             .preflight()
+            .await
             .map_err(errors::from_vmm)?;
     }
     let now = timefmt::now();

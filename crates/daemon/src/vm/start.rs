@@ -46,7 +46,7 @@ pub async fn boot(
         .map_err(errors::from_store)?
         .ok_or_else(|| RpcError::internal("the VM's kernel record is missing"))?;
     let vmm = d.vmms.get(&vm.spec.vmm)?;
-    vmm.preflight().map_err(errors::from_vmm)?;
+    vmm.preflight().await.map_err(errors::from_vmm)?;
     let root = vm
         .runtime
         .root

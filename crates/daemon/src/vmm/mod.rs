@@ -7,6 +7,7 @@ pub mod backend;
 pub mod firecracker;
 pub mod firecracker_vmm;
 pub mod launch_files;
+pub mod probe;
 pub mod process;
 pub mod qemu;
 pub mod qemu_vmm;
