@@ -56,10 +56,17 @@ pub fn info(d: &Daemon, caller: &Caller, i: &ImageRow) -> Result<ImageInfo, RpcE
 
 /// Checks that `f` is a regular file holding a complete ext4 filesystem.
 /// Cheap (one superblock read), so it runs before the operation starts and a
-/// wrong file fails the request itself.
-pub fn validate_ext4(f: &File, what: &str) -> Result<ext4::Ext4Info, RpcError> {
-    stage::require_regular(f, what).map_err(errors::from_stage)?;
-    ext4::inspect(f).map_err(|e| errors::from_ext4(e, what))
+/// wrong file fails the request itself. The caller's file may be on a
+/// filesystem that never answers: the read is bounded
+/// ([`crate::caller_files`]).
+pub async fn validate_ext4(f: File, what: &str) -> Result<File, RpcError> {
+    let w = what.to_string();
+    let (f, _info) = crate::caller_files::check(f, what, move |f| {
+        stage::require_regular(f, &w).map_err(errors::from_stage)?;
+        ext4::inspect(f).map_err(|e| errors::from_ext4(e, &w))
+    })
+    .await?;
+    Ok(f)
 }
 
 pub struct RegisterJob {

@@ -11,6 +11,7 @@
 
 pub mod builds;
 pub mod caller;
+pub mod caller_files;
 pub mod daemon;
 pub mod disk;
 pub mod dispatch;

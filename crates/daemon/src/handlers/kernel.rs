@@ -10,7 +10,7 @@ use banger_proto::{ErrorKind, RpcError};
 use crate::caller::Ctx;
 use crate::daemon::Daemon;
 use crate::errors::Rpc;
-use crate::{builds, kernels};
+use crate::{builds, caller_files, kernels};
 
 pub async fn import_begin(
     d: Arc<Daemon>,
@@ -21,16 +21,9 @@ pub async fn import_begin(
     if d.store.kernel_by_name(&p.name).rpc()?.is_some() {
         return Err(RpcError::already_exists("kernel", &p.name));
     }
-    let kernel = cx.fds.take(p.kernel, "kernel")?;
-    banger_core::artifact::stage::require_regular(&kernel, "kernel")
-        .map_err(crate::errors::from_stage)?;
+    let kernel = caller_files::regular(cx.fds.take(p.kernel, "kernel")?, "kernel").await?;
     let initrd = match p.initrd {
-        Some(r) => {
-            let f = cx.fds.take(r, "initrd")?;
-            banger_core::artifact::stage::require_regular(&f, "initrd")
-                .map_err(crate::errors::from_stage)?;
-            Some(f)
-        }
+        Some(r) => Some(caller_files::regular(cx.fds.take(r, "initrd")?, "initrd").await?),
         None => None,
     };
     let owner = cx.caller.uid;
@@ -56,23 +49,28 @@ pub async fn build_begin(d: Arc<Daemon>, mut cx: Ctx, p: BuildParams) -> Result<
                      may build one; without --source banger builds Debian's linux-source",
                 ));
             }
-            let dir = cx.fds.take(r, "source")?;
-            let is_dir = dir
-                .metadata()
-                .map_err(|e| RpcError::internal(format!("fstat source: {e}")))?
-                .is_dir();
-            if !is_dir {
-                return Err(RpcError::invalid_params(
-                    "--source: not a directory (pass an unpacked kernel tree)",
-                ));
-            }
-            let path = std::path::PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
-            if !path.join("Makefile").is_file() {
-                return Err(RpcError::invalid_params(format!(
-                    "--source {}: has no Makefile: not a kernel tree",
-                    p.source_path.as_deref().unwrap_or("DIR")
-                )));
-            }
+            let shown = p.source_path.clone().unwrap_or_else(|| "DIR".into());
+            let (dir, path) =
+                caller_files::check_named(cx.fds.take(r, "source")?, "--source", move |dir| {
+                    let is_dir = dir
+                        .metadata()
+                        .map_err(|e| RpcError::internal(format!("fstat source: {e}")))?
+                        .is_dir();
+                    if !is_dir {
+                        return Err(RpcError::invalid_params(
+                            "--source: not a directory (pass an unpacked kernel tree)",
+                        ));
+                    }
+                    let path =
+                        std::path::PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+                    if !path.join("Makefile").is_file() {
+                        return Err(RpcError::invalid_params(format!(
+                            "--source {shown}: has no Makefile: not a kernel tree"
+                        )));
+                    }
+                    Ok(path)
+                })
+                .await?;
             (Source::Tree(path), Some(dir))
         }
         None => {
@@ -93,7 +91,7 @@ pub async fn build_begin(d: Arc<Daemon>, mut cx: Ctx, p: BuildParams) -> Result<
     };
     let fragment = match p.config {
         Some(r) => {
-            let bytes = builds::read_fragment(cx.fds.take(r, "config")?)?;
+            let bytes = builds::read_fragment(cx.fds.take(r, "config")?).await?;
             builds::check_fragment(&bytes, cx.caller.is_root())?;
             bytes
         }
