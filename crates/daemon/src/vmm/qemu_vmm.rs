@@ -458,7 +458,7 @@ mod tests {
         let banner = wait_for_text(&console(&spec), stub_guest::BANNER).await + cont_done;
         eprintln!(
             "qemu ({}): spawn -> QMP ready {ready_after:?}, cont {cont_done:?}, cont -> banner {banner:?}",
-            vmm.accel()
+            vmm.accel().await
         );
         assert_eq!(vmm.status(h).await.unwrap(), "Running");
         let mut q = Qmp::connect(&h.api_socket, qmp::DEFAULT_TIMEOUT)
@@ -487,7 +487,7 @@ mod tests {
             argv.contains(&"-S") && !argv.contains(&"-netdev"),
             "{argv:?}"
         );
-        assert_eq!(cfg["accel"], vmm.accel());
+        assert_eq!(cfg["accel"], vmm.accel().await);
         assert_eq!(cfg["status"]["status"], "running");
         assert!(cfg["version"]["qemu"]["major"].as_u64().unwrap() >= 7);
         // The banner appears once: the guest did not restart.
