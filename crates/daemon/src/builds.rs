@@ -134,13 +134,19 @@ pub fn check_fragment(text: &[u8], caller_is_root: bool) -> Result<(), Error> {
     )))
 }
 
-/// Reads a passed fragment descriptor (bounded).
-pub fn read_fragment(f: File) -> Result<Vec<u8>, Error> {
-    banger_core::artifact::stage::require_regular(&f, "config fragment").map_err(Error::from)?;
-    let mut bytes = Vec::new();
-    f.take(MAX_FRAGMENT + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::invalid(format!("--config: cannot read it: {e}")))?;
+/// Reads a passed fragment descriptor (bounded in size, and in time: see
+/// [`crate::caller_files`]).
+pub async fn read_fragment(f: File) -> Result<Vec<u8>, Error> {
+    let (_, bytes) = crate::caller_files::check(f, "--config", |f| {
+        banger_core::artifact::stage::require_regular(f, "config fragment")
+            .map_err(Error::from)?;
+        let mut bytes = Vec::new();
+        f.take(MAX_FRAGMENT + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::invalid(format!("--config: cannot read it: {e}")))?;
+        Ok(bytes)
+    })
+    .await?;
     if bytes.len() as u64 > MAX_FRAGMENT {
         return Err(Error::invalid(format!(
             "--config: larger than {} KiB; a fragment lists options, not a whole .config",
@@ -660,19 +666,21 @@ mod tests {
         check_fragment(kernel_build::DEFAULT_FRAGMENT.as_bytes(), false).unwrap();
     }
 
-    #[test]
-    fn fragments_are_bounded() {
+    #[tokio::test]
+    async fn fragments_are_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("big.config");
         std::fs::write(&p, vec![b'#'; MAX_FRAGMENT as usize + 1]).unwrap();
-        let e = RpcError::from(read_fragment(File::open(&p).unwrap()).unwrap_err());
+        let e = RpcError::from(read_fragment(File::open(&p).unwrap()).await.unwrap_err());
         assert!(e.message.contains("larger than"), "{}", e.message);
         std::fs::write(&p, b"CONFIG_A=y\n").unwrap();
         assert_eq!(
-            read_fragment(File::open(&p).unwrap()).unwrap(),
+            read_fragment(File::open(&p).unwrap()).await.unwrap(),
             b"CONFIG_A=y\n"
         );
-        let e = RpcError::from(read_fragment(File::open(dir.path()).unwrap()).unwrap_err());
+        let e = RpcError::from(read_fragment(File::open(dir.path()).unwrap())
+            .await
+            .unwrap_err());
         assert!(e.is(ErrorKind::InvalidParams), "{e:?}");
     }
 }

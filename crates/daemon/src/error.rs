@@ -102,8 +102,12 @@ pub enum Error {
     /// A start lost its VMM to a crash.
     #[error("the VMM died during start ({exit}); see `banger vm logs --vmm`")]
     VmmDied { exit: String },
-    #[error("{0}")]
-    Timeout(String),
+    /// Something took longer than the daemon waits for it.
+    #[error("{message}")]
+    Timeout {
+        message: String,
+        hint: Option<String>,
+    },
     #[error("operation cancelled")]
     Cancelled,
     #[error(transparent)]
@@ -180,6 +184,20 @@ impl Error {
         }
     }
 
+    pub fn timeout(message: impl Into<String>) -> Error {
+        Error::Timeout {
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    pub fn busy(message: impl Into<String>) -> Error {
+        Error::Busy {
+            message: message.into(),
+            state: None,
+        }
+    }
+
     pub fn internal(message: impl Into<String>) -> Error {
         Error::Internal(message.into())
     }
@@ -203,7 +221,8 @@ impl Error {
         match &mut self {
             Error::NotFound { hint, .. }
             | Error::AlreadyExists { hint, .. }
-            | Error::Precondition { hint, .. } => *hint = Some(text.into()),
+            | Error::Precondition { hint, .. }
+            | Error::Timeout { hint, .. } => *hint = Some(text.into()),
             _ => {}
         }
         self

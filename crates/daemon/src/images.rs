@@ -65,10 +65,17 @@ pub fn info(d: &Registry, caller: &Caller, i: &ImageRow) -> Result<ImageInfo, Er
 
 /// Checks that `f` is a regular file holding a complete ext4 filesystem.
 /// Cheap (one superblock read), so it runs before the operation starts and a
-/// wrong file fails the request itself.
-pub fn validate_ext4(f: &File, what: &str) -> Result<ext4::Ext4Info, Error> {
-    stage::require_regular(f, what).map_err(Error::from)?;
-    ext4::inspect(f).map_err(|e| Error::ext4(what, e))
+/// wrong file fails the request itself. The caller's file may be on a
+/// filesystem that never answers: the read is bounded
+/// ([`crate::caller_files`]).
+pub async fn validate_ext4(f: File, what: &str) -> Result<File, Error> {
+    let w = what.to_string();
+    let (f, _info) = crate::caller_files::check(f, what, move |f| {
+        stage::require_regular(f, &w).map_err(Error::from)?;
+        ext4::inspect(f).map_err(|e| Error::ext4(w.as_str(), e))
+    })
+    .await?;
+    Ok(f)
 }
 
 pub struct RegisterJob {

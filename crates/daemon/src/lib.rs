@@ -12,6 +12,7 @@
 pub mod app;
 pub mod builds;
 pub mod caller;
+pub mod caller_files;
 pub mod disk;
 pub mod dns;
 pub mod error;

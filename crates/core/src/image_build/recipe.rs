@@ -4,8 +4,6 @@
 //! embedded here. Everything in this module is hashed into the cache key
 //! ([`super::cache::cache_key`]), so changing any of it makes a new image.
 
-use banger_proto::guest;
-
 /// Hashed into every cache key with the package lists and every file the
 /// recipe writes: bump it when the steps change in a way those do not show.
 pub const RECIPE_VERSION: u32 = 1;
@@ -135,12 +133,12 @@ macro_rules! guest_file {
 }
 
 /// sshd: keys only, root by key only, and the VM's own host key
-/// ([`guest::GUEST_HOST_KEY_PATH`], on the work disk).
+/// ([`banger_proto::guest::GUEST_HOST_KEY_PATH`], on the work disk).
 pub const SSHD_DROPIN: GuestFile = guest_file!("etc/ssh/sshd_config.d/banger.conf", 0o644);
 /// `ssh.service` requires the work disk, where its host key is.
 pub const SSH_SERVICE_DROPIN: GuestFile =
     guest_file!("etc/systemd/system/ssh.service.d/banger.conf", 0o644);
-/// [`guest::ROOT_DEVICE`] on `/`; nothing else (see [`WORK_DISK_UNIT`]).
+/// [`banger_proto::guest::ROOT_DEVICE`] on `/`; nothing else (see [`WORK_DISK_UNIT`]).
 pub const FSTAB: GuestFile = guest_file!("etc/fstab", 0o644);
 /// localhost only; `libnss-myhostname` resolves the guest's own name.
 pub const HOSTS: GuestFile = guest_file!("etc/hosts", 0o644);
@@ -150,7 +148,7 @@ pub const HOSTNAME: GuestFile = guest_file!("etc/hostname", 0o644);
 /// on every VM's first boot; each VM's root disk keeps its own.
 pub const MACHINE_ID: GuestFile = guest_file!("etc/machine-id", 0o444);
 pub const LOCALE: GuestFile = guest_file!("etc/default/locale", 0o644);
-/// Runs [`guest::AGENT_PATH`], restarted whenever it exits.
+/// Runs [`banger_proto::guest::AGENT_PATH`], restarted whenever it exits.
 pub const AGENT_UNIT: GuestFile = guest_file!("etc/systemd/system/banger-agent.service", 0o644);
 /// The work disk on /root, mounted by a service rather than from fstab: an
 /// fstab mount waits for udev to announce `dev-vdb.device`, which under
@@ -182,6 +180,8 @@ pub(super) const WORK_DISK_SERVICE: &str = "banger-work-disk.service";
 
 #[cfg(test)]
 mod tests {
+    use banger_proto::guest;
+
     use super::super::Variant;
     use super::*;
 

@@ -79,7 +79,7 @@ pub fn to_rpc(e: Error) -> RpcError {
             RpcError::new(ErrorKind::Cancelled, message)
         }
         Error::VmmDied { .. } | Error::Internal(_) => RpcError::internal(message),
-        Error::Timeout(_) => RpcError::new(ErrorKind::Timeout, message),
+        Error::Timeout { hint, .. } => with_hint(RpcError::new(ErrorKind::Timeout, message), hint),
         Error::Store(e) => from_store(e),
         Error::Vmm(e) => from_vmm(e),
         Error::Disk(e) => from_disk(e),

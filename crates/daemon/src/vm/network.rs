@@ -258,16 +258,18 @@ pub async fn sync(d: &Arc<Vms>, exclude: Option<&str>) -> Result<(), Error> {
         // Running `nft` costs ~20 ms; most changes (a VM without NAT or
         // ports starting or stopping) leave the table as it is.
         let script = netfilter::script(&plan);
-        let mut last = d2.net.applied.lock().unwrap_or_else(|p| p.into_inner());
-        if last.as_deref() == Some(script.as_str()) {
+        // `sync` serialises the whole compare-apply-record, so `applied` is
+        // locked only to compare and to record, never across the nft run.
+        let applied = || d2.net.applied.lock().unwrap_or_else(|p| p.into_inner());
+        if applied().as_deref() == Some(script.as_str()) {
             return Ok(());
         }
         if needs_forwarding {
             host.ip_forward_enable().map_err(host_err)?;
         }
-        *last = None;
+        *applied() = None;
         netfilter::apply(host.as_ref(), &plan).map_err(host_err)?;
-        *last = Some(script);
+        *applied() = Some(script);
         Ok(())
     })
     .await
@@ -327,8 +329,9 @@ pub struct NetState {
     pub bridge_ready: std::sync::atomic::AtomicBool,
     /// We routed `vm` through systemd-resolved (and undo it at shutdown).
     pub resolved_routed: std::sync::atomic::AtomicBool,
-    /// The nft script last applied (held under `sync`; a leaf lock). Reset
-    /// at every daemon start, so the first sync always applies.
+    /// The nft script last applied (taken under `sync`, for a comparison or
+    /// an assignment; a leaf lock). Reset at every daemon start, so the
+    /// first sync always applies.
     pub applied: std::sync::Mutex<Option<String>>,
 }
 

@@ -225,12 +225,17 @@ pub async fn cap_logs_forever(d: Arc<Vms>) {
         let Ok(rows) = d.store.list_vms() else {
             continue;
         };
-        for row in rows {
-            let dir = record::vm_dir(&d.paths, &row.id);
-            for name in [record::CONSOLE_LOG, record::VMM_LOG] {
-                cap_log(&dir.join(name), d.config.vm.log_max_bytes);
+        // Copying a log of many MiB is slow work: off the runtime.
+        let d2 = d.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for row in rows {
+                let dir = record::vm_dir(&d2.paths, &row.id);
+                for name in [record::CONSOLE_LOG, record::VMM_LOG] {
+                    cap_log(&dir.join(name), d2.config.vm.log_max_bytes);
+                }
             }
-        }
+        })
+        .await;
     }
 }
 

@@ -97,7 +97,13 @@ pub async fn teardown(d: &Arc<Vms>, id: &str) -> Result<(), Error> {
     let vm = access::load(d, id)?;
     kill_process(d, &vm, "delete").await;
     release_runtime(d, &vm).await?;
-    remove_dir(&record::vm_dir(&d.paths, id));
+    // The disks are files of up to many GiB: unlinking them is slow work.
+    let dir = record::vm_dir(&d.paths, id);
+    blocking(move || {
+        remove_dir(&dir);
+        Ok(())
+    })
+    .await?;
     d.store.delete_vm(id).map_err(Error::from)?;
     tracing::info!(vm = %vm.name(), "vm removed");
     Ok(())

@@ -45,7 +45,7 @@ pub async fn boot(
         .map_err(Error::from)?
         .ok_or_else(|| Error::internal("the VM's kernel record is missing"))?;
     let vmm = d.vmms.get(&vm.spec.vmm)?;
-    vmm.preflight().map_err(Error::from)?;
+    vmm.preflight().await.map_err(Error::from)?;
     let root = vm
         .runtime
         .root

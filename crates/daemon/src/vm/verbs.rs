@@ -62,7 +62,7 @@ pub async fn create_begin(
     };
     if !p.no_start {
         // Fail before making anything when the VM could not start anyway.
-        d.vmms.get(&spec.vmm)?.preflight().map_err(Error::from)?;
+        d.vmms.get(&spec.vmm)?.preflight().await.map_err(Error::from)?;
     }
     let now = timefmt::now();
     let row = banger_core::store::VmRow {

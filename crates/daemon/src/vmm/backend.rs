@@ -88,8 +88,10 @@ pub enum VmmError {
 #[async_trait]
 pub trait Vmm: Send + Sync {
     fn kind(&self) -> &'static str;
-    /// Checks the binary exists and its version is supported (cached).
-    fn preflight(&self) -> Result<(), VmmError>;
+    /// Checks the binary exists and its version is supported. The check
+    /// runs the binary, so it runs on a blocking thread, once per binary:
+    /// callers arriving meanwhile await the same answer.
+    async fn preflight(&self) -> Result<(), VmmError>;
     /// Starts the VMM process and waits until it accepts configuration.
     async fn spawn(&self, spec: &LaunchSpec) -> Result<(VmmHandle, OwnedFd), VmmError>;
     /// Machine, kernel, disks, network, logging.

@@ -48,7 +48,7 @@ impl Vmm for FakeVmm {
         KIND
     }
 
-    fn preflight(&self) -> Result<(), VmmError> {
+    async fn preflight(&self) -> Result<(), VmmError> {
         Ok(())
     }
 

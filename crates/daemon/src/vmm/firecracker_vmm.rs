@@ -4,8 +4,7 @@
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use banger_core::config::Config;
@@ -18,6 +17,7 @@ use super::firecracker::api::{
     Action, ApiClient, BootSource, Drive, MachineConfig, NetworkInterface, Vsock,
 };
 use super::firecracker::launch::{self, LaunchPaths, API_READY_TIMEOUT};
+use super::probe::BinaryCheck;
 use super::process;
 
 pub const KIND: &str = "firecracker";
@@ -29,21 +29,19 @@ pub const VSOCK_SOCKET: &str = "vsock.sock";
 /// so they can all use the first free one).
 pub const GUEST_CID: u32 = 3;
 
-/// The last version check: (binary, its mtime, outcome).
-type VersionCheck = (PathBuf, SystemTime, Result<(), String>);
-
 pub struct FirecrackerVmm {
     config: Config,
-    /// Re-run only when the binary changes, so a start does not pay for
-    /// `--version`.
-    checked: Mutex<Option<VersionCheck>>,
+    /// `firecracker --version` is supported: run on a blocking thread by the
+    /// first caller, again only when the binary changes, so a start does not
+    /// pay for it.
+    checked: BinaryCheck<()>,
 }
 
 impl FirecrackerVmm {
     pub fn new(config: Config) -> FirecrackerVmm {
         FirecrackerVmm {
             config,
-            checked: Mutex::new(None),
+            checked: BinaryCheck::default(),
         }
     }
 
@@ -81,25 +79,17 @@ impl Vmm for FirecrackerVmm {
         KIND
     }
 
-    fn preflight(&self) -> Result<(), VmmError> {
+    async fn preflight(&self) -> Result<(), VmmError> {
         let bin = self.binary()?;
-        let mtime = std::fs::metadata(&bin)
-            .and_then(|m| m.modified())
-            .map_err(|e| VmmError::Unavailable(format!("{}: {e}", bin.display())))?;
-        let mut cache = self.checked.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((b, t, r)) = cache.as_ref() {
-            if *b == bin && *t == mtime {
-                return r.clone().map_err(VmmError::Unavailable);
-            }
-        }
-        let outcome = tools::firecracker_version(&bin)
-            .map_err(|e| format!("cannot run {}: {e}", bin.display()))
-            .and_then(|v| {
+        self.checked
+            .get(&bin, |bin| {
+                let v = tools::firecracker_version(bin)
+                    .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
                 tools::check_firecracker_supported(v)
                     .map_err(|why| format!("{}: {why}", bin.display()))
-            });
-        *cache = Some((bin, mtime, outcome.clone()));
-        outcome.map_err(VmmError::Unavailable)
+            })
+            .await
+            .map_err(VmmError::Unavailable)
     }
 
     async fn spawn(&self, spec: &LaunchSpec) -> Result<(VmmHandle, OwnedFd), VmmError> {
@@ -210,7 +200,11 @@ impl Vmm for FirecrackerVmm {
             return Ok(None);
         };
         api(h).action(Action::FlushMetrics).await.map_err(api_err)?;
-        let text = std::fs::read_to_string(path).map_err(|e| VmmError::Api(e.to_string()))?;
+        // Firecracker appends a line per flush: the file grows with the VM's
+        // age, so it is read off the runtime.
+        let text = tokio::fs::read_to_string(path)
+            .await
+            .map_err(|e| VmmError::Api(e.to_string()))?;
         Ok(text
             .lines()
             .rev()

@@ -10,6 +10,7 @@ pub mod fake;
 pub mod firecracker;
 pub mod firecracker_vmm;
 pub mod launch_files;
+pub mod probe;
 pub mod process;
 pub mod qemu;
 pub mod qemu_vmm;

@@ -21,19 +21,23 @@
 //!   onto Firecracker's words (`Running`, `Paused`, `Not started`).
 //! - Acceleration: KVM where QEMU can use it, else TCG (software emulation),
 //!   decided once per daemon ([`QemuVmm::accel`]).
+//! - The version/feature check and the KVM probe run QEMU (up to 5 s each):
+//!   both run on blocking threads, once, and callers arriving meanwhile
+//!   await the same answer ([`super::probe`]).
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use banger_core::tools::{self, Version};
 use serde_json::json;
 use tokio::net::UnixStream;
+use tokio::sync::OnceCell;
 
 use super::backend::{LaunchSpec, Vmm, VmmError, VmmHandle};
+use super::probe::{off_runtime, BinaryCheck};
 use super::process;
 use super::qemu::launch::{self, Accel, Features, LaunchPaths, QMP_READY_TIMEOUT};
 use super::qemu::qmp::{self, Qmp};
@@ -81,34 +85,32 @@ pub struct QemuOptions {
     pub accel: AccelMode,
 }
 
-/// The last preflight: (binary, its mtime, outcome).
-type Check = (PathBuf, SystemTime, Result<Features, String>);
-
 pub struct QemuVmm {
     options: QemuOptions,
-    /// Re-run only when the binary changes.
-    checked: Mutex<Option<Check>>,
-    /// The acceleration and why, decided once.
-    accel: OnceLock<(Accel, String)>,
+    /// `--version` and `-help`: re-run only when the binary changes.
+    checked: BinaryCheck<Features>,
+    /// The acceleration and why, decided once (the KVM probe runs on a
+    /// blocking thread).
+    accel: OnceCell<(Accel, String)>,
 }
 
 impl QemuVmm {
     pub fn new(options: QemuOptions) -> QemuVmm {
         QemuVmm {
             options,
-            checked: Mutex::new(None),
-            accel: OnceLock::new(),
+            checked: BinaryCheck::default(),
+            accel: OnceCell::new(),
         }
     }
 
     /// The acceleration QEMU VMs get on this host: `"kvm"` or `"tcg"`
     /// (`"none"` while no QEMU binary is found). The first call may run the
-    /// KVM probe (~100 ms, blocking); the answer is then fixed for the
-    /// daemon's lifetime. A running VM's own acceleration is in its
-    /// [`Vmm::effective_config`] (`accel`).
-    pub fn accel(&self) -> &'static str {
+    /// KVM probe (~100 ms here, 5 s at most, on a blocking thread); the
+    /// answer is then fixed for the daemon's lifetime. A running VM's own
+    /// acceleration is in its [`Vmm::effective_config`] (`accel`).
+    pub async fn accel(&self) -> &'static str {
         match self.binary() {
-            Ok(bin) => self.decide_accel(&bin).as_str(),
+            Ok(bin) => self.decide_accel(&bin).await.as_str(),
             Err(_) => "none",
         }
     }
@@ -135,35 +137,31 @@ impl QemuVmm {
     }
 
     /// The version check and feature detection, cached per binary and mtime.
-    fn check(&self, bin: &Path) -> Result<Features, VmmError> {
-        let mtime = std::fs::metadata(bin)
-            .and_then(|m| m.modified())
-            .map_err(|e| VmmError::Unavailable(format!("{}: {e}", bin.display())))?;
-        let mut cache = self.checked.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((b, t, r)) = cache.as_ref() {
-            if b == bin && *t == mtime {
-                return r.clone().map_err(VmmError::Unavailable);
-            }
-        }
-        let outcome = check_binary(bin);
-        *cache = Some((bin.to_path_buf(), mtime, outcome.clone()));
-        outcome.map_err(VmmError::Unavailable)
+    async fn check(&self, bin: &Path) -> Result<Features, VmmError> {
+        self.checked
+            .get(bin, check_binary)
+            .await
+            .map_err(VmmError::Unavailable)
     }
 
-    fn decide_accel(&self, bin: &Path) -> Accel {
+    async fn decide_accel(&self, bin: &Path) -> Accel {
         self.accel
-            .get_or_init(|| {
+            .get_or_init(|| async {
                 let (accel, why) = match self.options.accel {
                     AccelMode::Kvm => (Accel::Kvm, "configured".to_string()),
                     AccelMode::Tcg => (Accel::Tcg, "configured".to_string()),
-                    AccelMode::Auto => match kvm_usable(bin) {
-                        Ok(()) => (Accel::Kvm, "qemu runs KVM guests here".to_string()),
-                        Err(why) => (Accel::Tcg, format!("KVM is not usable: {why}")),
-                    },
+                    AccelMode::Auto => {
+                        let bin = bin.to_path_buf();
+                        match off_runtime(move || kvm_usable(&bin)).await {
+                            Ok(()) => (Accel::Kvm, "qemu runs KVM guests here".to_string()),
+                            Err(why) => (Accel::Tcg, format!("KVM is not usable: {why}")),
+                        }
+                    }
                 };
                 tracing::info!(accel = accel.as_str(), reason = %why, "QEMU acceleration");
                 (accel, why)
             })
+            .await
             .0
     }
 }
@@ -229,17 +227,17 @@ impl Vmm for QemuVmm {
         KIND
     }
 
-    fn preflight(&self) -> Result<(), VmmError> {
+    async fn preflight(&self) -> Result<(), VmmError> {
         let bin = self.binary()?;
-        self.check(&bin)?;
-        self.decide_accel(&bin);
+        self.check(&bin).await?;
+        self.decide_accel(&bin).await;
         Ok(())
     }
 
     async fn spawn(&self, spec: &LaunchSpec) -> Result<(VmmHandle, OwnedFd), VmmError> {
         let bin = self.binary()?;
-        let features = self.check(&bin)?;
-        let accel = self.decide_accel(&bin);
+        let features = self.check(&bin).await?;
+        let accel = self.decide_accel(&bin).await;
         let paths = LaunchPaths::new(&spec.run_dir, &spec.vm_dir);
         let spawned = launch::launch(&bin, spec, accel, features, &paths)
             .map_err(|e| VmmError::Launch(e.to_string()))?;
@@ -410,7 +408,7 @@ mod tests {
     }
 
     async fn spawn(vmm: &QemuVmm, spec: &LaunchSpec) -> (Running, Duration) {
-        vmm.preflight().expect("preflight");
+        vmm.preflight().await.expect("preflight");
         let t = Instant::now();
         let (handle, pidfd) = vmm.spawn(spec).await.expect("spawn");
         (Running { handle, pidfd }, t.elapsed())
@@ -460,7 +458,7 @@ mod tests {
         let banner = wait_for_text(&console(&spec), stub_guest::BANNER).await + cont_done;
         eprintln!(
             "qemu ({}): spawn -> QMP ready {ready_after:?}, cont {cont_done:?}, cont -> banner {banner:?}",
-            vmm.accel()
+            vmm.accel().await
         );
         assert_eq!(vmm.status(h).await.unwrap(), "Running");
         let mut q = Qmp::connect(&h.api_socket, qmp::DEFAULT_TIMEOUT)
@@ -489,7 +487,7 @@ mod tests {
             argv.contains(&"-S") && !argv.contains(&"-netdev"),
             "{argv:?}"
         );
-        assert_eq!(cfg["accel"], vmm.accel());
+        assert_eq!(cfg["accel"], vmm.accel().await);
         assert_eq!(cfg["status"]["status"], "running");
         assert!(cfg["version"]["qemu"]["major"].as_u64().unwrap() >= 7);
         // The banner appears once: the guest did not restart.
@@ -588,7 +586,7 @@ mod tests {
     async fn a_bad_kernel_fails_fast_quoting_qemu() {
         let dir = tempfile::tempdir().unwrap();
         let vmm = vmm();
-        vmm.preflight().unwrap();
+        vmm.preflight().await.unwrap();
         let mut spec = stub_spec(dir.path());
         spec.kernel = dir.path().join("no-such-vmlinux");
         let t = Instant::now();
@@ -607,10 +605,10 @@ mod tests {
         assert!(err.contains("without PVH ELF Note"), "{err}");
     }
 
-    #[test]
-    fn accel_is_tcg_under_nested_pvm() {
+    #[tokio::test]
+    async fn accel_is_tcg_under_nested_pvm() {
         let vmm = vmm();
-        let accel = vmm.accel();
+        let accel = vmm.accel().await;
         eprintln!("accel: {accel} ({})", vmm.accel_reason().unwrap_or("-"));
         assert!(accel == "kvm" || accel == "tcg", "{accel}");
         if Path::new("/sys/module/kvm_pvm").exists() {
@@ -625,21 +623,24 @@ mod tests {
             binary: None,
             accel: AccelMode::Tcg,
         });
-        assert_eq!(forced.accel(), "tcg");
+        assert_eq!(forced.accel().await, "tcg");
         assert_eq!(forced.accel_reason(), Some("configured"));
         assert_eq!("kvm".parse::<AccelMode>(), Ok(AccelMode::Kvm));
         assert!("fast".parse::<AccelMode>().is_err());
     }
 
-    #[test]
-    fn preflight_refuses_missing_and_old_binaries() {
+    #[tokio::test]
+    async fn preflight_refuses_missing_and_old_binaries() {
         let dir = tempfile::tempdir().unwrap();
         let missing = QemuVmm::new(QemuOptions {
             binary: Some(dir.path().join("qemu")),
             accel: AccelMode::Auto,
         });
-        assert!(matches!(missing.preflight(), Err(VmmError::Unavailable(_))));
-        assert_eq!(missing.accel(), "none");
+        assert!(matches!(
+            missing.preflight().await,
+            Err(VmmError::Unavailable(_))
+        ));
+        assert_eq!(missing.accel().await, "none");
 
         let old = dir.path().join("old-qemu");
         std::fs::write(
@@ -653,13 +654,13 @@ mod tests {
             binary: Some(old),
             accel: AccelMode::Tcg,
         });
-        let err = vmm.preflight().unwrap_err().to_string();
+        let err = vmm.preflight().await.unwrap_err().to_string();
         assert!(err.contains("6.2.0 is older than 7.2.0"), "{err}");
         // The installed one passes (and says whether it has -sandbox).
         let real = QemuVmm::new(QemuOptions::default());
-        real.preflight().unwrap();
+        real.preflight().await.unwrap();
         let bin = real.binary().unwrap();
-        eprintln!("{}: {:?}", bin.display(), real.check(&bin).unwrap());
+        eprintln!("{}: {:?}", bin.display(), real.check(&bin).await.unwrap());
     }
 
     #[test]
@@ -694,7 +695,6 @@ mod tests {
             prefix: 24,
         });
         let vmm = vmm();
-        vmm.preflight().unwrap();
         let (vm, cfg) = ns.run(|| {
             let host = SystemHost;
             host.bridge_ensure("br-qt", "10.78.0.1".parse().unwrap(), 24)
@@ -706,6 +706,7 @@ mod tests {
                 .unwrap();
             // QEMU is forked from this thread, so it lives in the namespace.
             rt.block_on(async {
+                vmm.preflight().await.unwrap();
                 let (vm, _) = spawn(&vmm, &spec).await;
                 vmm.boot(&vm.handle).await.unwrap();
                 let cfg = vmm.effective_config(&vm.handle).await.unwrap();

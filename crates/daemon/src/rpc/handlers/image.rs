@@ -19,14 +19,9 @@ pub async fn register_begin(d: Arc<App>, mut cx: Ctx, p: RegisterParams) -> Resu
         return Err(Error::already_exists("image", &p.name));
     }
     let kernel = kernels::find(&d.registry, &cx.caller, &p.kernel)?;
-    let rootfs = cx.fds.take(p.rootfs, "rootfs")?;
-    images::validate_ext4(&rootfs, "rootfs")?;
+    let rootfs = images::validate_ext4(cx.fds.take(p.rootfs, "rootfs")?, "rootfs").await?;
     let work_seed = match p.work_seed {
-        Some(r) => {
-            let f = cx.fds.take(r, "work seed")?;
-            images::validate_ext4(&f, "work seed")?;
-            Some(f)
-        }
+        Some(r) => Some(images::validate_ext4(cx.fds.take(r, "work seed")?, "work seed").await?),
         None => None,
     };
     for f in &p.features {

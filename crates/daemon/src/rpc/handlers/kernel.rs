@@ -10,21 +10,16 @@ use banger_proto::names::validate_name;
 
 use crate::app::App;
 use crate::caller::Ctx;
-use crate::{builds, kernels};
+use crate::{builds, caller_files, kernels};
 
 pub async fn import_begin(d: Arc<App>, mut cx: Ctx, p: ImportParams) -> Result<OpBegun, Error> {
     validate_name(&p.name).map_err(|e| Error::invalid(e.to_string()))?;
     if d.registry.store.kernel_by_name(&p.name)?.is_some() {
         return Err(Error::already_exists("kernel", &p.name));
     }
-    let kernel = cx.fds.take(p.kernel, "kernel")?;
-    banger_core::artifact::stage::require_regular(&kernel, "kernel").map_err(Error::from)?;
+    let kernel = caller_files::regular(cx.fds.take(p.kernel, "kernel")?, "kernel").await?;
     let initrd = match p.initrd {
-        Some(r) => {
-            let f = cx.fds.take(r, "initrd")?;
-            banger_core::artifact::stage::require_regular(&f, "initrd").map_err(Error::from)?;
-            Some(f)
-        }
+        Some(r) => Some(caller_files::regular(cx.fds.take(r, "initrd")?, "initrd").await?),
         None => None,
     };
     let owner = cx.caller.uid;
@@ -52,23 +47,28 @@ pub async fn build_begin(d: Arc<App>, mut cx: Ctx, p: BuildParams) -> Result<OpB
                      may build one; without --source banger builds Debian's linux-source",
                 ));
             }
-            let dir = cx.fds.take(r, "source")?;
-            let is_dir = dir
-                .metadata()
-                .map_err(|e| Error::internal(format!("fstat source: {e}")))?
-                .is_dir();
-            if !is_dir {
-                return Err(Error::invalid(
-                    "--source: not a directory (pass an unpacked kernel tree)",
-                ));
-            }
-            let path = std::path::PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
-            if !path.join("Makefile").is_file() {
-                return Err(Error::invalid(format!(
-                    "--source {}: has no Makefile: not a kernel tree",
-                    p.source_path.as_deref().unwrap_or("DIR")
-                )));
-            }
+            let shown = p.source_path.clone().unwrap_or_else(|| "DIR".into());
+            let (dir, path) =
+                caller_files::check_named(cx.fds.take(r, "source")?, "--source", move |dir| {
+                    let is_dir = dir
+                        .metadata()
+                        .map_err(|e| Error::internal(format!("fstat source: {e}")))?
+                        .is_dir();
+                    if !is_dir {
+                        return Err(Error::invalid(
+                            "--source: not a directory (pass an unpacked kernel tree)",
+                        ));
+                    }
+                    let path =
+                        std::path::PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+                    if !path.join("Makefile").is_file() {
+                        return Err(Error::invalid(format!(
+                            "--source {shown}: has no Makefile: not a kernel tree"
+                        )));
+                    }
+                    Ok(path)
+                })
+                .await?;
             (Source::Tree(path), Some(dir))
         }
         None => {
@@ -87,7 +87,7 @@ pub async fn build_begin(d: Arc<App>, mut cx: Ctx, p: BuildParams) -> Result<OpB
     };
     let fragment = match p.config {
         Some(r) => {
-            let bytes = builds::read_fragment(cx.fds.take(r, "config")?)?;
+            let bytes = builds::read_fragment(cx.fds.take(r, "config")?).await?;
             builds::check_fragment(&bytes, cx.caller.is_root())?;
             bytes
         }
