@@ -204,11 +204,15 @@ impl HostOps for FakeHost {
         Err(no_network())
     }
 
-    fn nft_apply(&self, _: &str) -> Result<(), HostError> {
+    fn nft_apply(&self, _: &nftables::schema::Nftables<'_>) -> Result<(), HostError> {
         Err(no_network())
     }
 
-    fn nft_list_table(&self, _: &str, _: &str) -> Result<Option<serde_json::Value>, HostError> {
+    fn nft_list_table(
+        &self,
+        _: nftables::types::NfFamily,
+        _: &str,
+    ) -> Result<Option<nftables::schema::Nftables<'static>>, HostError> {
         Err(no_network())
     }
 }

@@ -336,16 +336,16 @@ pub trait HostOps: Send + Sync {
 
     // ---- Network: nftables ----
 
-    /// Runs `script` with `nft -f -`: one transaction, all or nothing.
-    fn nft_apply(&self, script: &str) -> Result<(), HostError>;
+    /// Runs `batch` with `nft -j -f -`: one transaction, all or nothing.
+    fn nft_apply(&self, batch: &nftables::schema::Nftables<'_>) -> Result<(), HostError>;
 
     /// `nft -j list table <family> <table>` parsed, or `None` when the table
-    /// does not exist.
+    /// does not exist (seen in `nft -j list tables`, not in an error).
     fn nft_list_table(
         &self,
-        family: &str,
+        family: nftables::types::NfFamily,
         table: &str,
-    ) -> Result<Option<serde_json::Value>, HostError>;
+    ) -> Result<Option<nftables::schema::Nftables<'static>>, HostError>;
 }
 
 #[cfg(test)]

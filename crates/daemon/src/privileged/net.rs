@@ -33,6 +33,9 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::protocols::NETLINK_ROUTE;
 use netlink_sys::{Socket, SocketAddr};
 
+use nftables::schema::{NfListObject, NfObject, Nftables};
+use nftables::types::NfFamily;
+
 use super::system::{Ran, Tool};
 use super::{BridgeChange, HostError};
 
@@ -970,10 +973,17 @@ pub(super) fn routes_overlapping(
     Ok(out)
 }
 
-pub(super) fn nft_apply(script: &str) -> Result<(), HostError> {
+pub(super) fn nft_apply(batch: &Nftables<'_>) -> Result<(), HostError> {
     let program = NFT.locate()?;
-    let args = ["-f", "-"];
-    tracing::debug!(lines = script.lines().count(), "running nft -f -");
+    let args = ["-j", "-f", "-"];
+    let json = serde_json::to_vec(batch).map_err(|e| {
+        HostError::io(
+            "cannot write the JSON for",
+            Path::new("nft -j -f -"),
+            io::Error::new(io::ErrorKind::InvalidData, e),
+        )
+    })?;
+    tracing::debug!(objects = batch.objects.len(), "running nft -j -f -");
     let mut child = Command::new(&program)
         .args(args)
         .env("LC_ALL", "C")
@@ -983,9 +993,9 @@ pub(super) fn nft_apply(script: &str) -> Result<(), HostError> {
         .spawn()
         .map_err(|e| HostError::io("cannot run", &program, e))?;
     if let Some(mut stdin) = child.stdin.take() {
-        // nft reads the whole script before it answers; a write error means
-        // it exited early, and its status and stderr say why.
-        let _ = stdin.write_all(script.as_bytes());
+        // nft reads the whole document before it answers; a write error
+        // means it exited early, and its status and stderr say why.
+        let _ = stdin.write_all(&json);
     }
     let output = child
         .wait_with_output()
@@ -999,39 +1009,61 @@ pub(super) fn nft_apply(script: &str) -> Result<(), HostError> {
     .map(drop)
 }
 
-pub(super) fn nft_list_table(
-    family: &str,
-    table: &str,
-) -> Result<Option<serde_json::Value>, HostError> {
-    for word in [family, table] {
-        if word.is_empty()
-            || !word
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        {
-            return Err(invalid(
-                "invalid nftables name",
-                word,
-                "letters, digits, '_' and '-' only".into(),
-            ));
-        }
-    }
+/// `nft -j ARGS`, its output parsed as an nftables document.
+fn nft_json(args: &[&str]) -> Result<Nftables<'static>, HostError> {
     let program: PathBuf = NFT.locate()?;
-    let ran = super::system::execute(program, ["-j", "list", "table", family, table])?;
+    let ran = super::system::execute(program, std::iter::once("-j").chain(args.iter().copied()))?;
     if !ran.output.status.success() {
-        if ran.stderr().contains("No such file or directory") {
-            return Ok(None);
-        }
         return Err(ran.into_error());
     }
-    let value = serde_json::from_slice(&ran.output.stdout).map_err(|e| {
+    serde_json::from_slice(&ran.output.stdout).map_err(|e| {
         HostError::io(
             "cannot parse the JSON of",
-            Path::new("nft -j list table"),
+            Path::new(&format!("nft -j {}", args.join(" "))),
             io::Error::new(io::ErrorKind::InvalidData, e),
         )
-    })?;
-    Ok(Some(value))
+    })
+}
+
+pub(super) fn nft_list_table(
+    family: NfFamily,
+    table: &str,
+) -> Result<Option<Nftables<'static>>, HostError> {
+    if table.is_empty()
+        || !table
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(invalid(
+            "invalid nftables name",
+            table,
+            "letters, digits, '_' and '-' only".into(),
+        ));
+    }
+    let family_word = match serde_json::to_value(family) {
+        Ok(serde_json::Value::String(w)) => w,
+        _ => unreachable!("an nftables family serialises as its name"),
+    };
+    // Whether the table exists is read from the list of tables, not from
+    // the wording of the error `list table` gives for a missing one.
+    let exists = |tables: &Nftables<'_>| {
+        tables.objects.iter().any(|o| {
+            matches!(o, NfObject::ListObject(NfListObject::Table(t))
+                if t.family == family && t.name == table)
+        })
+    };
+    if !exists(&nft_json(&["list", "tables", &family_word])?) {
+        return Ok(None);
+    }
+    match nft_json(&["list", "table", &family_word, table]) {
+        Ok(listed) => Ok(Some(listed)),
+        // Deleted in between: as missing as if it had never been there.
+        Err(e) if !exists(&nft_json(&["list", "tables", &family_word])?) => {
+            tracing::debug!(error = %e, "the nftables table went away while being listed");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1487,29 +1519,94 @@ mod tests {
 
     #[test]
     fn nft_apply_and_list() {
+        use nftables::expr::{Expression, NamedExpression, Payload, PayloadField};
+        use nftables::schema::{Chain, NfCmd, Rule, Table};
+        use nftables::stmt::{Match, Operator, Statement};
+
         let ns = Netns::new("nft");
         let host = SystemHost;
+        let table = || {
+            NfListObject::Table(Table {
+                family: NfFamily::IP,
+                name: "banger_t".into(),
+                handle: None,
+            })
+        };
+        let chain = NfListObject::Chain(Chain {
+            family: NfFamily::IP,
+            table: "banger_t".into(),
+            name: "c".into(),
+            newname: None,
+            handle: None,
+            _type: None,
+            hook: None,
+            prio: None,
+            dev: None,
+            policy: None,
+        });
+        let rule = |expr: Vec<Statement<'static>>| {
+            NfListObject::Rule(Rule {
+                family: NfFamily::IP,
+                table: "banger_t".into(),
+                chain: "c".into(),
+                expr: expr.into(),
+                handle: None,
+                index: None,
+                comment: Some("x".into()),
+            })
+        };
+        let batch = |cmds: Vec<NfCmd<'static>>| Nftables {
+            objects: cmds
+                .into_iter()
+                .map(NfObject::CmdObject)
+                .collect::<Vec<_>>()
+                .into(),
+        };
         ns.run(|| {
-            assert_eq!(host.nft_list_table("ip", "banger_t").unwrap(), None);
-            host.nft_apply("table ip banger_t {\n chain c {\n  accept comment \"x\"\n }\n}\n")
+            assert_eq!(host.nft_list_table(NfFamily::IP, "banger_t").unwrap(), None);
+            host.nft_apply(&batch(vec![
+                NfCmd::Add(table()),
+                NfCmd::Add(chain.clone()),
+                NfCmd::Add(rule(vec![Statement::Accept(None)])),
+            ]))
+            .unwrap();
+            let v = host
+                .nft_list_table(NfFamily::IP, "banger_t")
+                .unwrap()
                 .unwrap();
-            let v = host.nft_list_table("ip", "banger_t").unwrap().unwrap();
-            let text = v.to_string();
+            let text = serde_json::to_string(&v).unwrap();
             assert!(text.contains("\"comment\":\"x\""), "{text}");
-            // One transaction: a bad line leaves everything as it was.
+            // One transaction: a bad item leaves everything as it was.
+            let bogus = Statement::Match(Match {
+                left: Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+                    PayloadField {
+                        protocol: "tcp".into(),
+                        field: "bogus".into(),
+                    },
+                ))),
+                right: Expression::Number(1),
+                op: Operator::EQ,
+            });
             let e = host
-                .nft_apply(
-                    "delete table ip banger_t\ntable ip banger_t {\n chain c {\n  bogus\n }\n}\n",
-                )
+                .nft_apply(&batch(vec![
+                    NfCmd::Delete(table()),
+                    NfCmd::Add(table()),
+                    NfCmd::Add(chain.clone()),
+                    NfCmd::Add(rule(vec![bogus])),
+                ]))
                 .unwrap_err();
             match &e {
                 HostError::Command { stderr, .. } => assert!(stderr.contains("bogus"), "{stderr}"),
                 other => panic!("{other:?}"),
             }
-            assert!(host.nft_list_table("ip", "banger_t").unwrap().is_some());
-            host.nft_apply("delete table ip banger_t\n").unwrap();
-            assert_eq!(host.nft_list_table("ip", "banger_t").unwrap(), None);
-            assert!(host.nft_list_table("ip", "bad name").is_err());
+            assert!(host
+                .nft_list_table(NfFamily::IP, "banger_t")
+                .unwrap()
+                .is_some());
+            host.nft_apply(&batch(vec![NfCmd::Delete(table())]))
+                .unwrap();
+            assert_eq!(host.nft_list_table(NfFamily::IP, "banger_t").unwrap(), None);
+            assert!(host.nft_list_table(NfFamily::IP, "bad name").is_err());
         });
     }
 }

@@ -518,15 +518,15 @@ impl HostOps for SystemHost {
         net::routes_overlapping(net, prefix, except_dev)
     }
 
-    fn nft_apply(&self, script: &str) -> Result<(), HostError> {
-        net::nft_apply(script)
+    fn nft_apply(&self, batch: &nftables::schema::Nftables<'_>) -> Result<(), HostError> {
+        net::nft_apply(batch)
     }
 
     fn nft_list_table(
         &self,
-        family: &str,
+        family: nftables::types::NfFamily,
         table: &str,
-    ) -> Result<Option<serde_json::Value>, HostError> {
+    ) -> Result<Option<nftables::schema::Nftables<'static>>, HostError> {
         net::nft_list_table(family, table)
     }
 }

@@ -255,21 +255,21 @@ pub async fn sync(d: &Arc<Vms>, exclude: Option<&str>) -> Result<(), Error> {
             uplink,
             vms,
         };
+        let table = netfilter::desired(&plan).map_err(host_err)?;
         // Running `nft` costs ~20 ms; most changes (a VM without NAT or
-        // ports starting or stopping) leave the table as it is.
-        let script = netfilter::script(&plan);
-        // `sync` serialises the whole compare-apply-record, so `applied` is
-        // locked only to compare and to record, never across the nft run.
+        // ports starting or stopping) leave the table as it is. The cache
+        // is locked for one comparison or assignment at a time, never
+        // across the nft run (`sync` is what keeps syncs apart).
         let applied = || d2.net.applied.lock().unwrap_or_else(|p| p.into_inner());
-        if applied().as_deref() == Some(script.as_str()) {
+        if applied().as_ref() == Some(&table) {
             return Ok(());
         }
         if needs_forwarding {
             host.ip_forward_enable().map_err(host_err)?;
         }
         *applied() = None;
-        netfilter::apply(host.as_ref(), &plan).map_err(host_err)?;
-        *applied() = Some(script);
+        netfilter::write(host.as_ref(), &table).map_err(host_err)?;
+        *applied() = Some(table);
         Ok(())
     })
     .await
@@ -329,10 +329,10 @@ pub struct NetState {
     pub bridge_ready: std::sync::atomic::AtomicBool,
     /// We routed `vm` through systemd-resolved (and undo it at shutdown).
     pub resolved_routed: std::sync::atomic::AtomicBool,
-    /// The nft script last applied (taken under `sync`, for a comparison or
-    /// an assignment; a leaf lock). Reset at every daemon start, so the
-    /// first sync always applies.
-    pub applied: std::sync::Mutex<Option<String>>,
+    /// The nftables table last applied (written under `sync`; a leaf lock,
+    /// held for one comparison or assignment). Reset at every daemon start,
+    /// so the first sync always applies.
+    pub applied: std::sync::Mutex<Option<netfilter::Table>>,
 }
 
 /// Whether something on the host already listens on the port, which DNAT
