@@ -488,6 +488,17 @@ pub fn check_loop() -> Check {
     }
 }
 
+/// Whether the kernel's device-mapper driver is registered (listed in
+/// `/proc/misc`). The one probe: `doctor` and the daemon's `dmsetup` both ask
+/// it, and neither runs `dmsetup` first (it creates `/dev/mapper/control` as a
+/// side effect even when no driver is behind it).
+pub fn kernel_has_device_mapper() -> bool {
+    std::fs::read_to_string("/proc/misc").is_ok_and(|misc| {
+        misc.lines()
+            .any(|l| l.split_whitespace().nth(1) == Some("device-mapper"))
+    })
+}
+
 /// device-mapper with dm-snapshot; optional (a warning when missing).
 pub fn check_device_mapper() -> Check {
     const NAME: &str = "device-mapper";
@@ -495,13 +506,7 @@ pub fn check_device_mapper() -> Check {
     if !Path::new("/dev/mapper/control").exists() {
         missing.push("no /dev/mapper/control");
     }
-    let in_misc = std::fs::read_to_string("/proc/misc")
-        .map(|misc| {
-            misc.lines()
-                .any(|l| l.split_whitespace().nth(1) == Some("device-mapper"))
-        })
-        .unwrap_or(false);
-    if !in_misc {
+    if !kernel_has_device_mapper() {
         missing.push("device-mapper not in /proc/misc");
     }
     let snapshot = module_state("dm_snapshot");

@@ -28,18 +28,18 @@
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::ops::ControlFlow;
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
 use crate::artifact::kernel_image;
 use crate::build_lock::{lock_key, LockError};
+use crate::proc::{Cmd, In, Out, ProcError};
 
 /// Where Debian's `linux-source-6.1` package puts the kernel source.
 pub const DEBIAN_TARBALL: &str = "/usr/src/linux-source-6.1.tar.xz";
@@ -57,9 +57,6 @@ pub const RECIPE: &str = "banger-kernel-recipe/1: x86_64_defconfig + kvm_guest.c
 /// fragment on 6.1 prints, for the progress total. Measured on a real build;
 /// the total grows if a build prints more.
 pub const COMPILE_STEPS_ESTIMATE: u64 = 3000;
-
-/// How often a running tool is polled for exit, output and cancellation.
-const POLL: Duration = Duration::from_millis(100);
 
 /// Lines of `build.log` in a [`KernelBuildError::Build`].
 const LOG_TAIL_LINES: usize = 40;
@@ -169,6 +166,9 @@ pub enum KernelBuildError {
     /// directory removed.
     #[error("kernel build cancelled")]
     Cancelled,
+    /// A build tool could not be run or watched.
+    #[error(transparent)]
+    Run(ProcError),
     /// A file operation failed.
     #[error("{context}: {source}")]
     Io {
@@ -374,14 +374,12 @@ fn git_describe(tree: &Path) -> Option<String> {
     if !tree.join(".git").exists() {
         return None;
     }
-    let out = Command::new("git")
-        .arg("-C")
+    let mut git = Cmd::new("git");
+    git.arg("-C")
         .arg(tree)
         .args(["describe", "--always", "--dirty", "--tags"])
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
+        .stderr(Out::Null);
+    let out = git.output().ok()?;
     let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     (out.status.success() && !text.is_empty()).then_some(text)
 }
@@ -464,86 +462,7 @@ fn host_path_var() -> OsString {
 }
 
 // ---------------------------------------------------------------------------
-// Child processes
-
-/// A child in its own process group; dropping it unreaped kills the group.
-struct Proc {
-    child: Child,
-    reaped: bool,
-}
-
-impl Proc {
-    fn spawn(cmd: &mut Command, what: &str) -> Result<Proc, KernelBuildError> {
-        cmd.process_group(0);
-        let parent = std::process::id();
-        // SAFETY: the closure runs between fork and exec and calls only
-        // async-signal-safe functions (prctl, getppid), allocating nothing.
-        unsafe {
-            cmd.pre_exec(move || {
-                // If the building thread dies (the daemon is killed), so does
-                // make; its compilers finish their one file and exit.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                if libc::getppid() as u32 != parent {
-                    return Err(io::Error::from_raw_os_error(libc::ESRCH));
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().map_err(io_ctx(format!("cannot run {what}")))?;
-        Ok(Proc {
-            child,
-            reaped: false,
-        })
-    }
-
-    /// Kills the whole process group (the leader is still unreaped, so its
-    /// pid names this group and no other) and reaps the leader.
-    fn kill_group(&mut self) {
-        if self.reaped {
-            return;
-        }
-        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
-            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::Kill);
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.reaped = true;
-    }
-
-    /// Waits for exit, calling `tick` every [`POLL`]; kills the group and
-    /// returns `Cancelled` as soon as `cancel` is set.
-    fn wait(
-        &mut self,
-        cancel: &AtomicBool,
-        tick: &mut dyn FnMut() -> Result<(), KernelBuildError>,
-    ) -> Result<ExitStatus, KernelBuildError> {
-        loop {
-            if cancel.load(Ordering::Relaxed) {
-                self.kill_group();
-                return Err(KernelBuildError::Cancelled);
-            }
-            let status = self
-                .child
-                .try_wait()
-                .map_err(io_ctx("cannot wait for a build process"))?;
-            if let Some(status) = status {
-                self.reaped = true;
-                tick()?;
-                return Ok(status);
-            }
-            tick()?;
-            std::thread::sleep(POLL);
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill_group();
-    }
-}
+// Progress
 
 /// Counts kbuild's step lines (`  CC      kernel/fork.o`) as they are
 /// appended to the log.
@@ -645,8 +564,7 @@ impl Work<'_> {
         }
         cmd.env("LC_ALL", "C")
             .env("KBUILD_BUILD_USER", "banger")
-            .env("KBUILD_BUILD_HOST", "banger")
-            .stdin(Stdio::null());
+            .env("KBUILD_BUILD_HOST", "banger");
         cmd
     }
 
@@ -662,7 +580,7 @@ impl Work<'_> {
     /// to build.log; a failure is a `Build` error with the log's tail.
     fn run(
         &self,
-        mut cmd: Command,
+        cmd: Command,
         what: &str,
         stdout: Option<File>,
         tick: &mut dyn FnMut() -> Result<(), KernelBuildError>,
@@ -674,9 +592,25 @@ impl Work<'_> {
                 .try_clone()
                 .map_err(io_ctx("cannot duplicate the log descriptor"))?,
         };
-        cmd.stdout(out).stderr(log);
-        let mut proc = Proc::spawn(&mut cmd, what)?;
-        let status = proc.wait(self.cancel, tick)?;
+        let mut stopped_by = None;
+        let mut watch = || match tick() {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(e) => {
+                stopped_by = Some(e);
+                ControlFlow::Break(())
+            }
+        };
+        let mut c = build_tool(cmd, self.cancel);
+        c.stdout(Out::File(out))
+            .stderr(Out::File(log))
+            .tick(&mut watch);
+        let status = match c.output() {
+            Ok(done) => done.status,
+            Err(ProcError::Cancelled { .. }) => {
+                return Err(stopped_by.unwrap_or(KernelBuildError::Cancelled))
+            }
+            Err(e) => return Err(KernelBuildError::Run(e)),
+        };
         if status.success() {
             return Ok(());
         }
@@ -697,6 +631,16 @@ impl Work<'_> {
 
 fn no_tick() -> Result<(), KernelBuildError> {
     Ok(())
+}
+
+/// A build tool: in its own process group (so cancelling kills `make`'s
+/// compilers too), killed if the building thread dies (the daemon is
+/// killed: its compilers finish their one file and exit), stopped when
+/// `cancel` is set.
+fn build_tool(cmd: Command, cancel: &AtomicBool) -> Cmd<'_> {
+    let mut c = Cmd::from(cmd);
+    c.own_group().die_with_parent().cancel(cancel);
+    c
 }
 
 // ---------------------------------------------------------------------------
@@ -943,12 +887,13 @@ fn unpack(
         .map_err(io_ctx(format!("cannot open {}", log.display())))?;
     let mut cmd = Command::new("tar");
     cmd.args(["-x", "--no-same-owner", "-f", "-", "-C"])
-        .arg(dest)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(log_file);
-    let mut proc = Proc::spawn(&mut cmd, "tar")?;
-    let mut stdin = proc.child.stdin.take().expect("stdin is piped");
+        .arg(dest);
+    let mut c = build_tool(cmd, cancel);
+    c.stdin(In::Piped)
+        .stdout(Out::Null)
+        .stderr(Out::File(log_file));
+    let mut tar = c.spawn().map_err(KernelBuildError::Run)?;
+    let mut stdin = tar.take_stdin().expect("stdin is piped");
     let mut xz = xz2::read::XzDecoder::new_multi_decoder(CountingReader {
         inner: io::BufReader::with_capacity(1 << 20, file),
         count: 0,
@@ -958,7 +903,7 @@ fn unpack(
     progress("unpack", 0, total);
     let failure = loop {
         if cancel.load(Ordering::Relaxed) {
-            proc.kill_group();
+            tar.kill();
             return Err(KernelBuildError::Cancelled);
         }
         let n = match xz.read(&mut buf) {
@@ -976,7 +921,11 @@ fn unpack(
         }
     };
     drop(stdin);
-    let status = proc.wait(cancel, &mut no_tick)?;
+    let status = match tar.wait() {
+        Ok(done) => done.status,
+        Err(ProcError::Cancelled { .. }) => return Err(KernelBuildError::Cancelled),
+        Err(e) => return Err(KernelBuildError::Run(e)),
+    };
     if let Some(reason) = failure {
         return Err(bad(format!("{reason}\n{}", log_tail(log))));
     }
@@ -1086,8 +1035,9 @@ fn compile(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::process::Stdio;
     use std::sync::Arc;
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
 
     const FAKE_MAKEFILE: &str = r#"# A fake kernel tree for banger's kernel_build tests.
 VERSION = 6

@@ -15,6 +15,7 @@ pub mod image_build;
 pub mod kernel_build;
 pub mod net_alloc;
 pub mod paths;
+pub mod proc;
 pub mod size;
 pub mod store;
 pub mod stub_guest;

@@ -2,21 +2,18 @@
 //!
 //! banger drives Firecracker (and optionally QEMU) as child processes and
 //! shells out to host tools (`ip`, `nft`, `mkfs.ext4`, ...). This module only
-//! answers "where is it" and "which version is it"; running the tools for real
-//! belongs to the subsystems that use them.
+//! answers "where is it" and "which version is it"; programs are run by
+//! [`crate::proc`].
 
 use std::ffi::OsStr;
 use std::fmt;
-use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
 use std::str::FromStr;
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::config::Config;
+use crate::proc::{Cmd, Out, ProcError};
 
 /// How long `<bin> --version` may take before it is killed.
 pub const VERSION_TIMEOUT: Duration = Duration::from_secs(5);
@@ -33,40 +30,12 @@ pub enum ToolError {
     /// A configured program path exists but is not an executable file.
     #[error("config key {key} points at {path}, which is not an executable file")]
     ConfiguredNotExecutable { key: &'static str, path: PathBuf },
-    /// The program could not be started.
-    #[error("cannot run {bin}: {source}")]
-    Spawn {
-        bin: PathBuf,
-        source: std::io::Error,
-    },
-    /// Waiting for or reading from the program failed.
-    #[error("lost track of {bin}: {source}")]
-    Io {
-        bin: PathBuf,
-        source: std::io::Error,
-    },
-    /// The program did not finish in time; it was killed and reaped.
-    #[error("{bin} --version did not finish within {}s (killed)", timeout.as_secs_f32())]
-    Timeout { bin: PathBuf, timeout: Duration },
-    /// The program exited unsuccessfully.
-    #[error("{bin} --version failed ({status}){}", stderr_suffix(stderr))]
-    Failed {
-        bin: PathBuf,
-        status: ExitStatus,
-        stderr: String,
-    },
+    /// Running `<bin> --version` failed, timed out or exited unsuccessfully.
+    #[error(transparent)]
+    Run(#[from] ProcError),
     /// The text holds no `X.Y.Z` version.
     #[error("cannot find a version (X.Y.Z) in {text:?}")]
     BadVersion { text: String },
-}
-
-fn stderr_suffix(stderr: &str) -> String {
-    let s = stderr.trim();
-    if s.is_empty() {
-        String::new()
-    } else {
-        format!(": {}", s.lines().next().unwrap_or(s))
-    }
 }
 
 /// Whether `path` is a regular file (after following symlinks) with an execute
@@ -293,136 +262,21 @@ pub fn firecracker_version(bin: &Path) -> Result<Version, ToolError> {
 /// program runs in its own process group; on timeout the whole group is
 /// killed (so a shell wrapper's children go too) and the child is reaped.
 pub fn program_version(bin: &Path, timeout: Duration) -> Result<Version, ToolError> {
-    let out = run_with_timeout(bin, &["--version"], timeout)?;
-    if !out.status.success() {
-        return Err(ToolError::Failed {
-            bin: bin.to_path_buf(),
-            status: out.status,
-            stderr: out.stderr,
-        });
-    }
-    Version::from_version_output(&out.stdout)
-}
-
-struct Output {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-fn run_with_timeout(bin: &Path, args: &[&str], timeout: Duration) -> Result<Output, ToolError> {
-    let io_err = |source| ToolError::Io {
-        bin: bin.to_path_buf(),
-        source,
-    };
-    let mut child = spawn_retrying_busy(
-        Command::new(bin)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0),
-    )
-    .map_err(|source| ToolError::Spawn {
-        bin: bin.to_path_buf(),
-        source,
-    })?;
-    // Readers on threads so a chatty program cannot block on a full pipe.
-    let stdout = child.stdout.take().map(reader_thread);
-    let stderr = child.stderr.take().map(reader_thread);
-    let deadline = Instant::now() + timeout;
-    // Poll for exit without reaping: while the child is an unreaped zombie its
-    // pid (= its process group id) cannot be reused, so killing the group can
-    // never hit an unrelated process.
-    let timed_out = loop {
-        match exited_unreaped(child.id()) {
-            Ok(true) => break false,
-            Ok(false) if Instant::now() >= deadline => break true,
-            Ok(false) => std::thread::sleep(Duration::from_millis(10)),
-            Err(e) => {
-                kill_group(child.id());
-                let _ = child.wait();
-                return Err(io_err(e));
-            }
-        }
-    };
-    // Whatever the program left running in its group (a wrapper script's
-    // children) would hold the pipes open: end it, then reap the child.
-    kill_group(child.id());
-    let status = child.wait().map_err(io_err)?;
-    // Every group member is dead, so the pipes reach EOF and the readers end.
-    let stdout = join(stdout);
-    let stderr = join(stderr);
-    if timed_out {
-        return Err(ToolError::Timeout {
-            bin: bin.to_path_buf(),
-            timeout,
-        });
-    }
-    Ok(Output {
-        status,
-        stdout,
-        stderr,
-    })
-}
-
-/// Whether child `pid` has exited, leaving it unreaped.
-fn exited_unreaped(pid: u32) -> std::io::Result<bool> {
-    use rustix::process::{waitid, Pid, WaitId, WaitidOptions};
-    let pid = Pid::from_raw(pid as i32).ok_or_else(|| std::io::Error::other("child pid 0"))?;
-    let status = waitid(
-        WaitId::Pid(pid),
-        WaitidOptions::EXITED | WaitidOptions::NOHANG | WaitidOptions::NOWAIT,
-    )?;
-    Ok(status.is_some())
-}
-
-/// `execve` fails with ETXTBSY while any process (a fork of another thread, in
-/// a multithreaded caller) still holds the file open for writing; that clears
-/// quickly, so retry briefly.
-fn spawn_retrying_busy(cmd: &mut Command) -> std::io::Result<std::process::Child> {
-    let mut tries = 0;
-    loop {
-        match cmd.spawn() {
-            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 20 => {
-                tries += 1;
-                std::thread::sleep(Duration::from_millis(25));
-            }
-            other => return other,
-        }
-    }
-}
-
-fn kill_group(pid: u32) {
-    if let Some(pgid) = rustix::process::Pid::from_raw(pid as i32) {
-        // ESRCH (already gone) is fine.
-        let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::Kill);
-    }
-}
-
-fn reader_thread<R: Read + Send + 'static>(mut r: R) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        // Keep a bounded amount (a version line is short); drain the rest.
-        let _ = r.by_ref().take(64 * 1024).read_to_end(&mut buf);
-        let _ = std::io::copy(&mut r, &mut std::io::sink());
-        let _ = tx.send(String::from_utf8_lossy(&buf).into_owned());
-    });
-    rx
-}
-
-/// The reader's text. A process that left the group (setsid) could keep the
-/// pipe open forever; then give up after a second rather than hang.
-fn join(rx: Option<mpsc::Receiver<String>>) -> String {
-    rx.and_then(|rx| rx.recv_timeout(Duration::from_secs(1)).ok())
-        .unwrap_or_default()
+    let mut cmd = Cmd::new(bin);
+    // A version line is short; keep a bounded amount, drain the rest.
+    cmd.arg("--version")
+        .own_group()
+        .timeout(timeout)
+        .stdout(Out::Capture(64 * 1024));
+    let done = cmd.run()?;
+    Version::from_version_output(&done.stdout_text())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::ffi::OsString;
+    use std::time::Instant;
 
     /// Writes an executable shell script (closed before returning).
     fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
@@ -639,7 +493,7 @@ mod tests {
         let failing = script(dir.path(), "fails", "echo 'bad flag' >&2; exit 3");
         let e = program_version(&failing, Duration::from_secs(5)).unwrap_err();
         match &e {
-            ToolError::Failed { status, stderr, .. } => {
+            ToolError::Run(ProcError::Failed { status, stderr, .. }) => {
                 assert_eq!(status.code(), Some(3));
                 assert_eq!(stderr.trim(), "bad flag");
             }
@@ -652,7 +506,10 @@ mod tests {
             ToolError::BadVersion { .. }
         ));
         let e = program_version(&dir.path().join("absent"), Duration::from_secs(5)).unwrap_err();
-        assert!(matches!(e, ToolError::Spawn { .. }), "{e:?}");
+        assert!(
+            matches!(e, ToolError::Run(ProcError::Spawn { .. })),
+            "{e:?}"
+        );
     }
 
     fn process_running(pid: u32) -> bool {
@@ -686,7 +543,10 @@ mod tests {
         let started = Instant::now();
         let e = program_version(&hang, Duration::from_millis(500)).unwrap_err();
         let took = started.elapsed();
-        assert!(matches!(e, ToolError::Timeout { .. }), "{e:?}");
+        assert!(
+            matches!(e, ToolError::Run(ProcError::Timeout { .. })),
+            "{e:?}"
+        );
         assert!(took < Duration::from_secs(4), "took {took:?}");
         let read_pid = |ext: &str| -> u32 {
             std::fs::read_to_string(pids.with_extension(ext))
