@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, Context};
 use banger_core::paths::Paths;
 use banger_proto::methods::daemon::{Status, StatusInfo};
 use banger_proto::methods::Empty;
