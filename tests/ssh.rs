@@ -218,6 +218,25 @@ fn vm_ssh_uses_pinned_keys_written_at_create() {
         Some(3),
         "the remote exit status propagates"
     );
+    // With --json the guest command's output and status are captured, and
+    // the status is still ours.
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns])
+        .arg(common::BANGER)
+        .args(["--json", "vm", "ssh", "s1", "--"])
+        .args(["sh", "-c", "echo out; echo err >&2; exit 4"])
+        .envs(
+            h.banger()
+                .get_envs()
+                .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["exit_code"], 4, "{v}");
+    assert_eq!(v["stdout"], "out\n", "{v}");
+    assert!(v["stderr"].as_str().unwrap().contains("err"), "{v}");
 
     // A changed host key is an error, never a prompt.
     drop(sshd);

@@ -7,13 +7,67 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, Context};
 use banger_core::paths::Paths;
 use banger_proto::methods::daemon::{Status, StatusInfo};
 use banger_proto::methods::Empty;
-use banger_proto::PROTOCOL_VERSION;
+use banger_proto::{ErrorKind, PROTOCOL_VERSION};
 
 use crate::client::Client;
+use crate::error::Kind;
+
+/// Why no daemon could be reached; each has its kind and exit status.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// Nothing answers and this caller may not (or was not asked to) start it.
+    #[error("bangerd is not running (no answer at {})", socket.display())]
+    NotRunning { socket: PathBuf, may_start: bool },
+    /// The socket is there but not ours to use.
+    #[error("permission denied on {}", socket.display())]
+    PermissionDenied { socket: PathBuf },
+    /// The daemon speaks another protocol version.
+    #[error(
+        "this banger speaks protocol {PROTOCOL_VERSION} but bangerd {version} (pid {pid}) speaks {protocol}"
+    )]
+    Incompatible {
+        version: String,
+        pid: u32,
+        protocol: u32,
+    },
+    /// A daemon this command started did not come up.
+    #[error("{0}")]
+    StartFailed(String),
+}
+
+impl ConnectError {
+    pub fn kind(&self) -> Kind {
+        match self {
+            ConnectError::NotRunning { .. } | ConnectError::StartFailed(_) => {
+                Kind::DaemonUnavailable
+            }
+            ConnectError::PermissionDenied { .. } => Kind::Rpc(ErrorKind::PermissionDenied),
+            ConnectError::Incompatible { .. } => Kind::Rpc(ErrorKind::IncompatibleProtocol),
+        }
+    }
+
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            ConnectError::NotRunning {
+                may_start: false, ..
+            } => Some(
+                "start it with `sudo banger system install` (systemd), or run `sudo bangerd &`",
+            ),
+            ConnectError::NotRunning { .. } | ConnectError::StartFailed(_) => None,
+            ConnectError::PermissionDenied { .. } => Some(
+                "ask an admin to add you to the `banger` group \
+                 (sudo usermod -aG banger $USER, then log in again)",
+            ),
+            ConnectError::Incompatible { .. } => {
+                Some("restart the daemon so both are the same version (sudo banger daemon stop)")
+            }
+        }
+    }
+}
 
 /// How long to wait for a daemon we started to answer.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
@@ -25,22 +79,24 @@ pub fn connect(paths: &Paths, autostart: bool) -> anyhow::Result<Client> {
         Ok(c) => c,
         Err(e) if is_absent(&e) => {
             if !autostart {
-                bail!("bangerd is not running (no answer at {})", socket.display());
+                return Err(ConnectError::NotRunning {
+                    socket,
+                    may_start: true,
+                }
+                .into());
             }
             if !may_start(paths) {
-                bail!(
-                    "bangerd is not running (no answer at {}).\n\
-                     hint: start it with `sudo banger system install` (systemd), or run `sudo bangerd &`",
-                    socket.display()
-                );
+                return Err(ConnectError::NotRunning {
+                    socket,
+                    may_start: false,
+                }
+                .into());
             }
             start(paths)?
         }
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!(
-            "permission denied on {}: ask an admin to add you to the `banger` group \
-             (sudo usermod -aG banger $USER, then log in again)",
-            socket.display()
-        ),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(ConnectError::PermissionDenied { socket }.into())
+        }
         Err(e) => return Err(e).context(format!("cannot connect to {}", socket.display())),
     };
     check_protocol(&mut client)?;
@@ -50,13 +106,12 @@ pub fn connect(paths: &Paths, autostart: bool) -> anyhow::Result<Client> {
 pub fn check_protocol(client: &mut Client) -> anyhow::Result<StatusInfo> {
     let st = client.call::<Status>(&Empty {})?;
     if st.protocol != PROTOCOL_VERSION {
-        bail!(
-            "this banger speaks protocol {PROTOCOL_VERSION} but bangerd {} (pid {}) speaks {}; \
-             restart the daemon so both are the same version (sudo banger daemon stop)",
-            st.version,
-            st.pid,
-            st.protocol
-        );
+        return Err(ConnectError::Incompatible {
+            version: st.version,
+            pid: st.pid,
+            protocol: st.protocol,
+        }
+        .into());
     }
     Ok(st)
 }
@@ -137,15 +192,20 @@ fn start(paths: &Paths) -> anyhow::Result<Client> {
         }
         if let Some(status) = child.try_wait()? {
             let msg = std::fs::read_to_string(&errfile).unwrap_or_default();
-            bail!("bangerd exited during start-up ({status}):\n{}", msg.trim());
+            return Err(ConnectError::StartFailed(format!(
+                "bangerd exited during start-up ({status}):\n{}",
+                msg.trim()
+            ))
+            .into());
         }
         if Instant::now() > deadline {
-            bail!(
+            return Err(ConnectError::StartFailed(format!(
                 "bangerd did not answer within {}s; see {} and {}",
                 START_TIMEOUT.as_secs(),
                 errfile.display(),
                 paths.log_file().display()
-            );
+            ))
+            .into());
         }
         std::thread::sleep(Duration::from_millis(20));
     }

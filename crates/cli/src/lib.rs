@@ -5,15 +5,16 @@
 pub mod autostart;
 pub mod client;
 pub mod commands;
+pub mod error;
 pub mod output;
 pub mod progress;
+pub mod render;
+pub mod style;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-
-use crate::client::ClientError;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -79,57 +80,137 @@ pub enum Command {
     /// Measure banger itself.
     #[command(subcommand)]
     Bench(commands::bench::BenchCmd),
+
+    // Shortcuts for what people type most, as with docker and podman; each
+    // is the `vm` command of the same name (one implementation).
+    /// List running VMs (-a: all, -q: names only); same as `banger vm ls`.
+    Ps(commands::vm::ListArgs),
+    /// Create a VM; same as `banger vm create`.
+    Create(commands::vm::CreateArgs),
+    /// Boot stopped VMs; same as `banger vm start`.
+    Start(commands::vm::NamesArgs),
+    /// Stop VMs; same as `banger vm stop`.
+    Stop(commands::vm::StopArgs),
+    /// Stop, then start; same as `banger vm restart`.
+    Restart(commands::vm::StopArgs),
+    /// Signal VMs' VMMs; same as `banger vm kill`.
+    Kill(commands::vm::KillArgs),
+    /// Delete VMs; same as `banger vm rm`.
+    Rm(commands::vm::DeleteArgs),
+    /// A VM's console log; same as `banger vm logs`.
+    Logs(commands::vm::LogsArgs),
+    /// A shell or a command in a VM; same as `banger vm ssh`.
+    Ssh(commands::vm::SshArgs),
 }
 
-/// The `banger` binary's main.
+/// The `banger` binary's main: parse, run one command, render its result
+/// once (text or `--json`), and return the exit status; nothing below exits
+/// the process, so destructors (terminal state, temporary files) always run.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let env = commands::Env::new(&cli);
-    let result = match cli.command {
-        Command::Version => commands::version::run(&env),
-        Command::Doctor => commands::doctor::run(&env),
-        Command::Daemon(c) => commands::daemon::run(&env, c),
-        Command::Image(c) => commands::image::run(&env, c),
-        Command::Kernel(c) => commands::kernel::run(&env, c),
-        Command::Vm(c) => commands::vm::run(&env, c),
-        Command::Operation(c) => commands::operation::run(&env, c),
-        Command::System(c) => commands::system::run(&env, c),
-        Command::Completion { shell } => commands::completion::run(shell),
-        Command::SshConfig { install, .. } => commands::ssh::ssh_config(&env, install),
-        Command::SshKnownHosts => commands::ssh::known_hosts(&env),
-        Command::Bench(c) => commands::bench::run(&env, c),
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return parse_error(e),
     };
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            report(&e);
-            ExitCode::FAILURE
-        }
+    let env = commands::Env::new(&cli);
+    let json = env.json;
+    match run(&env, cli.command) {
+        Ok(render::Outcome::Value(v)) => render::emit(v.as_ref(), json),
+        Ok(render::Outcome::Streamed(code)) => ExitCode::from(code),
+        Err(e) => render::emit_error(&error::Failure::from_error(&e), json),
     }
 }
 
-/// `error: NAME: ...` for one of several targets.
-pub(crate) fn report_for(name: &str, e: &anyhow::Error) {
-    match e.downcast_ref::<ClientError>().and_then(ClientError::rpc) {
-        Some(rpc) => {
-            eprintln!("error: {name}: {}", rpc.message);
-            if let Some(hint) = rpc.hint() {
-                eprintln!("hint: {hint}");
-            }
-        }
-        None => eprintln!("error: {name}: {e:#}"),
+fn run(env: &commands::Env, command: Command) -> anyhow::Result<render::Outcome> {
+    use commands::vm::{self, VmCmd};
+    match command {
+        Command::Version => commands::version::run(env),
+        Command::Doctor => commands::doctor::run(env),
+        Command::Daemon(c) => commands::daemon::run(env, c),
+        Command::Image(c) => commands::image::run(env, c),
+        Command::Kernel(c) => commands::kernel::run(env, c),
+        Command::Vm(c) => vm::run(env, c),
+        Command::Operation(c) => commands::operation::run(env, c),
+        Command::System(c) => commands::system::run(env, c),
+        Command::Completion { shell } => commands::completion::run(env, shell),
+        Command::SshConfig { install, .. } => commands::ssh::ssh_config(env, install),
+        Command::SshKnownHosts => commands::ssh::known_hosts(env),
+        Command::Bench(c) => commands::bench::run(env, c),
+        // The shortcuts are the `vm` commands themselves.
+        Command::Ps(a) => vm::run(env, VmCmd::List(a)),
+        Command::Create(a) => vm::run(env, VmCmd::Create(a)),
+        Command::Start(a) => vm::run(env, VmCmd::Start(a)),
+        Command::Stop(a) => vm::run(env, VmCmd::Stop(a)),
+        Command::Restart(a) => vm::run(env, VmCmd::Restart(a)),
+        Command::Kill(a) => vm::run(env, VmCmd::Kill(a)),
+        Command::Rm(a) => vm::run(env, VmCmd::Delete(a)),
+        Command::Logs(a) => vm::run(env, VmCmd::Logs(a)),
+        Command::Ssh(a) => vm::run(env, VmCmd::Ssh(a)),
     }
 }
 
-/// `error: ...` plus the daemon's hint, if it gave one.
-fn report(e: &anyhow::Error) {
-    match e.downcast_ref::<ClientError>().and_then(ClientError::rpc) {
-        Some(rpc) => {
-            eprintln!("error: {}", rpc.message);
-            if let Some(hint) = rpc.hint() {
-                eprintln!("hint: {hint}");
-            }
-        }
-        None => eprintln!("error: {e:#}"),
+/// Help and `--version` print as clap prints them; a usage error is a
+/// failure of kind `usage` (exit 2), as JSON when `--json` was given.
+fn parse_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind as K;
+    if matches!(
+        e.kind(),
+        K::DisplayHelp | K::DisplayVersion | K::DisplayHelpOnMissingArgumentOrSubcommand
+    ) || !std::env::args_os().any(|a| a == "--json")
+    {
+        let _ = e.print();
+        return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
+    }
+    let rendered = e.render().to_string();
+    let message = rendered
+        .split("\n\n")
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .trim_start_matches("error: ")
+        .to_string();
+    let f = error::Failure::new(error::Kind::Usage, message)
+        .with_hint("see `banger --help` or `banger COMMAND --help`");
+    render::emit_error(&f, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::{Cli, Command};
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn shortcuts_parse_like_their_vm_commands() {
+        let parse = |args: &[&str]| {
+            let mut full = vec!["banger"];
+            full.extend_from_slice(args);
+            Cli::try_parse_from(full).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+        };
+        assert!(matches!(parse(&["ps", "-aq"]).command, Command::Ps(_)));
+        assert!(matches!(
+            parse(&["stop", "-t", "3", "a", "b"]).command,
+            Command::Stop(_)
+        ));
+        assert!(matches!(parse(&["rm", "-f", "a"]).command, Command::Rm(_)));
+        assert!(matches!(
+            parse(&["logs", "a", "--tail", "5"]).command,
+            Command::Logs(_)
+        ));
+        assert!(matches!(
+            parse(&["ssh", "a", "--", "uname"]).command,
+            Command::Ssh(_)
+        ));
+        assert!(matches!(
+            parse(&["create", "--name", "x"]).command,
+            Command::Create(_)
+        ));
+        // --json is global: before or after the command.
+        assert!(parse(&["ps", "--json"]).json);
+        assert!(parse(&["--json", "vm", "ls"]).json);
     }
 }

@@ -1,13 +1,5 @@
-//! Human output: aligned tables, sizes, durations. JSON output is the
-//! protocol types serialised as they are (docs/json.md lists the fields).
-
-use serde::Serialize;
-
-/// Prints `v` as pretty JSON on stdout.
-pub fn json<T: Serialize>(v: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
-    Ok(())
-}
+//! Pieces of human output: aligned tables, sizes, durations. What is
+//! printed, and when, is [`crate::render`]'s business.
 
 /// A table with left-aligned columns separated by two spaces.
 pub struct Table {
@@ -50,10 +42,6 @@ impl Table {
             out.push('\n');
         }
         out
-    }
-
-    pub fn print(&self) {
-        print!("{}", self.render());
     }
 }
 

@@ -1,6 +1,5 @@
 //! `banger bench rpc`: round-trip latency of `daemon.status` over the socket.
 
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use banger_proto::methods::daemon::Status;
@@ -11,6 +10,7 @@ use serde_json::json;
 use super::Env;
 use crate::client::Client;
 use crate::output;
+use crate::render::{said, Outcome};
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCmd {
@@ -54,7 +54,7 @@ pub enum BenchCmd {
     },
 }
 
-pub fn run(env: &Env, cmd: BenchCmd) -> anyhow::Result<ExitCode> {
+pub fn run(env: &Env, cmd: BenchCmd) -> anyhow::Result<Outcome> {
     match cmd {
         BenchCmd::Rpc { count, clients } => rpc(env, count, clients),
         BenchCmd::Create {
@@ -78,7 +78,7 @@ pub fn run(env: &Env, cmd: BenchCmd) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn rpc(env: &Env, count: usize, clients: usize) -> anyhow::Result<ExitCode> {
+fn rpc(env: &Env, count: usize, clients: usize) -> anyhow::Result<Outcome> {
     // Make sure a daemon is up before timing anything.
     drop(env.client()?);
     let socket = env.paths.socket();
@@ -114,19 +114,18 @@ fn rpc(env: &Env, count: usize, clients: usize) -> anyhow::Result<ExitCode> {
     let pct = |p: f64| all[((all.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1e6;
     let (p50, p90, p99) = (pct(0.50), pct(0.90), pct(0.99));
     let rate = all.len() as f64 / wall.as_secs_f64();
-    if env.json {
-        output::json(&json!({
+    let text = format!(
+        "daemon.status x{} ({} client(s)): p50 {p50:.0}us  p90 {p90:.0}us  p99 {p99:.0}us  {rate:.0} calls/s",
+        all.len(),
+        clients
+    );
+    Ok(Outcome::of(said(
+        json!({
             "method": "daemon.status", "calls": all.len(), "clients": clients,
             "p50_us": p50, "p90_us": p90, "p99_us": p99, "calls_per_sec": rate,
-        }))?;
-    } else {
-        println!(
-            "daemon.status x{} ({} client(s)): p50 {p50:.0}us  p90 {p90:.0}us  p99 {p99:.0}us  {rate:.0} calls/s",
-            all.len(),
-            clients
-        );
-    }
-    Ok(ExitCode::SUCCESS)
+        }),
+        text,
+    )))
 }
 
 const BENCH_IMAGE: &str = "bench-stub";
@@ -204,7 +203,7 @@ fn create(
     shape: &Shape,
     keep: bool,
     nat: bool,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<Outcome> {
     use banger_proto::methods::vm::{CreateBegin, CreateParams, Delete, DeleteParams};
     use std::collections::BTreeMap;
     let mut client = env.client()?;
@@ -291,8 +290,28 @@ fn create(
     }
     let total = median(&mut totals);
     let rest = median(&mut without_disk);
-    if env.json {
-        output::json(&json!({
+    let mut t = output::Table::new(&["STAGE", "MEDIAN"]);
+    for (n, m) in &rows {
+        t.row(vec![n.clone(), format!("{m:.2}ms")]);
+    }
+    t.row(vec![
+        "total (request to running)".into(),
+        format!("{total:.2}ms"),
+    ]);
+    t.row(vec![
+        "total without disk creation".into(),
+        format!("{rest:.2}ms"),
+    ]);
+    let text = format!(
+        "{count} creates of image {image}, {} vcpu, {} MiB, {} MiB work disk, vmm {} (medians):\n{}",
+        shape.vcpu,
+        shape.memory_mib,
+        shape.disk_bytes >> 20,
+        shape.vmm.as_deref().unwrap_or("default"),
+        t.render()
+    );
+    Ok(Outcome::of(said(
+        json!({
             "count": count,
             "image": image,
             "vmm": shape.vmm,
@@ -302,28 +321,7 @@ fn create(
             "stages_median_ms": rows.iter().map(|(n, m)| json!({"stage": n, "median_ms": m})).collect::<Vec<_>>(),
             "total_median_ms": total,
             "total_excluding_disk_creation_median_ms": rest,
-        }))?;
-    } else {
-        let mut t = output::Table::new(&["STAGE", "MEDIAN"]);
-        for (n, m) in &rows {
-            t.row(vec![n.clone(), format!("{m:.2}ms")]);
-        }
-        t.row(vec![
-            "total (request to running)".into(),
-            format!("{total:.2}ms"),
-        ]);
-        t.row(vec![
-            "total without disk creation".into(),
-            format!("{rest:.2}ms"),
-        ]);
-        println!(
-            "{count} creates of image {image}, {} vcpu, {} MiB, {} MiB work disk, vmm {} (medians):",
-            shape.vcpu,
-            shape.memory_mib,
-            shape.disk_bytes >> 20,
-            shape.vmm.as_deref().unwrap_or("default")
-        );
-        t.print();
-    }
-    Ok(ExitCode::SUCCESS)
+        }),
+        text,
+    )))
 }

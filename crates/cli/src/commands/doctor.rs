@@ -2,17 +2,33 @@
 //! sees what matters), else the same checks run here. Never starts the daemon:
 //! doctor is what you run when the daemon will not start. Exits 1 on any fail.
 
-use std::process::ExitCode;
-
 use banger_core::config::Config;
 use banger_proto::methods::daemon::{Check, CheckStatus, Doctor, DoctorReport};
 use banger_proto::methods::Empty;
 
+use serde::Serialize;
+
 use super::Env;
+use crate::render::{Outcome, Render};
 use crate::{autostart, output};
 
-pub fn run(env: &Env) -> anyhow::Result<ExitCode> {
-    let mut report = match autostart::connect(&env.paths, false) {
+/// The report; exit status 1 when a check failed.
+#[derive(Serialize)]
+#[serde(transparent)]
+struct Report(DoctorReport);
+
+impl Render for Report {
+    fn text(&self) -> String {
+        text(&self.0)
+    }
+
+    fn status(&self) -> u8 {
+        u8::from(self.0.failed())
+    }
+}
+
+pub fn run(env: &Env) -> anyhow::Result<Outcome> {
+    let report = match autostart::connect(&env.paths, false) {
         Ok(mut c) => {
             let mut r = c.call::<Doctor>(&Empty {})?;
             r.checks.insert(
@@ -50,20 +66,10 @@ pub fn run(env: &Env) -> anyhow::Result<ExitCode> {
             }
         }
     };
-    report.checks.shrink_to_fit();
-    if env.json {
-        output::json(&report)?;
-    } else {
-        print(&report);
-    }
-    Ok(if report.failed() {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(Outcome::of(Report(report)))
 }
 
-fn print(r: &DoctorReport) {
+fn text(r: &DoctorReport) -> String {
     let mut t = output::Table::new(&["STATUS", "CHECK", "DETAIL"]);
     for c in &r.checks {
         let status = match c.status {
@@ -79,6 +85,5 @@ fn print(r: &DoctorReport) {
             }
         }
     }
-    t.print();
-    println!("(checks run by {})", r.source);
+    format!("{}(checks run by {})\n", t.render(), r.source)
 }

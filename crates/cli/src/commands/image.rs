@@ -3,7 +3,6 @@
 
 use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use banger_proto::methods::image::{
     BuildBegin, BuildParams, BuildResult, Delete, ImageInfo, List, Promote, RegisterBegin,
@@ -12,12 +11,15 @@ use banger_proto::methods::image::{
 use banger_proto::methods::{Empty, NameParams};
 use banger_proto::FdRef;
 use clap::Subcommand;
+use serde::Serialize;
 use serde_json::json;
 
 use super::kernel::list_or_dash;
 use super::{open_input, Env};
 use crate::client::Client;
-use crate::{output, progress};
+use crate::progress::{OpResult, OpSummary};
+use crate::render::{Outcome, Render};
+use crate::{output, progress, render};
 
 /// What `vm create` builds when no image is registered.
 pub const AUTO_DISTRO: &str = "debian-bookworm";
@@ -78,9 +80,9 @@ pub enum ImageCmd {
     Promote { name: String },
 }
 
-pub fn run(env: &Env, cmd: ImageCmd) -> anyhow::Result<ExitCode> {
+pub fn run(env: &Env, cmd: ImageCmd) -> anyhow::Result<Outcome> {
     let mut client = env.client()?;
-    match cmd {
+    Ok(match cmd {
         ImageCmd::Register {
             name,
             rootfs,
@@ -111,21 +113,10 @@ pub fn run(env: &Env, cmd: ImageCmd) -> anyhow::Result<ExitCode> {
                 &fds,
             )?;
             let op = progress::follow(&mut client, &begun.operation_id, env.json, &interrupt)?;
-            let img: ImageInfo = serde_json::from_value(op.result.clone().unwrap_or_default())?;
-            if env.json {
-                output::json(&json!({
-                    "image": img,
-                    "operation": { "id": op.id, "stages": op.stages },
-                }))?;
-            } else {
-                println!(
-                    "registered image {} (rootfs {}, kernel {}) in {}",
-                    img.name,
-                    output::size(img.rootfs.size),
-                    img.kernel,
-                    progress::stage_summary(&op)
-                );
-            }
+            Outcome::of(Registered {
+                image: op.result_as("register")?,
+                operation: OpSummary::of(&op),
+            })
         }
         ImageCmd::Build {
             distro,
@@ -145,128 +136,157 @@ pub fn run(env: &Env, cmd: ImageCmd) -> anyhow::Result<ExitCode> {
                 replace,
                 auto: false,
             };
-            let r = build(&mut client, env, &params, &interrupt)?;
-            if !env.json {
-                println!("{}", r);
-            }
+            Outcome::of(build(&mut client, env, &params, &interrupt)?)
         }
-        ImageCmd::List => {
-            let imgs = client.call::<List>(&Empty {})?;
-            if env.json {
-                output::json(&imgs)?;
-            } else {
-                let mut t = output::Table::new(&[
-                    "NAME",
-                    "KERNEL",
-                    "ROOTFS",
-                    "WORK SEED",
-                    "DEFAULT",
-                    "CREATED",
-                ]);
-                for i in &imgs {
-                    t.row(vec![
-                        i.name.clone(),
-                        i.kernel.clone(),
-                        output::size(i.rootfs.size),
-                        i.work_seed
-                            .as_ref()
-                            .map_or("-".into(), |s| output::size(s.size)),
-                        if i.default { "*" } else { "" }.into(),
-                        output::ago(&i.created_at),
-                    ]);
-                }
-                t.print();
-            }
-        }
+        ImageCmd::List => Outcome::of(ImageTable(client.call::<List>(&Empty {})?)),
         ImageCmd::Show { name } => {
-            let i = client.call::<Show>(&NameParams { name })?;
-            if env.json {
-                output::json(&i)?;
-            } else {
-                show(&i);
-            }
+            Outcome::of(ImageShow(client.call::<Show>(&NameParams { name })?))
         }
         ImageCmd::Delete { name } => {
             client.call::<Delete>(&NameParams { name: name.clone() })?;
-            if env.json {
-                output::json(&json!({ "deleted": name }))?;
-            } else {
-                println!("deleted image {name}");
-            }
+            let text = format!("deleted image {name}");
+            Outcome::of(render::said(json!({ "deleted": name }), text))
         }
         ImageCmd::Promote { name } => {
             let i = client.call::<Promote>(&NameParams { name })?;
-            if env.json {
-                output::json(&i)?;
-            } else {
-                println!("image {} is now the default", i.name);
-            }
+            let text = format!("image {} is now the default", i.name);
+            Outcome::of(render::said(i, text))
         }
-    }
-    Ok(ExitCode::SUCCESS)
+    })
 }
 
-fn show(i: &ImageInfo) {
-    let mut t = output::Table::new(&["FIELD", "VALUE"]);
-    t.row(vec!["name".into(), i.name.clone()]);
-    t.row(vec!["id".into(), i.id.clone()]);
-    t.row(vec!["owner".into(), format!("uid {}", i.owner_uid)]);
-    t.row(vec!["kernel".into(), i.kernel.clone()]);
-    t.row(vec![
-        "rootfs".into(),
-        format!("{} ({})", i.rootfs.path, output::size(i.rootfs.size)),
-    ]);
-    t.row(vec!["rootfs sha256".into(), i.rootfs.sha256.clone()]);
-    if let Some(s) = &i.work_seed {
-        t.row(vec![
-            "work seed".into(),
-            format!("{} ({})", s.path, output::size(s.size)),
+/// `image register`: the image and the operation that made it.
+#[derive(Serialize)]
+struct Registered {
+    image: ImageInfo,
+    operation: OpSummary,
+}
+
+impl Render for Registered {
+    fn text(&self) -> String {
+        format!(
+            "registered image {} (rootfs {}, kernel {}) in {}\n",
+            self.image.name,
+            output::size(self.image.rootfs.size),
+            self.image.kernel,
+            progress::stage_summary(&self.operation.stages)
+        )
+    }
+}
+
+/// `image list`.
+#[derive(Serialize)]
+#[serde(transparent)]
+struct ImageTable(Vec<ImageInfo>);
+
+impl Render for ImageTable {
+    fn text(&self) -> String {
+        let mut t = output::Table::new(&[
+            "NAME",
+            "KERNEL",
+            "ROOTFS",
+            "WORK SEED",
+            "DEFAULT",
+            "CREATED",
         ]);
+        for i in &self.0 {
+            t.row(vec![
+                i.name.clone(),
+                i.kernel.clone(),
+                output::size(i.rootfs.size),
+                i.work_seed
+                    .as_ref()
+                    .map_or("-".into(), |s| output::size(s.size)),
+                if i.default { "*" } else { "" }.into(),
+                output::ago(&i.created_at),
+            ]);
+        }
+        t.render()
     }
-    t.row(vec![
-        "default".into(),
-        if i.default { "yes" } else { "no" }.into(),
-    ]);
-    t.row(vec!["created".into(), i.created_at.clone()]);
-    t.row(vec!["used by".into(), list_or_dash(&i.used_by)]);
-    t.print();
 }
 
-/// Runs an image build to its end; prints the JSON result in JSON mode and
-/// returns the human summary line.
+/// `image show`.
+#[derive(Serialize)]
+#[serde(transparent)]
+struct ImageShow(ImageInfo);
+
+impl Render for ImageShow {
+    fn text(&self) -> String {
+        let i = &self.0;
+        let mut t = output::Table::new(&["FIELD", "VALUE"]);
+        t.row(vec!["name".into(), i.name.clone()]);
+        t.row(vec!["id".into(), i.id.clone()]);
+        t.row(vec!["owner".into(), format!("uid {}", i.owner_uid)]);
+        t.row(vec!["kernel".into(), i.kernel.clone()]);
+        t.row(vec![
+            "rootfs".into(),
+            format!("{} ({})", i.rootfs.path, output::size(i.rootfs.size)),
+        ]);
+        t.row(vec!["rootfs sha256".into(), i.rootfs.sha256.clone()]);
+        if let Some(s) = &i.work_seed {
+            t.row(vec![
+                "work seed".into(),
+                format!("{} ({})", s.path, output::size(s.size)),
+            ]);
+        }
+        t.row(vec![
+            "default".into(),
+            if i.default { "yes" } else { "no" }.into(),
+        ]);
+        t.row(vec!["created".into(), i.created_at.clone()]);
+        t.row(vec!["used by".into(), list_or_dash(&i.used_by)]);
+        t.render()
+    }
+}
+
+/// `image build` (and the first-use build of `vm create`).
+#[derive(Serialize)]
+pub struct Built {
+    image: ImageInfo,
+    cached: bool,
+    reused: bool,
+    kernel_built: bool,
+    cache_key: String,
+    operation: OpSummary,
+}
+
+impl Render for Built {
+    fn text(&self) -> String {
+        let how = match (self.reused, self.cached) {
+            (true, _) => "already registered",
+            (false, true) => "from the build cache",
+            (false, false) => "built",
+        };
+        format!(
+            "image {} (rootfs {}, kernel {}, features {}{}) {how} in {}\n",
+            self.image.name,
+            output::size(self.image.rootfs.size),
+            self.image.kernel,
+            self.image.features.join(","),
+            if self.image.default { ", default" } else { "" },
+            progress::stage_summary(&self.operation.stages)
+        )
+    }
+}
+
+/// Runs an image build to its end.
 fn build(
     client: &mut Client,
     env: &Env,
     params: &BuildParams,
     interrupt: &progress::Interrupt,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<Built> {
     let begun = client.call::<BuildBegin>(params)?;
     let op = progress::follow(client, &begun.operation_id, env.json, interrupt)?;
-    let r: BuildResult = serde_json::from_value(op.result.clone().unwrap_or_default())?;
-    if env.json && !params.auto {
-        output::json(&json!({
-            "image": r.image,
-            "cached": r.cached,
-            "reused": r.reused,
-            "kernel_built": r.kernel_built,
-            "cache_key": r.cache_key,
-            "operation": { "id": op.id, "stages": op.stages },
-        }))?;
-    }
-    let how = match (r.reused, r.cached) {
-        (true, _) => "already registered",
-        (false, true) => "from the build cache",
-        (false, false) => "built",
-    };
-    Ok(format!(
-        "image {} (rootfs {}, kernel {}, features {}{}) {how} in {}",
-        r.image.name,
-        output::size(r.image.rootfs.size),
-        r.image.kernel,
-        r.image.features.join(","),
-        if r.image.default { ", default" } else { "" },
-        progress::stage_summary(&op)
-    ))
+    let r: BuildResult = op.result_as("image build")?;
+    Ok(Built {
+        image: r.image,
+        cached: r.cached,
+        reused: r.reused,
+        kernel_built: r.kernel_built,
+        cache_key: r.cache_key,
+        operation: OpSummary::of(&op),
+    })
 }
 
 /// Whether `vm create` builds an image first.
@@ -304,10 +324,10 @@ pub fn ensure_image(
     };
     match auto_build_decision(image_given, visible, no_build) {
         AutoBuild::No => Ok(()),
-        AutoBuild::Forbidden => anyhow::bail!(
+        AutoBuild::Forbidden => Err(crate::error::usage(format!(
             "no image is registered and --no-build forbids building one; build it with \
              `banger image build {AUTO_DISTRO}` (or register one with `banger image register`)"
-        ),
+        ))),
         AutoBuild::Build => {
             eprintln!(
                 "no image registered: building {AUTO_DISTRO} minimal (first time only; \
@@ -318,9 +338,9 @@ pub fn ensure_image(
                 auto: true,
                 ..BuildParams::default()
             };
-            let line = build(client, env, &params, interrupt)?;
+            let built = build(client, env, &params, interrupt)?;
             if !env.json {
-                eprintln!("{line}");
+                eprint!("{}", built.text());
             }
             Ok(())
         }

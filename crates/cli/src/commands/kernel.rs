@@ -2,7 +2,6 @@
 
 use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use banger_proto::methods::kernel::{
     BuildBegin, BuildParams, BuildResult, Delete, ImportBegin, ImportParams, KernelInfo, List, Show,
@@ -10,10 +9,13 @@ use banger_proto::methods::kernel::{
 use banger_proto::methods::{Empty, NameParams};
 use banger_proto::FdRef;
 use clap::Subcommand;
+use serde::Serialize;
 use serde_json::json;
 
 use super::{open_input, Env};
-use crate::{output, progress};
+use crate::progress::{OpResult, OpSummary};
+use crate::render::{Outcome, Render};
+use crate::{output, progress, render};
 
 #[derive(Debug, Subcommand)]
 pub enum KernelCmd {
@@ -65,9 +67,9 @@ pub enum KernelCmd {
     Rm { name: String },
 }
 
-pub fn run(env: &Env, cmd: KernelCmd) -> anyhow::Result<ExitCode> {
+pub fn run(env: &Env, cmd: KernelCmd) -> anyhow::Result<Outcome> {
     let mut client = env.client()?;
-    match cmd {
+    Ok(match cmd {
         KernelCmd::Import { path, name, initrd } => {
             let interrupt = progress::Interrupt::install()?;
             let kernel = open_input(&path, "kernel")?;
@@ -89,25 +91,10 @@ pub fn run(env: &Env, cmd: KernelCmd) -> anyhow::Result<ExitCode> {
                 &fds,
             )?;
             let op = progress::follow(&mut client, &begun.operation_id, env.json, &interrupt)?;
-            let k: KernelInfo = serde_json::from_value(op.result.clone().unwrap_or_default())?;
-            if env.json {
-                output::json(&json!({
-                    "kernel": k,
-                    "operation": { "id": op.id, "stages": op.stages },
-                }))?;
-            } else {
-                println!(
-                    "imported kernel {} ({}, {}{}) in {}",
-                    k.name,
-                    k.format,
-                    output::size(k.vmlinux.size),
-                    k.release
-                        .as_deref()
-                        .map(|r| format!(", {r}"))
-                        .unwrap_or_default(),
-                    progress::stage_summary(&op)
-                );
-            }
+            Outcome::of(Imported {
+                kernel: op.result_as("kernel import")?,
+                operation: OpSummary::of(&op),
+            })
         }
         KernelCmd::Build {
             name,
@@ -145,92 +132,130 @@ pub fn run(env: &Env, cmd: KernelCmd) -> anyhow::Result<ExitCode> {
             };
             let begun = client.call_with_fds::<BuildBegin>(&params, &fds)?;
             let op = progress::follow(&mut client, &begun.operation_id, env.json, &interrupt)?;
-            let r: BuildResult = serde_json::from_value(op.result.clone().unwrap_or_default())?;
-            if env.json {
-                output::json(&json!({
-                    "kernel": r.kernel,
-                    "cached": r.cached,
-                    "reused": r.reused,
-                    "cache_key": r.cache_key,
-                    "operation": { "id": op.id, "stages": op.stages },
-                }))?;
-            } else {
-                let how = match (r.reused, r.cached) {
-                    (true, _) => "already registered",
-                    (false, true) => "from the build cache",
-                    (false, false) => "built",
-                };
-                println!(
-                    "kernel {} ({}, {}) {how} in {}",
-                    r.kernel.name,
-                    r.kernel.release.as_deref().unwrap_or("-"),
-                    output::size(r.kernel.vmlinux.size),
-                    progress::stage_summary(&op)
-                );
-            }
+            let r: BuildResult = op.result_as("kernel build")?;
+            Outcome::of(Built {
+                kernel: r.kernel,
+                cached: r.cached,
+                reused: r.reused,
+                cache_key: r.cache_key,
+                operation: OpSummary::of(&op),
+            })
         }
-        KernelCmd::List => {
-            let ks = client.call::<List>(&Empty {})?;
-            if env.json {
-                output::json(&ks)?;
-            } else {
-                let mut t =
-                    output::Table::new(&["NAME", "RELEASE", "FORMAT", "SIZE", "INITRD", "CREATED"]);
-                for k in &ks {
-                    t.row(vec![
-                        k.name.clone(),
-                        k.release.clone().unwrap_or_else(|| "-".into()),
-                        k.format.clone(),
-                        output::size(k.vmlinux.size),
-                        if k.initrd.is_some() { "yes" } else { "no" }.into(),
-                        output::ago(&k.created_at),
-                    ]);
-                }
-                t.print();
-            }
-        }
+        KernelCmd::List => Outcome::of(KernelTable(client.call::<List>(&Empty {})?)),
         KernelCmd::Show { name } => {
-            let k = client.call::<Show>(&NameParams { name })?;
-            if env.json {
-                output::json(&k)?;
-            } else {
-                show(&k);
-            }
+            Outcome::of(KernelShow(client.call::<Show>(&NameParams { name })?))
         }
         KernelCmd::Rm { name } => {
             client.call::<Delete>(&NameParams { name: name.clone() })?;
-            if env.json {
-                output::json(&json!({ "deleted": name }))?;
-            } else {
-                println!("deleted kernel {name}");
-            }
+            let text = format!("deleted kernel {name}");
+            Outcome::of(render::said(json!({ "deleted": name }), text))
         }
-    }
-    Ok(ExitCode::SUCCESS)
+    })
 }
 
-fn show(k: &KernelInfo) {
-    let mut t = output::Table::new(&["FIELD", "VALUE"]);
-    t.row(vec!["name".into(), k.name.clone()]);
-    t.row(vec!["id".into(), k.id.clone()]);
-    t.row(vec!["owner".into(), format!("uid {}", k.owner_uid)]);
-    t.row(vec!["format".into(), k.format.clone()]);
-    t.row(vec![
-        "release".into(),
-        k.release.clone().unwrap_or_else(|| "-".into()),
-    ]);
-    t.row(vec!["vmlinux".into(), k.vmlinux.path.clone()]);
-    t.row(vec!["size".into(), output::size(k.vmlinux.size)]);
-    t.row(vec!["sha256".into(), k.vmlinux.sha256.clone()]);
-    if let Some(i) = &k.initrd {
-        t.row(vec![
-            "initrd".into(),
-            format!("{} ({})", i.path, output::size(i.size)),
-        ]);
+/// `kernel import`: the kernel and the operation that made it.
+#[derive(Serialize)]
+struct Imported {
+    kernel: KernelInfo,
+    operation: OpSummary,
+}
+
+impl Render for Imported {
+    fn text(&self) -> String {
+        let k = &self.kernel;
+        format!(
+            "imported kernel {} ({}, {}{}) in {}\n",
+            k.name,
+            k.format,
+            output::size(k.vmlinux.size),
+            k.release
+                .as_deref()
+                .map(|r| format!(", {r}"))
+                .unwrap_or_default(),
+            progress::stage_summary(&self.operation.stages)
+        )
     }
-    t.row(vec!["created".into(), k.created_at.clone()]);
-    t.row(vec!["used by".into(), list_or_dash(&k.used_by)]);
-    t.print();
+}
+
+/// `kernel build`.
+#[derive(Serialize)]
+struct Built {
+    kernel: KernelInfo,
+    cached: bool,
+    reused: bool,
+    cache_key: String,
+    operation: OpSummary,
+}
+
+impl Render for Built {
+    fn text(&self) -> String {
+        let how = match (self.reused, self.cached) {
+            (true, _) => "already registered",
+            (false, true) => "from the build cache",
+            (false, false) => "built",
+        };
+        format!(
+            "kernel {} ({}, {}) {how} in {}\n",
+            self.kernel.name,
+            self.kernel.release.as_deref().unwrap_or("-"),
+            output::size(self.kernel.vmlinux.size),
+            progress::stage_summary(&self.operation.stages)
+        )
+    }
+}
+
+/// `kernel list`.
+#[derive(Serialize)]
+#[serde(transparent)]
+struct KernelTable(Vec<KernelInfo>);
+
+impl Render for KernelTable {
+    fn text(&self) -> String {
+        let mut t = output::Table::new(&["NAME", "RELEASE", "FORMAT", "SIZE", "INITRD", "CREATED"]);
+        for k in &self.0 {
+            t.row(vec![
+                k.name.clone(),
+                k.release.clone().unwrap_or_else(|| "-".into()),
+                k.format.clone(),
+                output::size(k.vmlinux.size),
+                if k.initrd.is_some() { "yes" } else { "no" }.into(),
+                output::ago(&k.created_at),
+            ]);
+        }
+        t.render()
+    }
+}
+
+/// `kernel show`.
+#[derive(Serialize)]
+#[serde(transparent)]
+struct KernelShow(KernelInfo);
+
+impl Render for KernelShow {
+    fn text(&self) -> String {
+        let k = &self.0;
+        let mut t = output::Table::new(&["FIELD", "VALUE"]);
+        t.row(vec!["name".into(), k.name.clone()]);
+        t.row(vec!["id".into(), k.id.clone()]);
+        t.row(vec!["owner".into(), format!("uid {}", k.owner_uid)]);
+        t.row(vec!["format".into(), k.format.clone()]);
+        t.row(vec![
+            "release".into(),
+            k.release.clone().unwrap_or_else(|| "-".into()),
+        ]);
+        t.row(vec!["vmlinux".into(), k.vmlinux.path.clone()]);
+        t.row(vec!["size".into(), output::size(k.vmlinux.size)]);
+        t.row(vec!["sha256".into(), k.vmlinux.sha256.clone()]);
+        if let Some(i) = &k.initrd {
+            t.row(vec![
+                "initrd".into(),
+                format!("{} ({})", i.path, output::size(i.size)),
+            ]);
+        }
+        t.row(vec!["created".into(), k.created_at.clone()]);
+        t.row(vec!["used by".into(), list_or_dash(&k.used_by)]);
+        t.render()
+    }
 }
 
 pub fn list_or_dash(v: &[String]) -> String {

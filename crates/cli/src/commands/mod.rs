@@ -6,6 +6,7 @@ pub mod daemon;
 pub mod doctor;
 pub mod image;
 pub mod kernel;
+pub mod logtail;
 pub mod operation;
 pub mod ssh;
 pub mod system;
@@ -45,4 +46,31 @@ impl Env {
 /// is what goes to the daemon.
 pub fn open_input(path: &Path, what: &str) -> anyhow::Result<File> {
     File::open(path).with_context(|| format!("cannot open {what} {}", path.display()))
+}
+
+/// A child's exit status as ours: its code, or 128 + the signal that
+/// ended it (what a shell reports), so a guest command's status passes
+/// through unchanged.
+pub fn exit_status(status: std::process::ExitStatus) -> u8 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code.clamp(0, 255) as u8,
+        (None, Some(sig)) => (128 + sig).clamp(0, 255) as u8,
+        (None, None) => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::ExitStatus;
+
+    #[test]
+    fn exit_status_passes_through() {
+        assert_eq!(super::exit_status(ExitStatus::from_raw(3 << 8)), 3);
+        assert_eq!(super::exit_status(ExitStatus::from_raw(0)), 0);
+        assert_eq!(super::exit_status(ExitStatus::from_raw(255 << 8)), 255);
+        // Killed by SIGINT (2): 130, as a shell says.
+        assert_eq!(super::exit_status(ExitStatus::from_raw(2)), 130);
+    }
 }

@@ -1,12 +1,12 @@
 //! `banger operation list|show|wait|cancel`.
 
-use std::process::ExitCode;
-
 use banger_proto::methods::daemon::{OperationsList, OperationsListParams};
 use banger_proto::methods::op::{Cancel, OpIdParams, OperationInfo, Status};
 use clap::Subcommand;
+use serde::Serialize;
 
 use super::Env;
+use crate::render::{self, Outcome, Render};
 use crate::{output, progress};
 
 #[derive(Debug, Subcommand)]
@@ -26,65 +26,76 @@ pub enum OperationCmd {
     Cancel { id: String },
 }
 
-pub fn run(env: &Env, cmd: OperationCmd) -> anyhow::Result<ExitCode> {
+pub fn run(env: &Env, cmd: OperationCmd) -> anyhow::Result<Outcome> {
     let mut client = env.client()?;
-    match cmd {
-        OperationCmd::List { all } => {
-            let ops = client.call::<OperationsList>(&OperationsListParams { all })?;
-            if env.json {
-                output::json(&ops)?;
-            } else {
-                let mut t =
-                    output::Table::new(&["ID", "KIND", "TARGET", "STATE", "STAGE", "CREATED"]);
-                for o in &ops {
-                    t.row(vec![
-                        banger_core::ids::short(&o.id).to_string(),
-                        o.kind.clone(),
-                        o.target.clone(),
-                        o.state.as_str().to_string(),
-                        o.stage.clone(),
-                        output::ago(&o.created_at),
-                    ]);
-                }
-                t.print();
-            }
+    Ok(match cmd {
+        OperationCmd::List { all } => Outcome::of(OpTable(
+            client.call::<OperationsList>(&OperationsListParams { all })?,
+        )),
+        OperationCmd::Show { id } => {
+            Outcome::of(OpShow(client.call::<Status>(&OpIdParams { id })?))
         }
-        OperationCmd::Show { id } => show(env, &client.call::<Status>(&OpIdParams { id })?)?,
         OperationCmd::Wait { id } => {
             let interrupt = progress::Interrupt::install()?;
-            let info = progress::follow(&mut client, &id, env.json, &interrupt)?;
-            show(env, &info)?;
+            Outcome::of(OpShow(progress::follow(
+                &mut client,
+                &id,
+                env.json,
+                &interrupt,
+            )?))
         }
         OperationCmd::Cancel { id } => {
             let info = client.call::<Cancel>(&OpIdParams { id })?;
-            if env.json {
-                output::json(&info)?;
-            } else {
-                println!("cancelling {} ({} {})", info.id, info.kind, info.target);
-            }
+            let text = format!("cancelling {} ({} {})", info.id, info.kind, info.target);
+            Outcome::of(render::said(info, text))
         }
-    }
-    Ok(ExitCode::SUCCESS)
+    })
 }
 
-fn show(env: &Env, o: &OperationInfo) -> anyhow::Result<()> {
-    if env.json {
-        return output::json(o);
+/// `operation list`.
+#[derive(Serialize)]
+#[serde(transparent)]
+struct OpTable(Vec<OperationInfo>);
+
+impl Render for OpTable {
+    fn text(&self) -> String {
+        let mut t = output::Table::new(&["ID", "KIND", "TARGET", "STATE", "STAGE", "CREATED"]);
+        for o in &self.0 {
+            t.row(vec![
+                banger_core::ids::short(&o.id).to_string(),
+                o.kind.clone(),
+                o.target.clone(),
+                o.state.as_str().to_string(),
+                o.stage.clone(),
+                output::ago(&o.created_at),
+            ]);
+        }
+        t.render()
     }
-    let mut t = output::Table::new(&["FIELD", "VALUE"]);
-    t.row(vec!["id".into(), o.id.clone()]);
-    t.row(vec!["kind".into(), o.kind.clone()]);
-    t.row(vec!["target".into(), o.target.clone()]);
-    t.row(vec!["state".into(), o.state.as_str().into()]);
-    t.row(vec!["stage".into(), o.stage.clone()]);
-    t.row(vec!["stages".into(), progress::stage_summary(o)]);
-    t.row(vec!["created".into(), o.created_at.clone()]);
-    if let Some(f) = &o.finished_at {
-        t.row(vec!["finished".into(), f.clone()]);
+}
+
+/// `operation show|wait`.
+#[derive(Serialize)]
+#[serde(transparent)]
+struct OpShow(OperationInfo);
+
+impl Render for OpShow {
+    fn text(&self) -> String {
+        let o = &self.0;
+        let mut t = output::Table::new(&["FIELD", "VALUE"]);
+        t.row(vec!["id".into(), o.id.clone()]);
+        t.row(vec!["kind".into(), o.kind.clone()]);
+        t.row(vec!["target".into(), o.target.clone()]);
+        t.row(vec!["state".into(), o.state.as_str().into()]);
+        t.row(vec!["stage".into(), o.stage.clone()]);
+        t.row(vec!["stages".into(), progress::stage_summary(&o.stages)]);
+        t.row(vec!["created".into(), o.created_at.clone()]);
+        if let Some(f) = &o.finished_at {
+            t.row(vec!["finished".into(), f.clone()]);
+        }
+        if let Some(e) = &o.error {
+            t.row(vec!["error".into(), e.message.clone()]);
+        }
+        t.render()
     }
-    if let Some(e) = &o.error {
-        t.row(vec!["error".into(), e.message.clone()]);
-    }
-    t.print();
-    Ok(())
 }

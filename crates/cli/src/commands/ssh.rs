@@ -6,17 +6,20 @@
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::{Command, Stdio};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use banger_proto::methods::ssh::{Identity, KnownHosts};
 use banger_proto::methods::vm::Show;
 use banger_proto::methods::{Empty, NameParams};
+use banger_proto::ErrorKind;
+use serde::Serialize;
 
 use super::Env;
 use crate::client::Client;
+use crate::error::{refuse, usage};
+use crate::render::{self, Outcome, Render};
 
 /// `~/.config/banger/ssh` (or `$XDG_CONFIG_HOME/banger/ssh`).
 pub fn user_dir() -> anyhow::Result<PathBuf> {
@@ -93,21 +96,56 @@ fn remote_command(args: &[String]) -> Option<String> {
     }
 }
 
-/// `banger vm ssh NAME [-- CMD...]`: replaces this process with ssh, so
-/// ssh's exit status (the remote command's) is ours.
-pub fn vm_ssh(env: &Env, name: &str, command: &[String]) -> anyhow::Result<ExitCode> {
+/// `vm ssh --json NAME -- CMD`: what the guest command did.
+#[derive(Serialize)]
+struct Ran {
+    name: String,
+    command: Vec<String>,
+    exit_code: u8,
+    stdout: String,
+    stderr: String,
+}
+
+impl Render for Ran {
+    fn text(&self) -> String {
+        self.stdout.clone()
+    }
+
+    /// The guest command's own status, unchanged.
+    fn status(&self) -> u8 {
+        self.exit_code
+    }
+}
+
+/// `banger vm ssh NAME [-- CMD...]`: runs ssh and ends with its exit
+/// status, which is the remote command's (255: ssh itself failed). With
+/// `--json` (a command is then required) the output is captured into
+/// `{"name", "command", "exit_code", "stdout", "stderr"}`.
+pub fn vm_ssh(env: &Env, name: &str, command: &[String]) -> anyhow::Result<Outcome> {
+    if env.json && command.is_empty() {
+        return Err(usage(
+            "an interactive shell has no JSON form: give a command (banger --json vm ssh NAME -- CMD...)",
+        ));
+    }
     let mut client = env.client()?;
     let vm = client.call::<Show>(&NameParams { name: name.into() })?;
     if vm.state.as_str() != "running" {
-        bail!(
-            "vm {name:?} is {}; start it first (banger vm start {name})",
-            vm.state.as_str()
-        );
+        return Err(refuse(
+            ErrorKind::InvalidState,
+            format!(
+                "vm {name:?} is {}; start it first (banger vm start {name})",
+                vm.state.as_str()
+            ),
+        ));
     }
     let Some(net) = vm.network else {
-        bail!("vm {name:?} has no network, so no SSH");
+        return Err(refuse(
+            ErrorKind::InvalidState,
+            format!("vm {name:?} has no network, so no SSH"),
+        ));
     };
     let key = install_identity(&mut client)?;
+    drop(client);
     let mut ssh = Command::new("ssh");
     ssh.arg("-i")
         .arg(&key)
@@ -123,15 +161,53 @@ pub fn vm_ssh(env: &Env, name: &str, command: &[String]) -> anyhow::Result<ExitC
     if let Some(line) = remote_command(command) {
         ssh.arg("--").arg(line);
     }
-    let err = ssh.exec();
-    bail!("cannot run ssh: {err} (install openssh-client)")
+    let cannot = || "cannot run ssh (install openssh-client)";
+    if env.json {
+        let out = ssh.stdin(Stdio::null()).output().with_context(cannot)?;
+        return Ok(Outcome::of(Ran {
+            name: name.into(),
+            command: command.to_vec(),
+            exit_code: super::exit_status(out.status),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }));
+    }
+    // Ctrl-C belongs to the guest command (ssh forwards or exits on it);
+    // this process waits for ssh's status instead of dying first.
+    let _ctrl_c = crate::progress::Interrupt::install()?;
+    let status = ssh.status().with_context(cannot)?;
+    Ok(Outcome::Streamed(super::exit_status(status)))
 }
 
 /// `banger ssh-known-hosts`: what OpenSSH's KnownHostsCommand prints.
-pub fn known_hosts(env: &Env) -> anyhow::Result<ExitCode> {
+pub fn known_hosts(env: &Env) -> anyhow::Result<Outcome> {
     let mut client = crate::autostart::connect(&env.paths, false)?;
-    print!("{}", client.call::<KnownHosts>(&Empty {})?.text);
-    Ok(ExitCode::SUCCESS)
+    let hosts = client.call::<KnownHosts>(&Empty {})?;
+    let text = hosts.text.clone();
+    Ok(Outcome::of(render::Said { value: hosts, text }))
+}
+
+/// `ssh-config --install|--uninstall`.
+#[derive(Serialize)]
+struct SshConfig {
+    installed: bool,
+    /// `~/.ssh/config`.
+    user_config: PathBuf,
+    /// banger's own file with `Host *.vm`.
+    include: PathBuf,
+}
+
+impl Render for SshConfig {
+    fn text(&self) -> String {
+        if self.installed {
+            format!(
+                "~/.ssh/config includes {} (Host *.vm)\n",
+                self.include.display()
+            )
+        } else {
+            "removed banger's Include from ~/.ssh/config\n".into()
+        }
+    }
 }
 
 const BEGIN: &str = "# >>> banger (managed by `banger ssh-config`) >>>";
@@ -140,7 +216,7 @@ const END: &str = "# <<< banger <<<";
 /// `banger ssh-config --install|--uninstall`: an `Include` of banger's own
 /// file for `Host *.vm` at the top of ~/.ssh/config, between marker lines;
 /// nothing else in that file is touched, and running it twice changes nothing.
-pub fn ssh_config(env: &Env, install: bool) -> anyhow::Result<ExitCode> {
+pub fn ssh_config(env: &Env, install: bool) -> anyhow::Result<Outcome> {
     let home = PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?);
     let user_config = home.join(".ssh").join("config");
     let ours = user_dir()?.join("config");
@@ -161,15 +237,17 @@ pub fn ssh_config(env: &Env, install: bool) -> anyhow::Result<ExitCode> {
         )?;
         let block = format!("{BEGIN}\nInclude {}\n{END}\n", ours.display());
         write_config(&user_config, &format!("{block}{stripped}"))?;
-        println!("~/.ssh/config includes {} (Host *.vm)", ours.display());
     } else {
         if stripped != current {
             write_config(&user_config, &stripped)?;
         }
         let _ = std::fs::remove_file(&ours);
-        println!("removed banger's Include from ~/.ssh/config");
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Outcome::of(SshConfig {
+        installed: install,
+        user_config,
+        include: ours,
+    }))
 }
 
 /// The config without banger's block.

@@ -6,13 +6,17 @@
 //! reason (VM sockets live there).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::Command;
 
 use anyhow::{bail, Context};
+use banger_proto::ErrorKind;
 use clap::Subcommand;
+use serde::Serialize;
 
 use super::Env;
 use crate::autostart;
+use crate::error::{refuse, usage, Failure, Kind};
+use crate::render::{Outcome, Render};
 
 const UNIT: &str = "bangerd.service";
 const SYSTEM_UNIT_DIR: &str = "/etc/systemd/system";
@@ -45,7 +49,7 @@ pub enum SystemCmd {
     },
 }
 
-pub fn run(env: &Env, cmd: SystemCmd) -> anyhow::Result<ExitCode> {
+pub fn run(env: &Env, cmd: SystemCmd) -> anyhow::Result<Outcome> {
     match cmd {
         SystemCmd::Install {
             bin,
@@ -100,9 +104,42 @@ fn systemctl(args: &[&str]) -> anyhow::Result<()> {
 
 fn require_root() -> anyhow::Result<()> {
     if !rustix::process::geteuid().is_root() {
-        bail!("this needs root: sudo banger system ...");
+        return Err(refuse(
+            ErrorKind::PermissionDenied,
+            "this needs root: sudo banger system ...",
+        ));
     }
     Ok(())
+}
+
+/// `system install`.
+#[derive(Serialize)]
+struct Installed {
+    unit: PathBuf,
+    bin: PathBuf,
+    /// systemctl manages the unit (the real unit directory of a running systemd).
+    managed: bool,
+    started: bool,
+    group_created: bool,
+}
+
+impl Render for Installed {
+    fn text(&self) -> String {
+        let mut s = format!("wrote {}\n", self.unit.display());
+        if !self.managed {
+            s.push_str(&format!(
+                "not managed by systemctl here: start the daemon with `sudo {}`\n",
+                self.bin.display()
+            ));
+        }
+        if self.group_created {
+            s.push_str("created group banger; add users with: sudo usermod -aG banger USER\n");
+        }
+        if self.started {
+            s.push_str("bangerd enabled and started\n");
+        }
+        s
+    }
 }
 
 fn install(
@@ -110,10 +147,12 @@ fn install(
     bin: Option<PathBuf>,
     unit_dir: &Path,
     no_start: bool,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<Outcome> {
     require_root()?;
     if env.paths.home.is_some() {
-        bail!("the systemd unit serves the system layout; unset BANGER_HOME / --home");
+        return Err(usage(
+            "the systemd unit serves the system layout; unset BANGER_HOME / --home",
+        ));
     }
     let bin = match bin {
         Some(b) => b,
@@ -126,27 +165,30 @@ fn install(
     let tmp = unit_dir.join(format!(".{UNIT}.tmp"));
     std::fs::write(&tmp, unit_text(&bin))?;
     std::fs::rename(&tmp, &path)?;
-    println!("wrote {}", path.display());
-    if !manage_with_systemctl(unit_dir) {
-        println!(
-            "not managed by systemctl here: start the daemon with `sudo {}`",
-            bin.display()
-        );
-        return Ok(ExitCode::SUCCESS);
+    let mut r = Installed {
+        unit: path,
+        bin,
+        managed: manage_with_systemctl(unit_dir),
+        started: false,
+        group_created: false,
+    };
+    if !r.managed {
+        return Ok(Outcome::of(r));
     }
-    ensure_group()?;
+    r.group_created = ensure_group()?;
     systemctl(&["daemon-reload"])?;
     if no_start {
         systemctl(&["enable", UNIT])?;
     } else {
         systemctl(&["enable", "--now", UNIT])?;
-        println!("bangerd enabled and started");
+        r.started = true;
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Outcome::of(r))
 }
 
-/// Members of `banger` may use the socket; adding users is left to the admin.
-fn ensure_group() -> anyhow::Result<()> {
+/// Members of `banger` may use the socket; adding users is left to the
+/// admin. True when the group was created now.
+fn ensure_group() -> anyhow::Result<bool> {
     let exists = Command::new("getent")
         .args(["group", "banger"])
         .output()
@@ -159,12 +201,51 @@ fn ensure_group() -> anyhow::Result<()> {
         if !st.success() {
             bail!("groupadd --system banger failed");
         }
-        println!("created group banger; add users with: sudo usermod -aG banger USER");
     }
-    Ok(())
+    Ok(!exists)
 }
 
-fn uninstall(env: &Env, unit_dir: &Path) -> anyhow::Result<ExitCode> {
+/// `system uninstall`: what was removed, and what could not be.
+#[derive(Serialize)]
+struct Uninstalled {
+    unit: PathBuf,
+    unit_removed: bool,
+    /// Host network objects removed (`nftables table ip banger`, TAPs, the bridge).
+    removed: Vec<String>,
+    failed: Vec<NotRemoved>,
+}
+
+#[derive(Serialize)]
+struct NotRemoved {
+    name: String,
+    error: Failure,
+}
+
+impl Render for Uninstalled {
+    fn text(&self) -> String {
+        let mut s = if self.unit_removed {
+            format!("removed {}\n", self.unit.display())
+        } else {
+            format!("{} was not installed\n", self.unit.display())
+        };
+        for r in &self.removed {
+            s.push_str(&format!("removed {r}\n"));
+        }
+        s.push_str(
+            "state in /var/lib/banger and the banger group were kept (remove them by hand to purge)\n",
+        );
+        s
+    }
+
+    fn failures(&self) -> Vec<(&str, &Failure)> {
+        self.failed
+            .iter()
+            .map(|f| (f.name.as_str(), &f.error))
+            .collect()
+    }
+}
+
+fn uninstall(env: &Env, unit_dir: &Path) -> anyhow::Result<Outcome> {
     require_root()?;
     // Removing the network under running VMs would cut them off silently.
     if let Ok(mut c) = autostart::connect(&env.paths, false) {
@@ -174,11 +255,14 @@ fn uninstall(env: &Env, unit_dir: &Path) -> anyhow::Result<ExitCode> {
             .map(|v| v.name)
             .collect();
         if !running.is_empty() {
-            bail!(
-                "{} VM(s) still run ({}): delete or stop them first (banger vm delete -f NAME...)",
-                running.len(),
-                running.join(", ")
-            );
+            return Err(refuse(
+                ErrorKind::InvalidState,
+                format!(
+                    "{} VM(s) still run ({}): delete or stop them first (banger vm delete -f NAME...)",
+                    running.len(),
+                    running.join(", ")
+                ),
+            ));
         }
     }
     let path = unit_dir.join(UNIT);
@@ -186,13 +270,11 @@ fn uninstall(env: &Env, unit_dir: &Path) -> anyhow::Result<ExitCode> {
         // Stopping first: disable --now also stops it.
         systemctl(&["disable", "--now", UNIT])?;
     }
-    match std::fs::remove_file(&path) {
-        Ok(()) => println!("removed {}", path.display()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            println!("{} was not installed", path.display())
-        }
+    let unit_removed = match std::fs::remove_file(&path) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
         Err(e) => return Err(e).context(format!("cannot remove {}", path.display())),
-    }
+    };
     if manage_with_systemctl(unit_dir) {
         systemctl(&["daemon-reload"])?;
     }
@@ -200,17 +282,20 @@ fn uninstall(env: &Env, unit_dir: &Path) -> anyhow::Result<ExitCode> {
     if let Ok(mut c) = autostart::connect(&env.paths, false) {
         let _ = c.call::<banger_proto::methods::daemon::Shutdown>(&Default::default());
     }
-    remove_host_network(env);
-    println!(
-        "state in /var/lib/banger and the banger group were kept (remove them by hand to purge)"
-    );
-    Ok(ExitCode::SUCCESS)
+    let mut r = Uninstalled {
+        unit: path,
+        unit_removed,
+        removed: Vec::new(),
+        failed: Vec::new(),
+    };
+    remove_host_network(env, &mut r);
+    Ok(Outcome::of(r))
 }
 
 /// Everything banger adds to the host network, found by name: its nftables
 /// table, `bgr-*` TAPs, the bridge, systemd-resolved routing. Nothing else is
-/// touched. Best effort: each step reports and the rest go on.
-fn remove_host_network(env: &Env) {
+/// touched. Best effort: each step is recorded and the rest go on.
+fn remove_host_network(env: &Env, r: &mut Uninstalled) {
     let config = banger_core::config::Config::load(&env.paths.config_file).unwrap_or_default();
     let bridge = config.network.bridge_name;
     let quiet = |cmd: &mut Command| {
@@ -218,12 +303,19 @@ fn remove_host_network(env: &Env) {
             .stderr(std::process::Stdio::null())
             .status()
     };
+    let mut outcome = |name: String, ok: bool| {
+        if ok {
+            r.removed.push(name);
+        } else {
+            let error = Failure::new(Kind::Failed, format!("could not remove {name}"));
+            r.failed.push(NotRemoved { name, error });
+        }
+    };
     if quiet(Command::new("nft").args(["list", "table", "ip", "banger"])).is_ok_and(|s| s.success())
     {
-        match quiet(Command::new("nft").args(["delete", "table", "ip", "banger"])) {
-            Ok(s) if s.success() => println!("removed nftables table ip banger"),
-            _ => eprintln!("warning: could not remove nftables table ip banger"),
-        }
+        let ok = quiet(Command::new("nft").args(["delete", "table", "ip", "banger"]))
+            .is_ok_and(|s| s.success());
+        outcome("nftables table ip banger".into(), ok);
     }
     let links = Command::new("ip")
         .args(["-j", "link", "show"])
@@ -241,35 +333,70 @@ fn remove_host_network(env: &Env) {
         let _ = quiet(Command::new("resolvectl").args(["revert", &bridge]));
     }
     for n in names {
-        match quiet(Command::new("ip").args(["link", "delete", &n])) {
-            Ok(s) if s.success() => println!("removed {n}"),
-            _ => eprintln!("warning: could not remove {n}"),
-        }
+        let ok = quiet(Command::new("ip").args(["link", "delete", &n])).is_ok_and(|s| s.success());
+        outcome(n, ok);
     }
 }
 
-fn status(env: &Env, unit_dir: &Path) -> anyhow::Result<ExitCode> {
-    let path = unit_dir.join(UNIT);
-    println!(
-        "unit: {}",
-        if path.exists() {
-            path.display().to_string()
-        } else {
-            "not installed".into()
+/// `system status`.
+#[derive(Serialize)]
+struct SystemStatus {
+    /// The unit file, or null when not installed.
+    unit: Option<PathBuf>,
+    /// `systemctl is-active`, when systemd manages the unit.
+    service: Option<String>,
+    daemon: Option<DaemonUp>,
+}
+
+#[derive(Serialize)]
+struct DaemonUp {
+    pid: u32,
+    version: String,
+}
+
+impl Render for SystemStatus {
+    fn text(&self) -> String {
+        let mut s = format!(
+            "unit: {}\n",
+            self.unit
+                .as_ref()
+                .map_or("not installed".into(), |p| p.display().to_string())
+        );
+        if let Some(svc) = &self.service {
+            s.push_str(&format!("service: {svc}\n"));
         }
-    );
-    if manage_with_systemctl(unit_dir) && path.exists() {
+        s.push_str(&match &self.daemon {
+            Some(d) => format!("daemon: running (pid {}, version {})\n", d.pid, d.version),
+            None => "daemon: not running\n".into(),
+        });
+        s
+    }
+}
+
+fn status(env: &Env, unit_dir: &Path) -> anyhow::Result<Outcome> {
+    let path = unit_dir.join(UNIT);
+    let installed = path.exists();
+    let service = if manage_with_systemctl(unit_dir) && installed {
         let out = Command::new("systemctl")
             .args(["is-active", UNIT])
             .output()?;
-        println!("service: {}", String::from_utf8_lossy(&out.stdout).trim());
-    }
-    match autostart::connect(&env.paths, false) {
+        Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        None
+    };
+    let daemon = match autostart::connect(&env.paths, false) {
         Ok(mut c) => {
             let st = autostart::check_protocol(&mut c)?;
-            println!("daemon: running (pid {}, version {})", st.pid, st.version);
+            Some(DaemonUp {
+                pid: st.pid,
+                version: st.version,
+            })
         }
-        Err(_) => println!("daemon: not running"),
-    }
-    Ok(ExitCode::SUCCESS)
+        Err(_) => None,
+    };
+    Ok(Outcome::of(SystemStatus {
+        unit: installed.then_some(path),
+        service,
+        daemon,
+    }))
 }

@@ -1,38 +1,64 @@
 //! `banger version`: this client's version and, if one answers, the daemon's.
 //! Never starts the daemon.
 
-use std::process::ExitCode;
-
 use banger_proto::PROTOCOL_VERSION;
-use serde_json::json;
+use serde::Serialize;
 
 use super::Env;
 use crate::autostart;
 use crate::client::Client;
+use crate::render::{Outcome, Render};
 
-pub fn run(env: &Env) -> anyhow::Result<ExitCode> {
-    let daemon = Client::connect_raw(&env.paths.socket())
-        .ok()
-        .and_then(|mut c| autostart::check_protocol(&mut c).ok());
-    if env.json {
-        crate::output::json(&json!({
-            "client": { "version": env!("CARGO_PKG_VERSION"), "protocol": PROTOCOL_VERSION },
-            "daemon": daemon.as_ref().map(|d| json!({
-                "version": d.version, "protocol": d.protocol, "pid": d.pid,
-            })),
-        }))?;
-    } else {
-        println!(
-            "banger {} (protocol {PROTOCOL_VERSION})",
-            env!("CARGO_PKG_VERSION")
+#[derive(Serialize)]
+struct Versions {
+    client: Side,
+    daemon: Option<Daemon>,
+}
+
+#[derive(Serialize)]
+struct Side {
+    version: &'static str,
+    protocol: u32,
+}
+
+#[derive(Serialize)]
+struct Daemon {
+    version: String,
+    protocol: u32,
+    pid: u32,
+}
+
+impl Render for Versions {
+    fn text(&self) -> String {
+        let mut s = format!(
+            "banger {} (protocol {})\n",
+            self.client.version, self.client.protocol
         );
-        match daemon {
-            Some(d) => println!(
-                "bangerd {} (protocol {}, pid {})",
+        s.push_str(&match &self.daemon {
+            Some(d) => format!(
+                "bangerd {} (protocol {}, pid {})\n",
                 d.version, d.protocol, d.pid
             ),
-            None => println!("bangerd not running"),
-        }
+            None => "bangerd not running\n".into(),
+        });
+        s
     }
-    Ok(ExitCode::SUCCESS)
+}
+
+pub fn run(env: &Env) -> anyhow::Result<Outcome> {
+    let daemon = Client::connect_raw(&env.paths.socket())
+        .ok()
+        .and_then(|mut c| autostart::check_protocol(&mut c).ok())
+        .map(|d| Daemon {
+            version: d.version,
+            protocol: d.protocol,
+            pid: d.pid,
+        });
+    Ok(Outcome::of(Versions {
+        client: Side {
+            version: env!("CARGO_PKG_VERSION"),
+            protocol: PROTOCOL_VERSION,
+        },
+        daemon,
+    }))
 }
