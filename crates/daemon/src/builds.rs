@@ -138,8 +138,7 @@ pub fn check_fragment(text: &[u8], caller_is_root: bool) -> Result<(), Error> {
 /// [`crate::caller_files`]).
 pub async fn read_fragment(f: File) -> Result<Vec<u8>, Error> {
     let (_, bytes) = crate::caller_files::check(f, "--config", |f| {
-        banger_core::artifact::stage::require_regular(f, "config fragment")
-            .map_err(Error::from)?;
+        banger_core::artifact::stage::require_regular(f, "config fragment").map_err(Error::from)?;
         let mut bytes = Vec::new();
         f.take(MAX_FRAGMENT + 1)
             .read_to_end(&mut bytes)
@@ -678,9 +677,11 @@ mod tests {
             read_fragment(File::open(&p).unwrap()).await.unwrap(),
             b"CONFIG_A=y\n"
         );
-        let e = RpcError::from(read_fragment(File::open(dir.path()).unwrap())
-            .await
-            .unwrap_err());
+        let e = RpcError::from(
+            read_fragment(File::open(dir.path()).unwrap())
+                .await
+                .unwrap_err(),
+        );
         assert!(e.is(ErrorKind::InvalidParams), "{e:?}");
     }
 }

@@ -76,9 +76,9 @@ async fn check_with<T: Send + 'static>(
         Ok(Ok(r)) => r,
         Ok(Err(e)) => Err(Error::internal(format!("{what}: the check failed: {e}"))),
         Err(_) => Err(Error::timeout(format!(
-                "{what}: reading the passed file did not finish within {} s; is it on a FUSE \
+            "{what}: reading the passed file did not finish within {} s; is it on a FUSE \
                  or network filesystem that does not answer?",
-                timeout.as_secs()
+            timeout.as_secs()
         ))
         .hint("copy the file to a local filesystem and pass the copy")),
     }

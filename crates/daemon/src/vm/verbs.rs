@@ -62,7 +62,11 @@ pub async fn create_begin(
     };
     if !p.no_start {
         // Fail before making anything when the VM could not start anyway.
-        d.vmms.get(&spec.vmm)?.preflight().await.map_err(Error::from)?;
+        d.vmms
+            .get(&spec.vmm)?
+            .preflight()
+            .await
+            .map_err(Error::from)?;
     }
     let now = timefmt::now();
     let row = banger_core::store::VmRow {
@@ -80,12 +84,12 @@ pub async fn create_begin(
     d.store.insert_vm(&row)?;
     // Address and ports are part of the reservation: if either fails, the
     // row goes and nothing is left half-made.
-    if let Err(e) = reserve_network(&d, &row.id, &p.ports) {
+    if let Err(e) = reserve_network(d, &row.id, &p.ports) {
         d.store.delete_vm(&row.id)?;
         return Err(e);
     }
     let vm = Vm::from_row(row)?;
-    let vm_info = info::vm_info(&d, &vm)?;
+    let vm_info = info::vm_info(d, &vm)?;
     let (d2, id, no_start) = (d.clone(), vm.id().to_string(), p.no_start);
     let op = ops.begin::<VmCreate, _, _>(&name, caller.uid, move |op| {
         create::run(d2, op, id, no_start)
@@ -152,16 +156,16 @@ pub async fn port_add(
     caller: &Caller,
     p: PortAddParams,
 ) -> Result<Vec<PortMapping>, Error> {
-    let vm = access::find(&d, caller, &p.name)?;
+    let vm = access::find(d, caller, &p.name)?;
     if d.store.vm_address(vm.id())?.is_none() {
         return Err(Error::precondition(format!(
             "vm {:?} has no network",
             p.name
         )));
     }
-    add_port_row(&d, vm.id(), &p.port)?;
-    resync_if_running(&d, &vm).await?;
-    ports_of(&d, vm.id())
+    add_port_row(d, vm.id(), &p.port)?;
+    resync_if_running(d, &vm).await?;
+    ports_of(d, vm.id())
 }
 
 pub async fn port_remove(
@@ -169,15 +173,15 @@ pub async fn port_remove(
     caller: &Caller,
     p: PortRemoveParams,
 ) -> Result<Vec<PortMapping>, Error> {
-    let vm = access::find(&d, caller, &p.name)?;
+    let vm = access::find(d, caller, &p.name)?;
     if !d.store.remove_port(vm.id(), p.host_port, &p.proto)? {
         return Err(Error::not_found(
             "published port",
-            &format!("{}/{} of vm {}", p.host_port, p.proto, p.name),
+            format!("{}/{} of vm {}", p.host_port, p.proto, p.name),
         ));
     }
-    resync_if_running(&d, &vm).await?;
-    ports_of(&d, vm.id())
+    resync_if_running(d, &vm).await?;
+    ports_of(d, vm.id())
 }
 
 pub async fn port_list(
@@ -185,8 +189,8 @@ pub async fn port_list(
     caller: &Caller,
     p: NameParams,
 ) -> Result<Vec<PortMapping>, Error> {
-    let vm = access::find(&d, caller, &p.name)?;
-    ports_of(&d, vm.id())
+    let vm = access::find(d, caller, &p.name)?;
+    ports_of(d, vm.id())
 }
 
 fn create_op(ops: &Ops, caller: &Caller, id: &str) -> Result<OperationInfo, Error> {
@@ -220,15 +224,15 @@ fn result(
 }
 
 pub async fn start(d: &Arc<Vms>, caller: &Caller, p: NameParams) -> Result<LifecycleResult, Error> {
-    let vm = access::find(&d, caller, &p.name)?;
-    let (vm, stages) = start::start(&d, vm).await?;
-    result(&d, &vm, None, &stages)
+    let vm = access::find(d, caller, &p.name)?;
+    let (vm, stages) = start::start(d, vm).await?;
+    result(d, &vm, None, &stages)
 }
 
 pub async fn stop(d: &Arc<Vms>, caller: &Caller, p: StopParams) -> Result<LifecycleResult, Error> {
-    let vm = access::find(&d, caller, &p.name)?;
-    let (vm, by, stages) = stop::stop(&d, vm, p.timeout_secs).await?;
-    result(&d, &vm, Some(by), &stages)
+    let vm = access::find(d, caller, &p.name)?;
+    let (vm, by, stages) = stop::stop(d, vm, p.timeout_secs).await?;
+    result(d, &vm, Some(by), &stages)
 }
 
 pub async fn restart(
@@ -236,46 +240,46 @@ pub async fn restart(
     caller: &Caller,
     p: StopParams,
 ) -> Result<LifecycleResult, Error> {
-    let vm = access::find(&d, caller, &p.name)?;
-    let (vm, by, stages) = stop::restart(&d, vm, p.timeout_secs).await?;
-    result(&d, &vm, Some(by), &stages)
+    let vm = access::find(d, caller, &p.name)?;
+    let (vm, by, stages) = stop::restart(d, vm, p.timeout_secs).await?;
+    result(d, &vm, Some(by), &stages)
 }
 
 pub async fn kill(d: &Arc<Vms>, caller: &Caller, p: KillParams) -> Result<LifecycleResult, Error> {
-    let vm = access::find(&d, caller, &p.name)?;
-    let (vm, by) = stop::kill(&d, vm, p.signal.as_deref()).await?;
+    let vm = access::find(d, caller, &p.name)?;
+    let (vm, by) = stop::kill(d, vm, p.signal.as_deref()).await?;
     Ok(LifecycleResult {
-        vm: info::vm_info(&d, &vm)?,
+        vm: info::vm_info(d, &vm)?,
         ended_by: Some(by),
         stages: Vec::new(),
     })
 }
 
 pub async fn delete(d: &Arc<Vms>, caller: &Caller, p: DeleteParams) -> Result<Empty, Error> {
-    let vm = access::find(&d, caller, &p.name)?;
-    delete::delete(&d, vm, p.force).await?;
+    let vm = access::find(d, caller, &p.name)?;
+    delete::delete(d, vm, p.force).await?;
     Ok(Empty {})
 }
 
 pub async fn prune(d: &Arc<Vms>, caller: &Caller, _p: Empty) -> Result<PruneResult, Error> {
     Ok(PruneResult {
-        deleted: delete::prune(&d, caller).await?,
+        deleted: delete::prune(d, caller).await?,
     })
 }
 
 pub async fn set(d: &Arc<Vms>, caller: &Caller, p: SetParams) -> Result<VmInfo, Error> {
-    let vm = access::find(&d, caller, &p.name)?;
+    let vm = access::find(d, caller, &p.name)?;
     let only_nat = p.vcpus.is_none() && p.memory_mib.is_none() && p.disk_bytes.is_none();
     let vm = match (p.nat, only_nat) {
         // NAT is a rule, not a machine setting: it changes in any state.
         (Some(nat), true) => {
-            let vm = access::update(&d, vm.id(), |v| v.spec.nat = nat)?;
-            resync_if_running(&d, &vm).await?;
+            let vm = access::update(d, vm.id(), |v| v.spec.nat = nat)?;
+            resync_if_running(d, &vm).await?;
             vm
         }
-        _ => set::set(&d, vm, &p).await?,
+        _ => set::set(d, vm, &p).await?,
     };
-    info::vm_info(&d, &vm)
+    info::vm_info(d, &vm)
 }
 
 pub async fn list(d: &Arc<Vms>, caller: &Caller, p: ListParams) -> Result<Vec<VmInfo>, Error> {
@@ -286,18 +290,18 @@ pub async fn list(d: &Arc<Vms>, caller: &Caller, p: ListParams) -> Result<Vec<Vm
         }
         let vm = Vm::from_row(row)?;
         if p.all || vm.state != VmState::Stopped {
-            out.push(info::vm_info(&d, &vm)?);
+            out.push(info::vm_info(d, &vm)?);
         }
     }
     Ok(out)
 }
 
 pub async fn show(d: &Arc<Vms>, caller: &Caller, p: NameParams) -> Result<VmInfo, Error> {
-    info::vm_info(&d, &access::find(&d, caller, &p.name)?)
+    info::vm_info(d, &access::find(d, caller, &p.name)?)
 }
 
 pub async fn logs(d: &Arc<Vms>, caller: &Caller, p: VmLogsParams) -> Result<LogChunk, Error> {
-    let vm = access::find(&d, caller, &p.name)?;
+    let vm = access::find(d, caller, &p.name)?;
     let file = match p.source {
         LogSource::Console => record::CONSOLE_LOG,
         LogSource::Vmm => record::VMM_LOG,
@@ -307,17 +311,17 @@ pub async fn logs(d: &Arc<Vms>, caller: &Caller, p: VmLogsParams) -> Result<LogC
 }
 
 pub async fn stats(d: &Arc<Vms>, caller: &Caller, p: NameParams) -> Result<VmStats, Error> {
-    info::stats(&d, &access::find(&d, caller, &p.name)?).await
+    info::stats(d, &access::find(d, caller, &p.name)?).await
 }
 
 pub async fn health(d: &Arc<Vms>, caller: &Caller, p: NameParams) -> Result<VmHealth, Error> {
-    info::health(&d, &access::find(&d, caller, &p.name)?, false).await
+    info::health(d, &access::find(d, caller, &p.name)?, false).await
 }
 
 pub async fn ping(d: &Arc<Vms>, caller: &Caller, p: NameParams) -> Result<VmHealth, Error> {
-    info::health(&d, &access::find(&d, caller, &p.name)?, true).await
+    info::health(d, &access::find(d, caller, &p.name)?, true).await
 }
 
 pub async fn ports(d: &Arc<Vms>, caller: &Caller, p: NameParams) -> Result<VmPorts, Error> {
-    info::ports(&d, &access::find(&d, caller, &p.name)?).await
+    info::ports(d, &access::find(d, caller, &p.name)?).await
 }
