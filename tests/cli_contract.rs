@@ -74,7 +74,7 @@ fn errors_have_json_and_exit_codes_by_kind() {
         json!({
             "kind": "not_found",
             "message": "vm \"ghost\" not found",
-            "hint": null,
+            "hint": "see `banger vm list -a`",
             "data": {"resource": "vm", "name": "ghost"},
         })
     );
