@@ -652,7 +652,18 @@ struct Scratch {
 }
 
 impl Drop for Scratch {
+    /// After a cancel, compilers of the killed group may still be finishing
+    /// a write (SIGKILL is delivered when their system call returns), so a
+    /// file can appear while the tree is removed: `remove_dir_all` then
+    /// fails with `ENOTEMPTY`. Retry, bounded, until the directory is gone.
     fn drop(&mut self) {
+        for _ in 0..100 {
+            match fs::remove_dir_all(&self.dir) {
+                Ok(()) => return,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+            }
+        }
         let _ = fs::remove_dir_all(&self.dir);
     }
 }

@@ -50,6 +50,8 @@ fn world() -> World {
     let rootfs = paths.state_dir.join("rootfs.ext4");
     std::fs::write(&rootfs, vec![0u8; 1 << 20]).unwrap();
     std::fs::write(paths.state_dir.join("vmlinux"), b"not a kernel").unwrap();
+    // The work disk is made from the seed (the fake host's mkfs makes no file).
+    std::fs::write(paths.state_dir.join("work-seed.ext4"), vec![0u8; 1 << 20]).unwrap();
     let file = |rel: &str, size| StoredFile {
         rel_path: rel.into(),
         size,
@@ -73,7 +75,7 @@ fn world() -> World {
         owner_uid: 0,
         kernel_id: "k1".into(),
         rootfs: file("rootfs.ext4", 1 << 20),
-        work_seed: None,
+        work_seed: Some(file("work-seed.ext4", 1 << 20)),
         created_at: "2026-01-01T00:00:00Z".into(),
         features: vec![],
     };
@@ -114,7 +116,7 @@ impl World {
             image: None,
             vcpus: Some(1),
             memory_mib: Some(128),
-            disk_bytes: Some(8 << 20),
+            disk_bytes: Some(64 << 20),
             no_start,
             nat: false,
             ports: vec![],
@@ -243,8 +245,12 @@ async fn kill_is_recorded_as_intended_not_as_a_crash() {
         name: "k".into(),
         signal: None,
     };
-    let r = verbs::kill(&w.vms, &w.alice, p).await.unwrap();
-    assert_eq!(r.vm.state, VmState::Stopped);
+    verbs::kill(&w.vms, &w.alice, p).await.unwrap();
+    // The signal is sent; the exit is settled by the reaper.
+    eventually("the killed VM to be settled", || {
+        w.state("k") == Some(VmState::Stopped)
+    })
+    .await;
     assert!(!alive(pid));
     let vm = super::access::find(&w.vms, &w.alice, "k").unwrap();
     assert_ne!(vm.runtime.last_exit.unwrap().by, "crashed");
