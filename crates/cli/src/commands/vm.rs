@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use banger_core::size;
 use banger_proto::methods::daemon::LogChunk;
-use banger_proto::methods::op::StageInfo;
 use banger_proto::methods::vm::{
     CreateBegin, CreateParams, Delete, DeleteParams, Health, Kill, KillParams, LifecycleResult,
     List, ListParams, LogSource, Logs, Ping, PortAdd, PortAddParams, PortList, PortMapping,
@@ -383,7 +382,7 @@ impl Render for Created {
             self.vm.name,
             self.vm.state.as_str(),
             output::millis(self.operation.total_ms()),
-            stages_line(&self.operation.stages)
+            progress::stage_summary(&self.operation.stages)
         )
     }
 }
@@ -443,7 +442,7 @@ impl Render for Each<LifecycleResult> {
             let timing = if r.stages.is_empty() {
                 String::new()
             } else {
-                format!(": {}", stages_line(&r.stages))
+                format!(": {}", progress::stage_summary(&r.stages))
             };
             out.push_str(&format!("{} {}{by}{timing}\n", self.done, r.vm.name));
         }
@@ -845,20 +844,6 @@ fn spec_line(vm: &VmInfo) -> String {
     )
 }
 
-fn stages_line(stages: &[StageInfo]) -> String {
-    stages
-        .iter()
-        .map(|s| {
-            format!(
-                "{} {}",
-                s.name,
-                output::millis(s.duration_ms.unwrap_or(0.0))
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 fn show(v: &VmInfo) -> String {
     let mut t = output::Table::new(&["FIELD", "VALUE"]);
     let mut row = |k: &str, v: String| t.row(vec![k.into(), v]);
@@ -927,7 +912,7 @@ fn show(v: &VmInfo) -> String {
         row("uptime", output::age(u));
     }
     if !v.last_start.is_empty() {
-        row("last start", stages_line(&v.last_start));
+        row("last start", progress::stage_summary(&v.last_start));
     }
     if let Some(e) = &v.last_exit {
         row("last exit", format!("{} by {}: {}", e.at, e.by, e.detail));
