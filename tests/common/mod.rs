@@ -398,6 +398,80 @@ pub fn assert_no_vm_leftovers(h: &Home) {
     assert!(vms.is_empty(), "VM files left: {vms:?}");
     let run = walk(&h.path().join("run/vms"));
     assert!(run.is_empty(), "VM runtime files left: {run:?}");
+    let dm = dm_devices("banger-");
+    assert!(dm.is_empty(), "device-mapper tables left: {dm:?}");
+    let rows = vm_rows(h);
+    assert!(rows.is_empty(), "VM rows left in the state db: {rows:?}");
+    if let Some(ns) = &h.netns {
+        let taps = taps_in(ns);
+        assert!(taps.is_empty(), "tap devices left in {ns}: {taps:?}");
+        let rules = vm_rules_in(ns);
+        assert!(rules.is_empty(), "per-VM nftables rules left in {ns}: {rules:?}");
+    }
+}
+
+/// Device-mapper devices whose name starts with `prefix` (none where the
+/// kernel has no device-mapper: /sys/block has no dm-* then).
+pub fn dm_devices(prefix: &str) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/sys/block") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("dm/name")).ok())
+        .map(|n| n.trim().to_string())
+        .filter(|n| n.starts_with(prefix))
+        .collect()
+}
+
+/// Rows of the state db that belong to a VM (`vms`, `vm_addresses`,
+/// `vm_ports`), as `table: row count`; nothing when no db was made.
+pub fn vm_rows(h: &Home) -> Vec<String> {
+    let db = h.state().join("state.db");
+    if !db.exists() {
+        return Vec::new();
+    }
+    let conn =
+        rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap_or_else(|e| panic!("open {}: {e}", db.display()));
+    ["vms", "vm_addresses", "vm_ports"]
+        .into_iter()
+        .filter_map(|t| {
+            let n: i64 = conn
+                .query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))
+                .unwrap_or_else(|e| panic!("count {t}: {e}"));
+            (n > 0).then(|| format!("{t}: {n}"))
+        })
+        .collect()
+}
+
+/// banger's tap devices (`bgr-*`) in network namespace `ns`.
+pub fn taps_in(ns: &str) -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["-n", ns, "-o", "link", "show"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ip -n {ns} link show: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .filter(|n| n.starts_with("bgr-"))
+        .collect()
+}
+
+/// nftables rules in namespace `ns` whose comment names a VM (`vm=<name>`):
+/// the per-VM rules, which must go with the VM.
+pub fn vm_rules_in(ns: &str) -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "list", "ruleset"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "nft list ruleset in {ns}: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("comment \"vm="))
+        .map(|l| l.trim().to_string())
+        .collect()
 }
 
 /// Polls `f` until it returns Some (or panics after `secs`).
@@ -409,5 +483,33 @@ pub fn eventually<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) ->
         }
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// What this host is, read the way banger reads it.
+fn host_facts() -> banger_core::vmm_select::HostFacts {
+    banger_core::vmm_select::HostFacts::detect(&banger_core::config::Config::default())
+}
+
+/// The acceleration QEMU must get on this host: TCG under nested paravirtual
+/// KVM (`kvm_pvm`: QEMU's KVM dies on an MSR assertion there), without a
+/// usable `/dev/kvm`, or without vmx/svm; KVM otherwise.
+pub fn expected_qemu_accel() -> &'static str {
+    let h = host_facts();
+    if h.kvm.is_err() || h.kvm_pvm || !h.cpu_virt {
+        "tcg"
+    } else {
+        "kvm"
+    }
+}
+
+/// The VMM `--vmm auto` must pick on this host: Firecracker only where KVM is
+/// usable, hardware-backed and not PVM, and Firecracker is installed.
+pub fn expected_auto_vmm() -> &'static str {
+    let h = host_facts();
+    if h.kvm.is_ok() && !h.kvm_pvm && h.cpu_virt && h.firecracker {
+        "firecracker"
+    } else {
+        "qemu"
     }
 }

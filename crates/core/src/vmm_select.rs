@@ -206,8 +206,25 @@ mod tests {
         let h = HostFacts::detect(&Config::default());
         let c = choose(&h);
         eprintln!("{h:?} -> {c:?}");
-        if h.kvm_pvm {
-            assert_eq!(c.vmm, QEMU);
+        // The rule, spelled out against what this host is.
+        let fc_ok = h.kvm.is_ok() && !h.kvm_pvm && h.cpu_virt && h.firecracker;
+        assert_eq!(c.vmm, if fc_ok { FIRECRACKER } else { QEMU });
+        assert_eq!(firecracker_boots_guests(&h).is_ok(), fc_ok);
+        // The reason names the fact that decided it.
+        let why = &c.reason;
+        if h.kvm.is_err() {
+            assert!(why.contains("no usable KVM"), "{why}");
+        } else if h.kvm_pvm {
+            assert!(why.contains("kvm_pvm"), "{why}");
+        } else if !h.cpu_virt {
+            assert!(why.contains("vmx/svm"), "{why}");
+        } else if !h.firecracker {
+            assert!(why.contains("not installed"), "{why}");
+        } else {
+            assert!(why.contains("hardware-backed"), "{why}");
+        }
+        if !h.qemu && !fc_ok {
+            assert!(why.contains("apt install qemu-system-x86"), "{why}");
         }
     }
 

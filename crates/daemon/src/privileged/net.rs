@@ -1407,9 +1407,24 @@ mod tests {
                 _pad: [0; 22],
             };
             req.name[..5].copy_from_slice(b"tap-h");
-            // SAFETY: as in make_persistent_tap.
-            let rc = unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, &mut req) };
-            assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+            // EBUSY while a fork of another test thread (between fork and
+            // exec) still holds tap_create's descriptor: that clears at its
+            // exec, so retry briefly, as a VMM opening the tap would.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            loop {
+                // SAFETY: as in make_persistent_tap.
+                let rc = unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, &mut req) };
+                let err = io::Error::last_os_error();
+                if rc == 0 {
+                    break;
+                }
+                assert!(
+                    err.raw_os_error() == Some(libc::EBUSY)
+                        && std::time::Instant::now() < deadline,
+                    "TUNSETIFF: {err}"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
             // In use: re-running tap_create still works (no TUNSETIFF needed).
             host.tap_create("tap-h", "br-h", true).unwrap();
             host.tap_delete("tap-h").unwrap();
