@@ -188,3 +188,125 @@ fn sigterm_and_shutdown_exit_cleanly() {
         .unwrap();
     assert_eq!(ok, "ok");
 }
+
+/// Runs `f` on a thread whose own credentials (not the process's: the raw
+/// syscalls change only the calling thread) are `uid`/`gid`, so the daemon's
+/// SO_PEERCRED sees that user for sockets connected there.
+fn as_user<T: Send + 'static>(uid: u32, gid: u32, f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        // SAFETY: plain syscalls on this thread's credentials.
+        unsafe {
+            assert_eq!(
+                libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()),
+                0
+            );
+            assert_eq!(libc::syscall(libc::SYS_setresgid, gid, gid, gid), 0);
+            assert_eq!(libc::syscall(libc::SYS_setresuid, uid, uid, uid), 0);
+        }
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+fn open_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn a_user_cannot_hog_connections_or_descriptors() {
+    require_root();
+    let mut h = Home::new();
+    h.start_daemon();
+    let socket = h.socket();
+    let pid = h.daemon_pid().unwrap();
+
+    // nobody opens connections up to the per-user cap (64), each usable.
+    let s = socket.clone();
+    let mut held = as_user(common::NOBODY, common::NOBODY, move || {
+        (0..64)
+            .map(|i| {
+                let mut c = Raw::connect(&s);
+                assert_eq!(
+                    c.call(i, "daemon.status", json!({}))["result"]["protocol"],
+                    1
+                );
+                c
+            })
+            .collect::<Vec<_>>()
+    });
+    // The next one is answered with a busy error and closed.
+    let s = socket.clone();
+    let refused = as_user(common::NOBODY, common::NOBODY, move || {
+        let mut c = Raw::connect(&s);
+        c.read()
+    });
+    assert_eq!(refused["error"]["data"]["kind"], "busy", "{refused}");
+    let msg = refused["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("too many connections from your user"), "{msg}");
+    // Root is not crowded out.
+    let mut root = Raw::connect(&socket);
+    assert_eq!(
+        root.call(1, "daemon.status", json!({}))["result"]["protocol"],
+        1
+    );
+    // A closed connection frees its slot.
+    drop(held.pop());
+    let s = socket.clone();
+    let again = common::eventually(10, "a freed connection slot", move || {
+        let s = s.clone();
+        as_user(common::NOBODY, common::NOBODY, move || {
+            let mut c = Raw::connect(&s);
+            let r = c.call(7, "daemon.status", json!({}));
+            (r["result"]["protocol"] == 1).then_some(c)
+        })
+    });
+    held.push(again);
+    drop(held);
+
+    // Descriptors piled onto one unfinished request line are not kept: the
+    // daemon holds at most one request's worth (4) per connection.
+    let before = open_fds(pid);
+    let s = socket.clone();
+    let flooder = as_user(common::NOBODY, common::NOBODY, move || {
+        let stream = std::os::unix::net::UnixStream::connect(&s).unwrap();
+        let null = std::fs::File::open("/dev/null").unwrap();
+        use std::os::fd::AsFd;
+        for _ in 0..300 {
+            let fds = [null.as_fd(), null.as_fd(), null.as_fd(), null.as_fd()];
+            let mut space = [0u8; rustix::cmsg_space!(ScmRights(4))];
+            let mut anc = rustix::net::SendAncillaryBuffer::new(&mut space);
+            assert!(anc.push(rustix::net::SendAncillaryMessage::ScmRights(&fds)));
+            rustix::net::sendmsg(
+                &stream,
+                &[std::io::IoSlice::new(b"x")],
+                &mut anc,
+                rustix::net::SendFlags::empty(),
+            )
+            .unwrap();
+        }
+        stream
+    });
+    // Let the daemon read all of it, then count what it holds.
+    let mut probe = Raw::connect(&socket);
+    assert_eq!(
+        probe.call(2, "daemon.status", json!({}))["result"]["protocol"],
+        1
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let during = open_fds(pid);
+    assert!(
+        during <= before + 4 + 2,
+        "daemon holds {during} descriptors after the flood, {before} before"
+    );
+    // The line, once finished, is answered (without the dropped descriptors).
+    let mut flooder = common::raw::Raw::from_stream(flooder);
+    flooder.send(b"\n");
+    let r = flooder.read();
+    assert_eq!(code(&r), -32700, "{r}");
+    drop(flooder);
+    drop(probe);
+    drop(root);
+}

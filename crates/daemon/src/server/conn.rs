@@ -15,14 +15,17 @@ use tokio::io::Interest;
 use tokio::net::UnixStream;
 
 use super::framing::{Frame, Framer, Line};
+use super::limits::{self, Refused};
 use crate::app::App;
 use crate::caller::{Caller, Ctx, Fds};
 use crate::rpc::dispatch::Table;
 
 pub async fn serve(d: Arc<App>, table: Arc<Table>, stream: UnixStream, caller: Caller) {
     tracing::debug!(uid = caller.uid, pid = caller.pid, "client connected");
-    let mut framer = Framer::new(MAX_REQUEST_BYTES);
+    let mut framer = Framer::new(MAX_REQUEST_BYTES, MAX_FDS_PER_REQUEST);
     let mut buf = vec![0u8; 64 * 1024];
+    // When the line in progress began (its first byte arrived).
+    let mut line_began: Option<tokio::time::Instant> = None;
     loop {
         while let Some(frame) = framer.next_frame() {
             let out = match frame {
@@ -46,8 +49,38 @@ pub async fn serve(d: Arc<App>, table: Arc<Table>, stream: UnixStream, caller: C
                 }
             }
         }
+        // The client's clock: a started line must finish soon, an idle
+        // connection may wait longer; neither runs while a request does.
+        let now = tokio::time::Instant::now();
+        let deadline = match (framer.mid_line(), line_began) {
+            (true, Some(t)) => t + limits::PARTIAL_LINE_TIMEOUT,
+            (true, None) => {
+                line_began = Some(now);
+                now + limits::PARTIAL_LINE_TIMEOUT
+            }
+            (false, _) => {
+                line_began = None;
+                now + limits::IDLE_TIMEOUT
+            }
+        };
         let read = tokio::select! {
             r = recv(&stream, &mut buf) => r,
+            _ = tokio::time::sleep_until(deadline) => {
+                let mid = framer.mid_line();
+                tracing::info!(uid = caller.uid, mid_request = mid, "closing a connection that timed out");
+                if mid {
+                    let err = RpcError::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "request line not completed within {}s; closing the connection",
+                            limits::PARTIAL_LINE_TIMEOUT.as_secs()
+                        ),
+                    );
+                    let bytes = jsonrpc::encode_responses(&[Response::error(Value::Null, err)], false);
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), write_all(&stream, &bytes)).await;
+                }
+                return;
+            }
             _ = d.shutdown.cancelled() => return,
         };
         match read {
@@ -64,6 +97,18 @@ pub async fn serve(d: Arc<App>, table: Arc<Table>, stream: UnixStream, caller: C
             }
         }
     }
+}
+
+/// Answers a connection over its caps with one error line and closes it. The
+/// write is bounded: a client that does not read gets nothing.
+pub async fn refuse(stream: UnixStream, why: Refused) {
+    let err = RpcError::new(ErrorKind::Busy, why.to_string());
+    let bytes = jsonrpc::encode_responses(&[Response::error(Value::Null, err)], false);
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        write_all(&stream, &bytes),
+    )
+    .await;
 }
 
 /// Runs one line; `None` when nothing is to be sent (notifications only).

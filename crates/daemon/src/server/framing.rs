@@ -30,6 +30,13 @@ pub enum Frame {
 
 pub struct Framer {
     max_line: usize,
+    /// Most descriptors one line may carry. Only the line in progress holds
+    /// descriptors here (complete lines are cut at once), so this also bounds
+    /// what one connection makes the daemon hold open.
+    max_fds: usize,
+    /// The line whose descriptors passed `max_fds`: they were closed, and any
+    /// more that come with it are too.
+    fds_overflowed: Option<u64>,
     buf: Vec<u8>,
     /// Stream offset of `buf[0]`.
     buf_start: u64,
@@ -43,9 +50,11 @@ pub struct Framer {
 }
 
 impl Framer {
-    pub fn new(max_line: usize) -> Framer {
+    pub fn new(max_line: usize, max_fds: usize) -> Framer {
         Framer {
             max_line,
+            max_fds,
+            fds_overflowed: None,
             buf: Vec::new(),
             buf_start: 0,
             at_line_start: true,
@@ -59,8 +68,27 @@ impl Framer {
     pub fn push(&mut self, data: &[u8], fds: Vec<OwnedFd>) {
         let start = self.buf_start + self.buf.len() as u64;
         if !fds.is_empty() {
-            let owner = last_line_start(data, start, self.at_line_start);
-            self.fds.push_back((owner, fds));
+            // Mid-line descriptors belong to the line in progress, which
+            // (after the last cut) begins at `buf_start`.
+            let owner = last_line_start(data, start, self.at_line_start).unwrap_or(self.buf_start);
+            let held: usize = self
+                .fds
+                .iter()
+                .filter(|(o, _)| *o == owner)
+                .map(|(_, f)| f.len())
+                .sum();
+            if self.fds_overflowed == Some(owner) || held + fds.len() > self.max_fds {
+                // A line with too many descriptors gets none (its request then
+                // fails for lack of them), as a single oversized message does.
+                tracing::warn!(
+                    "client sent more than {} descriptors with one request; dropped them",
+                    self.max_fds
+                );
+                self.fds.retain(|(o, _)| *o != owner);
+                self.fds_overflowed = Some(owner);
+            } else {
+                self.fds.push_back((owner, fds));
+            }
         }
         if let Some(&last) = data.last() {
             self.at_line_start = last == b'\n';
@@ -77,6 +105,12 @@ impl Framer {
     /// Bytes of an unfinished line (a client that hung up mid-request).
     pub fn has_partial(&self) -> bool {
         !self.buf.is_empty() && !self.discarding
+    }
+
+    /// Whether any byte of an unfinished line (kept or being discarded) has
+    /// arrived: the connection is in the middle of a request.
+    pub fn mid_line(&self) -> bool {
+        !self.at_line_start
     }
 
     fn cut_lines(&mut self) {
@@ -132,16 +166,15 @@ impl Framer {
 }
 
 /// The stream offset of the last line that starts within `data` (which begins
-/// at `start`); if none does, the line in progress (which began earlier).
-fn last_line_start(data: &[u8], start: u64, starts_line: bool) -> u64 {
+/// at `start`); `None` if none does: then they belong to the line in progress,
+/// which began earlier (only a misbehaving client sends descriptors mid-line).
+fn last_line_start(data: &[u8], start: u64, starts_line: bool) -> Option<u64> {
     // A newline at the very end starts a line that is not in `data`.
     let body = &data[..data.len().saturating_sub(1)];
     match body.iter().rposition(|&b| b == b'\n') {
-        Some(i) => start + i as u64 + 1,
-        None if starts_line => start,
-        // Mid-line descriptors: only a misbehaving client does that; they go to
-        // the current line, whose start is before `start`.
-        None => start.saturating_sub(1),
+        Some(i) => Some(start + i as u64 + 1),
+        None if starts_line => Some(start),
+        None => None,
     }
 }
 
@@ -166,7 +199,7 @@ mod tests {
 
     #[test]
     fn splits_lines_across_reads() {
-        let mut f = Framer::new(100);
+        let mut f = Framer::new(100, 4);
         f.push(b"ab", vec![]);
         f.push(b"c\nde", vec![]);
         f.push(b"f\n", vec![]);
@@ -176,7 +209,7 @@ mod tests {
 
     #[test]
     fn fds_go_to_the_line_they_started_with() {
-        let mut f = Framer::new(100);
+        let mut f = Framer::new(100, 4);
         // First read: a whole line without fds.
         f.push(b"one\n", vec![]);
         // A read that returns the tail of a line plus a new line carrying fds.
@@ -196,7 +229,7 @@ mod tests {
 
     #[test]
     fn fds_of_a_line_split_over_reads_stay_with_it() {
-        let mut f = Framer::new(100);
+        let mut f = Framer::new(100, 4);
         f.push(b"big-", vec![fd()]);
         f.push(b"line\n", vec![]);
         assert_eq!(lines(&mut f), [("big-line".into(), 1)]);
@@ -204,7 +237,7 @@ mod tests {
 
     #[test]
     fn oversized_line_is_reported_once_and_dropped_with_its_fds() {
-        let mut f = Framer::new(8);
+        let mut f = Framer::new(8, 4);
         f.push(b"0123456789", vec![fd()]);
         f.push(b"abcdef", vec![]);
         f.push(b"gh\nok\n", vec![]);
@@ -217,8 +250,31 @@ mod tests {
 
     #[test]
     fn long_complete_line_in_one_read_is_too_large() {
-        let mut f = Framer::new(4);
+        let mut f = Framer::new(4, 4);
         f.push(b"123456\nab\n", vec![]);
         assert_eq!(lines(&mut f), [("<too large>".into(), 0), ("ab".into(), 0)]);
+    }
+
+    #[test]
+    fn descriptors_piled_onto_one_line_are_capped() {
+        let mut f = Framer::new(1000, 4);
+        // A hostile client: many messages, each with descriptors, no newline.
+        for _ in 0..50 {
+            f.push(b"x", vec![fd(), fd(), fd()]);
+            let held: usize = f.fds.iter().map(|(_, v)| v.len()).sum();
+            assert!(held <= 4, "{held} descriptors held for one line");
+        }
+        f.push(b"\nnext\n", vec![fd()]);
+        // The flooded line gets none; the next line is not affected.
+        assert_eq!(lines(&mut f), [("x".repeat(50), 0), ("next".into(), 1)]);
+    }
+
+    #[test]
+    fn a_line_may_carry_up_to_the_limit_over_several_reads() {
+        let mut f = Framer::new(1000, 4);
+        f.push(b"a", vec![fd(), fd()]);
+        f.push(b"b", vec![fd(), fd()]);
+        f.push(b"\n", vec![]);
+        assert_eq!(lines(&mut f), [("ab".into(), 4)]);
     }
 }

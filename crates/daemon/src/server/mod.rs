@@ -4,6 +4,7 @@
 
 pub mod conn;
 pub mod framing;
+pub mod limits;
 
 use std::fs::File;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -73,6 +74,8 @@ pub fn bind(paths: &Paths, gid: Option<u32>) -> anyhow::Result<UnixListener> {
 /// current request.
 pub async fn serve(d: Arc<App>, table: Arc<Table>, listener: UnixListener) {
     let conns = TaskTracker::new();
+    let counts =
+        limits::Connections::new(limits::MAX_CONNECTIONS_PER_USER, limits::MAX_CONNECTIONS);
     loop {
         tokio::select! {
             _ = d.shutdown.cancelled() => break,
@@ -89,7 +92,19 @@ pub async fn serve(d: Arc<App>, table: Arc<Table>, listener: UnixListener) {
                             continue;
                         }
                     };
-                    conns.spawn(conn::serve(d.clone(), table.clone(), stream, caller));
+                    match counts.admit(caller.uid) {
+                        Ok(slot) => {
+                            let (d, table) = (d.clone(), table.clone());
+                            conns.spawn(async move {
+                                conn::serve(d, table, stream, caller).await;
+                                drop(slot);
+                            });
+                        }
+                        Err(why) => {
+                            tracing::warn!(uid = caller.uid, %why, "connection refused");
+                            conns.spawn(conn::refuse(stream, why));
+                        }
+                    }
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
