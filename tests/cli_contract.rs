@@ -157,6 +157,28 @@ fn docker_habits_and_partial_failures() {
     ]);
     assert_eq!(r["vm"]["state"], "stopped");
 
+    // exec on a stopped VM: invalid_state (5), saying how to start it; on
+    // another user's VM: not_found (3), as if it did not exist.
+    let v = json_fails(&h, &["exec", "p1", "--", "true"], 5);
+    assert_eq!(kind(&v), "invalid_state");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("banger vm start p1"),
+        "{v}"
+    );
+    let out = h
+        .banger_as(common::NOBODY, common::NOBODY)
+        .args(["--json", "vm", "exec", "p1", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(kind(&v), "not_found");
+    // A bad -e is a usage error before anything is contacted.
+    assert_eq!(run(&h, &["exec", "-e", "1X=y", "p1", "--", "true"]).0, 2);
+
     // One name fails, the other is done, and the JSON says which.
     let (code, out, err) = run(&h, &["--json", "vm", "start", "p1", "ghost"]);
     assert_eq!(code, 3, "{out}{err}");

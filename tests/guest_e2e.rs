@@ -40,6 +40,40 @@ fn banger_in_ns(h: &mut Home, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `banger ARGS` inside the test's namespace with `input` on stdin.
+fn banger_in_ns_with_stdin(h: &mut Home, args: &[&str], input: &[u8]) -> Output {
+    use std::io::Write;
+    let ns = h.netns();
+    let c = h.banger();
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &ns])
+        .arg(common::BANGER)
+        .args(args)
+        .envs(
+            c.get_envs()
+                .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))),
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// `banger vm exec ARGS...` in the namespace: (exit code, stdout, stderr).
+fn exec(h: &mut Home, args: &[&str], input: &[u8]) -> (i32, String, String) {
+    let mut all = vec!["vm", "exec"];
+    all.extend_from_slice(args);
+    let out = banger_in_ns_with_stdin(h, &all, input);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// `banger vm ssh NAME -- CMD...`, asserting success; returns stdout.
 fn ssh(h: &mut Home, name: &str, cmd: &[&str]) -> String {
     let mut args = vec!["vm", "ssh", name, "--"];
@@ -144,7 +178,11 @@ fn real_guest_boots_answers_ssh_agent_and_survives_stop_start() {
         .as_str()
         .unwrap_or_else(|| panic!("no accel: {vm}"));
     if vmm == "qemu" {
-        assert_eq!(accel, common::expected_qemu_accel(), "QEMU's acceleration on this host");
+        assert_eq!(
+            accel,
+            common::expected_qemu_accel(),
+            "QEMU's acceleration on this host"
+        );
     } else {
         assert_eq!(accel, "kvm", "Firecracker runs on KVM only");
     }
@@ -158,6 +196,53 @@ fn real_guest_boots_answers_ssh_agent_and_survives_stop_start() {
     assert!(os.contains("VERSION_ID=\"12\""), "{os}");
     assert!(os.contains("ID=debian"), "{os}");
     assert_eq!(ssh(&mut h, "g1", &["hostname"]).trim(), "g1");
+
+    // vm exec: the exit status, stdout and stderr apart, stdin forwarded, an
+    // argv that no shell re-splits, -w, -e, -u, and a signal death as 128+N.
+    assert_eq!(exec(&mut h, &["g1", "--", "sh", "-c", "exit 3"], b"").0, 3);
+    let (code, out, err) = exec(
+        &mut h,
+        &["g1", "--", "sh", "-c", "echo out; echo err >&2"],
+        b"",
+    );
+    assert_eq!((code, out.as_str(), err.as_str()), (0, "out\n", "err\n"));
+    let (code, out, _) = exec(&mut h, &["g1", "--", "cat"], b"hi from stdin\n");
+    assert_eq!((code, out.as_str()), (0, "hi from stdin\n"));
+    let (code, out, err) = exec(
+        &mut h,
+        &[
+            "g1", "--", "printf", "[%s]\\n", "a b", "it's", "$HOME", "-n",
+        ],
+        b"",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "[a b]\n[it's]\n[$HOME]\n[-n]\n");
+    let (code, out, err) = exec(
+        &mut h,
+        &[
+            "-w",
+            "/tmp",
+            "-e",
+            "FOO=a b",
+            "g1",
+            "--",
+            "sh",
+            "-c",
+            "pwd; echo \"$FOO\"",
+        ],
+        b"",
+    );
+    assert_eq!((code, out.as_str()), (0, "/tmp\na b\n"), "{err}");
+    let (code, out, err) = exec(&mut h, &["-u", "nobody", "g1", "--", "id", "-un"], b"");
+    assert_eq!((code, out.trim()), (0, "nobody"), "{err}");
+    assert_eq!(
+        exec(&mut h, &["g1", "--", "sh", "-c", "kill -TERM $$"], b"").0,
+        128 + 15,
+        "a command killed by SIGTERM"
+    );
+    let (code, _, err) = exec(&mut h, &["-w", "/no/such/dir", "g1", "--", "true"], b"");
+    assert_ne!(code, 0, "cd into a missing directory fails");
+    assert!(err.contains("/no/such/dir"), "{err}");
 
     // The agent answers health (it may come up a moment after sshd); ports
     // shows sshd.

@@ -101,6 +101,8 @@ pub enum Command {
     Logs(commands::vm::LogsArgs),
     /// A shell or a command in a VM; same as `banger vm ssh`.
     Ssh(commands::vm::SshArgs),
+    /// Run a program in a running VM; same as `banger vm exec`.
+    Exec(commands::vm::ExecArgs),
 }
 
 /// The `banger` binary's main: parse, run one command, render its result
@@ -145,6 +147,7 @@ fn run(env: &commands::Env, command: Command) -> anyhow::Result<render::Outcome>
         Command::Rm(a) => vm::run(env, VmCmd::Delete(a)),
         Command::Logs(a) => vm::run(env, VmCmd::Logs(a)),
         Command::Ssh(a) => vm::run(env, VmCmd::Ssh(a)),
+        Command::Exec(a) => vm::run(env, VmCmd::Exec(a)),
     }
 }
 

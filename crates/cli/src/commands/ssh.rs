@@ -117,16 +117,10 @@ impl Render for Ran {
     }
 }
 
-/// `banger vm ssh NAME [-- CMD...]`: runs ssh and ends with its exit
-/// status, which is the remote command's (255: ssh itself failed). With
-/// `--json` (a command is then required) the output is captured into
-/// `{"name", "command", "exit_code", "stdout", "stderr"}`.
-pub fn vm_ssh(env: &Env, name: &str, command: &[String]) -> anyhow::Result<Outcome> {
-    if env.json && command.is_empty() {
-        return Err(usage(
-            "an interactive shell has no JSON form: give a command (banger --json vm ssh NAME -- CMD...)",
-        ));
-    }
+/// An `ssh` command line to a running VM as root, with banger's key and the
+/// VM's pinned host key; no remote command yet. Fails with `invalid_state`
+/// when the VM is not running or has no network.
+fn ssh_to(env: &Env, name: &str) -> anyhow::Result<Command> {
     let mut client = env.client()?;
     let vm = client.call::<Show>(&NameParams { name: name.into() })?;
     if vm.state.as_str() != "running" {
@@ -157,13 +151,22 @@ pub fn vm_ssh(env: &Env, name: &str, command: &[String]) -> anyhow::Result<Outco
         .arg("-o")
         .arg(format!("HostKeyAlias={}", net.dns_name))
         .args(["-o", "LogLevel=ERROR"])
+        // A guest that dies or hangs mid-command ends the session within
+        // ~15 s with "server not responding" instead of hanging forever.
+        .args(["-o", "ConnectTimeout=10"])
+        .args(["-o", "ServerAliveInterval=5"])
+        .args(["-o", "ServerAliveCountMax=3"])
         .arg(format!("root@{}", net.ip));
-    if let Some(line) = remote_command(command) {
-        ssh.arg("--").arg(line);
-    }
-    let cannot = || "cannot run ssh (install openssh-client)";
+    Ok(ssh)
+}
+
+const CANNOT_RUN_SSH: &str = "cannot run ssh (install openssh-client)";
+
+/// Runs `ssh` (stdio inherited, or captured for `--json`) and returns the
+/// outcome: the remote command's exit status, unchanged.
+fn run_ssh(env: &Env, mut ssh: Command, name: &str, command: &[String]) -> anyhow::Result<Outcome> {
     if env.json {
-        let out = ssh.stdin(Stdio::null()).output().with_context(cannot)?;
+        let out = ssh.stdin(Stdio::null()).output().context(CANNOT_RUN_SSH)?;
         return Ok(Outcome::of(Ran {
             name: name.into(),
             command: command.to_vec(),
@@ -175,8 +178,92 @@ pub fn vm_ssh(env: &Env, name: &str, command: &[String]) -> anyhow::Result<Outco
     // Ctrl-C belongs to the guest command (ssh forwards or exits on it);
     // this process waits for ssh's status instead of dying first.
     let _ctrl_c = crate::progress::Interrupt::install()?;
-    let status = ssh.status().with_context(cannot)?;
+    let status = ssh.status().context(CANNOT_RUN_SSH)?;
     Ok(Outcome::Streamed(super::exit_status(status)))
+}
+
+/// `banger vm ssh NAME [-- CMD...]`: runs ssh and ends with its exit
+/// status, which is the remote command's (255: ssh itself failed). With
+/// `--json` (a command is then required) the output is captured into
+/// `{"name", "command", "exit_code", "stdout", "stderr"}`.
+pub fn vm_ssh(env: &Env, name: &str, command: &[String]) -> anyhow::Result<Outcome> {
+    if env.json && command.is_empty() {
+        return Err(usage(
+            "an interactive shell has no JSON form: give a command (banger --json vm ssh NAME -- CMD...)",
+        ));
+    }
+    let mut ssh = ssh_to(env, name)?;
+    if let Some(line) = remote_command(command) {
+        ssh.arg("--").arg(line);
+    }
+    run_ssh(env, ssh, name, command)
+}
+
+/// `banger vm exec NAME [-w DIR] [-e K=V]... [-t|-T] [-u USER] -- CMD ARGS...`:
+/// like `docker exec`, the command is an argv (never re-split by a shell),
+/// stdin is forwarded, stdout and stderr stay apart, and the exit status is
+/// the command's (a signal death is 128+N, as shells say).
+pub fn vm_exec(env: &Env, a: super::vm::ExecArgs) -> anyhow::Result<Outcome> {
+    for kv in &a.env {
+        check_env(kv)?;
+    }
+    let line = exec_line(&a.command, a.workdir.as_deref(), &a.env, a.user.as_deref());
+    let tty = if a.tty {
+        true
+    } else if a.no_tty || env.json {
+        false
+    } else {
+        use std::io::IsTerminal;
+        std::io::stdin().is_terminal() && std::io::stdout().is_terminal()
+    };
+    let mut ssh = ssh_to(env, &a.name)?;
+    // -tt: a terminal even when ssh's own stdin is not one (`-t` forced).
+    ssh.arg(if tty { "-tt" } else { "-T" });
+    ssh.arg("--").arg(line);
+    run_ssh(env, ssh, &a.name, &a.command)
+}
+
+/// `KEY=VALUE` with a shell-variable name.
+fn check_env(kv: &str) -> anyhow::Result<()> {
+    let key = kv.split_once('=').map(|(k, _)| k);
+    let ok = key.is_some_and(|k| {
+        !k.is_empty()
+            && !k.starts_with(|c: char| c.is_ascii_digit())
+            && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(usage(format!(
+            "-e {kv:?}: expected KEY=VALUE with KEY made of letters, digits and '_'"
+        )))
+    }
+}
+
+/// The line the guest's shell runs for `vm exec`: every word quoted, so
+/// nothing is re-split or expanded there. The command does not replace the
+/// shell (`; exit $?` after it), so a signal death comes back as 128+N
+/// rather than as ssh's 255.
+fn exec_line(
+    command: &[String],
+    workdir: Option<&str>,
+    env: &[String],
+    user: Option<&str>,
+) -> String {
+    let mut words: Vec<String> = Vec::new();
+    if let Some(user) = user {
+        words.extend(["runuser", "-u"].map(String::from));
+        words.push(shell_quote(user));
+        words.push("--".into());
+    }
+    words.extend(["env", "--"].map(String::from));
+    words.extend(env.iter().map(|kv| shell_quote(kv)));
+    words.extend(command.iter().map(|w| shell_quote(w)));
+    let run = words.join(" ");
+    match workdir {
+        Some(dir) => format!("cd -- {} && {run}; exit $?", shell_quote(dir)),
+        None => format!("{run}; exit $?"),
+    }
 }
 
 /// `banger ssh-known-hosts`: what OpenSSH's KnownHostsCommand prints.
@@ -273,6 +360,40 @@ fn write_config(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
     std::fs::rename(&tmp, path)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod exec_tests {
+    use super::*;
+
+    fn words(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn exec_line_quotes_every_word() {
+        let line = exec_line(
+            &words(&["printf", "%s\\n", "a b", "it's", "$HOME", "-x"]),
+            Some("/root/my repo"),
+            &words(&["FOO=a b"]),
+            None,
+        );
+        assert_eq!(
+            line,
+            "cd -- '/root/my repo' && env -- 'FOO=a b' printf '%s\\n' 'a b' 'it'\\''s' '$HOME' -x; exit $?"
+        );
+        let line = exec_line(&words(&["id"]), None, &[], Some("nobody"));
+        assert_eq!(line, "runuser -u nobody -- env -- id; exit $?");
+    }
+
+    #[test]
+    fn env_needs_a_name() {
+        check_env("A_1=x y").unwrap();
+        check_env("A=").unwrap();
+        for bad in ["=x", "1A=x", "A-B=x", "A", "A B=x"] {
+            assert!(check_env(bad).is_err(), "{bad}");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -125,6 +125,29 @@ pub struct SshArgs {
     command: Vec<String>,
 }
 
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    pub name: String,
+    /// Working directory in the guest (default: the user's home).
+    #[arg(short = 'w', long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// Set an environment variable for the command (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Allocate a terminal (default: when stdin and stdout are terminals).
+    #[arg(short = 't', long, conflicts_with = "no_tty")]
+    pub tty: bool,
+    /// Never allocate a terminal.
+    #[arg(short = 'T', long)]
+    pub no_tty: bool,
+    /// Run as this guest user (default: root).
+    #[arg(short = 'u', long, value_name = "USER")]
+    pub user: Option<String>,
+    /// The program and its arguments (after `--`), passed as an argv.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum VmCmd {
     /// Create a VM (and start it, unless --no-start).
@@ -175,6 +198,9 @@ pub enum VmCmd {
     Health { name: String },
     /// Open a shell in the VM, or run a command: banger vm ssh NAME [-- CMD...]
     Ssh(SshArgs),
+    /// Run a program in a running VM with its stdin, stdout, stderr and exit
+    /// status: banger vm exec NAME [-w DIR] [-e K=V]... -- CMD ARGS...
+    Exec(ExecArgs),
     /// Round trip to the VM (its guest agent, else its VMM).
     Ping { name: String },
     /// Sockets listening in the guest (from its agent), with <name>.vm endpoints.
@@ -288,6 +314,7 @@ pub fn run(env: &Env, cmd: VmCmd) -> anyhow::Result<Outcome> {
         ))),
         VmCmd::Health { name } => health(env, name, false),
         VmCmd::Ssh(a) => super::ssh::vm_ssh(env, &a.name, &a.command),
+        VmCmd::Exec(a) => super::ssh::vm_exec(env, a),
         VmCmd::Ping { name } => health(env, name, true),
         VmCmd::Ports { name } => Ok(Outcome::of(PortsView(
             env.client()?.call::<Ports>(&NameParams { name })?,
