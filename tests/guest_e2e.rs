@@ -244,6 +244,168 @@ fn real_guest_boots_answers_ssh_agent_and_survives_stop_start() {
     assert_ne!(code, 0, "cd into a missing directory fails");
     assert!(err.contains("/no/such/dir"), "{err}");
 
+    // Workspaces: the guest's `git status` equals the host's, for staged and
+    // unstaged changes of one file, deletions, a staged rename, a mode
+    // change, a symlink, odd names, CRLF content, untracked files (only with
+    // --include-untracked) and never ignored ones.
+    let fx = h.path().join("fixture");
+    let repo = fx.join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    let sh = |script: &str| {
+        let st = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(&repo)
+            .status()
+            .unwrap();
+        assert!(st.success(), "{script}");
+    };
+    sh("git init -q -b trunk && git config user.email t@t && git config user.name t \
+        && git remote add origin https://example.invalid/team/repo.git \
+        && printf 'one\n' > a.txt && printf 'bee\n' > b.txt && printf 'echo hi\n' > c.sh \
+        && printf 'dee\n' > d.txt && ln -s a.txt link && printf 'x\n' > ' odd name ü.txt' \
+        && printf 'y\n' > -dash && printf 'crlf\r\nline\r\n' > crlf.txt && printf '*.log\n' > .gitignore \
+        && git add -A && git commit -qm first && printf 'two\n' >> a.txt && git commit -qam second \
+        && printf 'staged\n' >> a.txt && git add a.txt && printf 'unstaged\n' >> a.txt \
+        && rm b.txt && git mv d.txt e.txt && chmod +x c.sh && printf 'new\n' > new.txt && git add new.txt \
+        && printf 'untracked\n' > u.txt && printf 'noise\n' > debug.log");
+    let host_status = |dir: &std::path::Path| {
+        let out = Command::new("git")
+            .args([
+                "--no-optional-locks",
+                "status",
+                "--porcelain=v2",
+                "--branch",
+            ])
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let want = host_status(&repo);
+    assert!(want.contains("? u.txt") && want.contains("2 R."), "{want}");
+    let prepared = banger_in_ns(
+        &mut h,
+        &[
+            "vm",
+            "workspace",
+            "prepare",
+            "g1",
+            repo.to_str().unwrap(),
+            "--include-untracked",
+        ],
+    );
+    assert!(prepared.status.success(), "{prepared:?}");
+    let guest_status = |h: &mut Home, dir: &str| {
+        ssh(
+            h,
+            "g1",
+            &["git", "-C", dir, "status", "--porcelain=v2", "--branch"],
+        )
+    };
+    assert_eq!(
+        guest_status(&mut h, "/root/repo"),
+        want,
+        "status parity with untracked files"
+    );
+    assert_eq!(
+        ssh(
+            &mut h,
+            "g1",
+            &["git", "-C", "/root/repo", "remote", "get-url", "origin"]
+        )
+        .trim(),
+        "https://example.invalid/team/repo.git"
+    );
+    assert_eq!(
+        ssh(
+            &mut h,
+            "g1",
+            &["git", "-C", "/root/repo", "rev-list", "--count", "HEAD"]
+        )
+        .trim(),
+        "2"
+    );
+    assert_eq!(
+        exec(
+            &mut h,
+            &["g1", "--", "test", "-e", "/root/repo/debug.log"],
+            b""
+        )
+        .0,
+        1,
+        "ignored files are never copied"
+    );
+    // Without --include-untracked: the same minus the untracked file; and a
+    // second prepare never merges over an existing directory.
+    let again = banger_in_ns(
+        &mut h,
+        &["vm", "workspace", "prepare", "g1", repo.to_str().unwrap()],
+    );
+    assert!(!again.status.success(), "{again:?}");
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already exists"),
+        "{again:?}"
+    );
+    let repo2 = fx.join("repo2");
+    assert!(Command::new("cp")
+        .arg("-a")
+        .arg(&repo)
+        .arg(&repo2)
+        .status()
+        .unwrap()
+        .success());
+    let prepared = banger_in_ns(
+        &mut h,
+        &["vm", "workspace", "prepare", "g1", repo2.to_str().unwrap()],
+    );
+    assert!(prepared.status.success(), "{prepared:?}");
+    let want2: String = host_status(&repo2)
+        .lines()
+        .filter(|l| !l.starts_with("? "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(
+        guest_status(&mut h, "/root/repo2"),
+        want2,
+        "status parity, tracked only"
+    );
+
+    // vm run: a fresh VM with the workspace, the command's streams and exit
+    // status, stdin forwarded, and --rm leaves nothing.
+    let run = banger_in_ns_with_stdin(
+        &mut h,
+        &[
+            "run",
+            "--rm",
+            "--image",
+            "e2e",
+            "--vmm",
+            &vmm,
+            "--disk-size",
+            "1G",
+            repo.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            "cat a.txt; cat >&2; git rev-parse --abbrev-ref HEAD; exit 3",
+        ],
+        b"from stdin\n",
+    );
+    let (out, err) = (
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr),
+    );
+    assert_eq!(run.status.code(), Some(3), "stdout {out}\nstderr {err}");
+    assert_eq!(out, "one\ntwo\nstaged\nunstaged\ntrunk\n", "stderr {err}");
+    assert!(err.contains("from stdin"), "{err}");
+    let left = h.json(&["vm", "list", "-a"]);
+    assert_eq!(
+        left.as_array().map(|a| a.len()),
+        Some(1),
+        "only g1 is left: {left}"
+    );
+
     // The agent answers health (it may come up a moment after sshd); ports
     // shows sshd.
     let health = common::eventually(60, "the guest agent to answer", || {

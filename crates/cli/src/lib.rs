@@ -103,6 +103,8 @@ pub enum Command {
     Ssh(commands::vm::SshArgs),
     /// Run a program in a running VM; same as `banger vm exec`.
     Exec(commands::vm::ExecArgs),
+    /// A fresh VM, a workspace, a command; same as `banger vm run`.
+    Run(commands::run::RunArgs),
 }
 
 /// The `banger` binary's main: parse, run one command, render its result
@@ -148,6 +150,7 @@ fn run(env: &commands::Env, command: Command) -> anyhow::Result<render::Outcome>
         Command::Logs(a) => vm::run(env, VmCmd::Logs(a)),
         Command::Ssh(a) => vm::run(env, VmCmd::Ssh(a)),
         Command::Exec(a) => vm::run(env, VmCmd::Exec(a)),
+        Command::Run(a) => vm::run(env, VmCmd::Run(a)),
     }
 }
 
@@ -212,6 +215,26 @@ mod tests {
             parse(&["create", "--name", "x"]).command,
             Command::Create(_)
         ));
+        assert!(matches!(
+            parse(&["exec", "-w", "/x", "-e", "A=b", "a", "--", "ls", "-l"]).command,
+            Command::Exec(_)
+        ));
+        match parse(&[
+            "run", "--rm", "--vcpu", "2", "-p", "8080:80", "./repo", "--", "make", "-j2",
+        ])
+        .command
+        {
+            Command::Run(r) => {
+                assert!(r.rm);
+                assert_eq!(r.path.as_deref(), Some(std::path::Path::new("./repo")));
+                assert_eq!(r.command, ["make", "-j2"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A bare sandbox: no PATH, no command.
+        assert!(matches!(parse(&["vm", "run"]).command, Command::Vm(_)));
+        // exec needs a command.
+        assert!(Cli::try_parse_from(["banger", "exec", "a"]).is_err());
         // --json is global: before or after the command.
         assert!(parse(&["ps", "--json"]).json);
         assert!(parse(&["--json", "vm", "ls"]).json);

@@ -8,10 +8,12 @@ pub mod image;
 pub mod kernel;
 pub mod logtail;
 pub mod operation;
+pub mod run;
 pub mod ssh;
 pub mod system;
 pub mod version;
 pub mod vm;
+pub mod workspace;
 
 use std::fs::File;
 use std::path::Path;

@@ -120,7 +120,7 @@ impl Render for Ran {
 /// An `ssh` command line to a running VM as root, with banger's key and the
 /// VM's pinned host key; no remote command yet. Fails with `invalid_state`
 /// when the VM is not running or has no network.
-fn ssh_to(env: &Env, name: &str) -> anyhow::Result<Command> {
+pub(crate) fn ssh_to(env: &Env, name: &str) -> anyhow::Result<Command> {
     let mut client = env.client()?;
     let vm = client.call::<Show>(&NameParams { name: name.into() })?;
     if vm.state.as_str() != "running" {

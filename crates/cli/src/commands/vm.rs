@@ -28,36 +28,53 @@ use crate::{output, progress, render};
 pub struct CreateArgs {
     /// Name (default: a generated one like brave-otter).
     #[arg(long)]
-    name: Option<String>,
+    pub(crate) name: Option<String>,
     /// Image (default: your default image, see `banger image promote`).
     #[arg(long)]
-    image: Option<String>,
+    pub(crate) image: Option<String>,
     /// Virtual CPUs.
     #[arg(long = "vcpu", value_name = "N")]
-    vcpus: Option<u32>,
+    pub(crate) vcpus: Option<u32>,
     /// Memory, e.g. 2G or 512M (a bare number is MiB).
     #[arg(long, value_name = "SIZE")]
-    memory: Option<String>,
+    pub(crate) memory: Option<String>,
     /// Size of the work disk mounted at /root, e.g. 8G.
     #[arg(long, value_name = "SIZE")]
-    disk_size: Option<String>,
+    pub(crate) disk_size: Option<String>,
     /// Make the disks but do not boot.
     #[arg(long)]
-    no_start: bool,
+    pub(crate) no_start: bool,
     /// Never build an image first (by default, when no image is
     /// registered, debian-bookworm minimal is built).
     #[arg(long)]
-    no_build: bool,
+    pub(crate) no_build: bool,
     /// Let the guest reach the outside network (NAT).
     #[arg(long)]
-    nat: bool,
+    pub(crate) nat: bool,
     /// Publish a guest port on the host: [HOST_IP:]HOST_PORT:GUEST_PORT[/tcp|udp] (repeatable).
     #[arg(short = 'p', long = "publish", value_name = "SPEC", value_parser = parse_port)]
-    ports: Vec<PortMapping>,
+    pub(crate) ports: Vec<PortMapping>,
     /// The VMM: firecracker, qemu, or auto (Firecracker where it can boot guests, else
     /// QEMU; `banger doctor` says which). Default: config [vm] vmm, else auto.
     #[arg(long, value_name = "firecracker|qemu|auto", value_parser = ["firecracker", "qemu", "auto"])]
-    vmm: Option<String>,
+    pub(crate) vmm: Option<String>,
+}
+
+impl CreateArgs {
+    /// The daemon's parameters (sizes parsed).
+    pub(crate) fn into_params(self) -> anyhow::Result<CreateParams> {
+        Ok(CreateParams {
+            ports: self.ports,
+            name: self.name,
+            image: self.image,
+            vcpus: self.vcpus,
+            memory_mib: mib(self.memory.as_deref())?,
+            disk_bytes: bytes(self.disk_size.as_deref())?,
+            no_start: self.no_start,
+            nat: self.nat,
+            vmm: self.vmm,
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -198,6 +215,12 @@ pub enum VmCmd {
     Health { name: String },
     /// Open a shell in the VM, or run a command: banger vm ssh NAME [-- CMD...]
     Ssh(SshArgs),
+    /// A fresh VM with a workspace in it, a command run there (or a shell):
+    /// banger vm run [PATH] [-- CMD ARGS...]
+    Run(super::run::RunArgs),
+    /// Workspaces in running VMs: banger vm workspace prepare NAME PATH
+    #[command(subcommand)]
+    Workspace(super::run::WorkspaceCmd),
     /// Run a program in a running VM with its stdin, stdout, stderr and exit
     /// status: banger vm exec NAME [-w DIR] [-e K=V]... -- CMD ARGS...
     Exec(ExecArgs),
@@ -246,21 +269,12 @@ fn bytes(s: Option<&str>) -> anyhow::Result<Option<u64>> {
 
 pub fn run(env: &Env, cmd: VmCmd) -> anyhow::Result<Outcome> {
     match cmd {
-        VmCmd::Create(a) => create(
-            env,
-            a.no_build,
-            CreateParams {
-                ports: a.ports,
-                name: a.name,
-                image: a.image,
-                vcpus: a.vcpus,
-                memory_mib: mib(a.memory.as_deref())?,
-                disk_bytes: bytes(a.disk_size.as_deref())?,
-                no_start: a.no_start,
-                nat: a.nat,
-                vmm: a.vmm,
-            },
-        ),
+        VmCmd::Create(a) => {
+            let no_build = a.no_build;
+            create(env, no_build, a.into_params()?)
+        }
+        VmCmd::Run(a) => super::run::run(env, a),
+        VmCmd::Workspace(c) => super::run::workspace_cmd(env, c),
         VmCmd::Start(a) => each(env, a.names, "started", |c, n| {
             c.call::<Start>(&NameParams { name: n.into() })
         }),
@@ -415,6 +429,17 @@ impl Render for Created {
 }
 
 fn create(env: &Env, no_build: bool, params: CreateParams) -> anyhow::Result<Outcome> {
+    let (vm, operation) = create_vm(env, no_build, params)?;
+    Ok(Outcome::of(Created { vm, operation }))
+}
+
+/// Creates (and by default starts) a VM, following the operation's progress
+/// on stderr; `vm create` and `vm run`.
+pub(crate) fn create_vm(
+    env: &Env,
+    no_build: bool,
+    params: CreateParams,
+) -> anyhow::Result<(VmInfo, progress::OpSummary)> {
     let interrupt = progress::Interrupt::install()?;
     let mut client = env.client()?;
     super::image::ensure_image(
@@ -429,10 +454,7 @@ fn create(env: &Env, no_build: bool, params: CreateParams) -> anyhow::Result<Out
         eprintln!("spec: {}", spec_line(&begun.vm));
     }
     let op = progress::follow(&mut client, &begun.operation_id, env.json, &interrupt)?;
-    Ok(Outcome::of(Created {
-        vm: op.result_as("create")?,
-        operation: progress::OpSummary::of(&op),
-    }))
+    Ok((op.result_as("create")?, progress::OpSummary::of(&op)))
 }
 
 /// One entry per VM named, in the order given: its result or its failure.
@@ -859,7 +881,7 @@ pub fn ports_table(p: &VmPorts) -> String {
     out
 }
 
-fn spec_line(vm: &VmInfo) -> String {
+pub(crate) fn spec_line(vm: &VmInfo) -> String {
     format!(
         "{} vcpu, {} memory, {} disk, image {}, kernel {}, vmm {}",
         vm.vcpus,
