@@ -371,6 +371,79 @@ fn real_guest_boots_answers_ssh_agent_and_survives_stop_start() {
         "status parity, tracked only"
     );
 
+    // vm cp: a tree with an executable, a symlink and an empty directory,
+    // there and back with modes, links and mtimes; a tar stream on stdout;
+    // a 64 MiB file streamed intact.
+    let cpdir = fx.join("cp");
+    std::fs::create_dir_all(cpdir.join("tree/empty")).unwrap();
+    let shc = |script: &str| {
+        let st = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(&cpdir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "{script}");
+    };
+    shc(
+        "printf '#!/bin/sh\necho ran\n' > tree/exe && chmod 755 tree/exe && ln -s exe tree/link \
+         && printf data > tree/data && chmod 640 tree/data && touch -h -d @978307200 tree/data \
+         && head -c 67108864 /dev/urandom > big",
+    );
+    let cp = |h: &mut Home, from: &str, to: &str| {
+        let out = banger_in_ns(h, &["vm", "cp", from, to]);
+        assert!(out.status.success(), "vm cp {from} {to}: {out:?}");
+        out
+    };
+    cp(&mut h, cpdir.join("tree").to_str().unwrap(), "g1:/root/");
+    assert_eq!(
+        ssh(&mut h, "g1", &["sh", "-c", "cd /root/tree && stat -c '%n %a %U' exe data && stat -c %Y data && readlink link && test -d empty && ./exe"]),
+        "exe 755 root\ndata 640 root\n978307200\nexe\nran\n"
+    );
+    let back = cpdir.join("back");
+    cp(&mut h, "g1:/root/tree", back.to_str().unwrap());
+    let meta = |p: &std::path::Path| {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::symlink_metadata(p).unwrap();
+        (m.mode() & 0o7777, m.mtime())
+    };
+    for f in ["exe", "data"] {
+        assert_eq!(
+            meta(&back.join(f)),
+            meta(&cpdir.join("tree").join(f)),
+            "{f}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_link(back.join("link")).unwrap(),
+        std::path::Path::new("exe")
+    );
+    assert!(back.join("empty").is_dir());
+    let stream = banger_in_ns(&mut h, &["vm", "cp", "g1:/root/tree", "-"]);
+    assert!(stream.status.success(), "{stream:?}");
+    std::fs::write(cpdir.join("t.tar"), &stream.stdout).unwrap();
+    let listing = Command::new("tar")
+        .arg("-tf")
+        .arg(cpdir.join("t.tar"))
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(
+        listing.contains("tree/exe") && listing.contains("tree/empty/"),
+        "{listing}"
+    );
+    cp(&mut h, cpdir.join("big").to_str().unwrap(), "g1:/root/big");
+    let sum = |out: &str| out.split_whitespace().next().unwrap_or("").to_string();
+    let host_sum = Command::new("sha256sum")
+        .arg(cpdir.join("big"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        sum(&ssh(&mut h, "g1", &["sha256sum", "/root/big"])),
+        sum(&String::from_utf8_lossy(&host_sum.stdout))
+    );
+    ssh(&mut h, "g1", &["sh", "-c", "rm -f /root/big && sync"]);
+
     // vm run: a fresh VM with the workspace, the command's streams and exit
     // status, stdin forwarded, and --rm leaves nothing.
     let run = banger_in_ns_with_stdin(
@@ -463,7 +536,9 @@ fn real_guest_boots_answers_ssh_agent_and_survives_stop_start() {
         ],
     );
     let boot_id = health["agent"]["boot_id"].as_str().unwrap().to_string();
-    let stopped = h.json(&["vm", "stop", "g1"]);
+    // A generous bound: under TCG on a loaded 2-core machine the guest's
+    // shutdown (syncing what the tests above wrote) can pass the default 10 s.
+    let stopped = h.json(&["vm", "stop", "-t", "60", "g1"]);
     assert_eq!(
         stopped[0]["ended_by"], "guest",
         "a clean power-off: {stopped}"

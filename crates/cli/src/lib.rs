@@ -105,6 +105,8 @@ pub enum Command {
     Exec(commands::vm::ExecArgs),
     /// A fresh VM, a workspace, a command; same as `banger vm run`.
     Run(commands::run::RunArgs),
+    /// Copy between the host and a VM; same as `banger vm cp`.
+    Cp(commands::cp::CpArgs),
 }
 
 /// The `banger` binary's main: parse, run one command, render its result
@@ -151,6 +153,7 @@ fn run(env: &commands::Env, command: Command) -> anyhow::Result<render::Outcome>
         Command::Ssh(a) => vm::run(env, VmCmd::Ssh(a)),
         Command::Exec(a) => vm::run(env, VmCmd::Exec(a)),
         Command::Run(a) => vm::run(env, VmCmd::Run(a)),
+        Command::Cp(a) => vm::run(env, VmCmd::Cp(a)),
     }
 }
 

@@ -218,6 +218,8 @@ pub enum VmCmd {
     /// A fresh VM with a workspace in it, a command run there (or a shell):
     /// banger vm run [PATH] [-- CMD ARGS...]
     Run(super::run::RunArgs),
+    /// Copy files and trees between the host and a VM: banger vm cp SRC NAME:DST | NAME:SRC DST
+    Cp(super::cp::CpArgs),
     /// Workspaces in running VMs: banger vm workspace prepare NAME PATH
     #[command(subcommand)]
     Workspace(super::run::WorkspaceCmd),
@@ -275,6 +277,7 @@ pub fn run(env: &Env, cmd: VmCmd) -> anyhow::Result<Outcome> {
         }
         VmCmd::Run(a) => super::run::run(env, a),
         VmCmd::Workspace(c) => super::run::workspace_cmd(env, c),
+        VmCmd::Cp(a) => super::cp::cp(env, a),
         VmCmd::Start(a) => each(env, a.names, "started", |c, n| {
             c.call::<Start>(&NameParams { name: n.into() })
         }),
