@@ -242,7 +242,7 @@ mod tests {
         std::fs::write(src.join("tree/x"), "x").unwrap();
         std::os::unix::fs::symlink("x", src.join("tree/link")).unwrap();
         let pack_unpack = |dst: &Path| {
-            let tar = Command::new("tar")
+            let mut tar = Command::new("tar")
                 .arg("-C")
                 .arg(&src)
                 .args(["-cf", "-", "tree"])
@@ -256,10 +256,11 @@ mod tests {
                     Some("tree"),
                     "--no-same-owner",
                 ))
-                .stdin(tar.stdout.unwrap())
+                .stdin(tar.stdout.take().unwrap())
                 .status()
                 .unwrap();
             assert!(st.success());
+            assert!(tar.wait().unwrap().success());
         };
         let into = t.path().join("into");
         std::fs::create_dir(&into).unwrap();
