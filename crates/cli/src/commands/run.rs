@@ -38,6 +38,12 @@ pub struct RunArgs {
     /// Also copy untracked files (never ignored ones).
     #[arg(long)]
     pub include_untracked: bool,
+    /// Put the guest's copy on this new, guest-only branch.
+    #[arg(long, value_name = "NAME")]
+    pub branch: Option<String>,
+    /// Start the workspace from this commit (clean) instead of the working state.
+    #[arg(long, value_name = "REF")]
+    pub from: Option<String>,
     /// Print the VM spec and the files that would be copied; make nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -96,8 +102,18 @@ pub fn run(env: &Env, a: RunArgs) -> anyhow::Result<Outcome> {
         ));
     }
     // The snapshot comes first: a bad PATH fails before a VM exists.
+    let opts = workspace::Options {
+        include_untracked: a.include_untracked,
+        branch: a.branch.clone(),
+        from: a.from.clone(),
+    };
     let snap = match &a.path {
-        Some(p) => Some(workspace::snapshot(p, a.include_untracked)?),
+        Some(p) => Some(workspace::snapshot(p, &opts)?),
+        None if a.branch.is_some() || a.from.is_some() || a.include_untracked => {
+            return Err(usage(
+                "--branch, --from and --include-untracked need a PATH",
+            ))
+        }
         None => None,
     };
     if a.dry_run {
@@ -182,6 +198,12 @@ pub enum WorkspaceCmd {
         /// Also copy untracked files (never ignored ones).
         #[arg(long)]
         include_untracked: bool,
+        /// Put the guest's copy on this new, guest-only branch.
+        #[arg(long, value_name = "NAME")]
+        branch: Option<String>,
+        /// Start from this commit (clean) instead of the working state.
+        #[arg(long, value_name = "REF")]
+        from: Option<String>,
     },
 }
 
@@ -207,8 +229,15 @@ pub fn workspace_cmd(env: &Env, cmd: WorkspaceCmd) -> anyhow::Result<Outcome> {
             name,
             path,
             include_untracked,
+            branch,
+            from,
         } => {
-            let snap = workspace::snapshot(&path, include_untracked)?;
+            let opts = workspace::Options {
+                include_untracked,
+                branch,
+                from,
+            };
+            let snap = workspace::snapshot(&path, &opts)?;
             let dir = workspace::push(&snap, &|| super::ssh::ssh_to(env, &name))?;
             Ok(Outcome::of(Prepared {
                 name,

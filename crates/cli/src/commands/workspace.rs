@@ -41,7 +41,21 @@ pub enum Kind {
     Plain(PathBuf),
 }
 
+/// What to snapshot.
+#[derive(Debug, Default, Clone)]
+pub struct Options {
+    /// Also untracked (never ignored) files.
+    pub include_untracked: bool,
+    /// Put the guest's copy on this new branch (guest-only).
+    pub branch: Option<String>,
+    /// Start from this commit instead of the working state (clean: no
+    /// staged or unstaged changes come along).
+    pub from: Option<String>,
+}
+
 pub struct GitSnapshot {
+    /// The new guest-only branch (`--branch`).
+    new_branch: Option<String>,
     /// Holds the bundle and the throwaway repository.
     _tmp: tempfile::TempDir,
     bundle: PathBuf,
@@ -73,7 +87,8 @@ fn git_opt(dir: &Path, args: &[&str]) -> Option<String> {
 }
 
 /// Snapshots the directory at `path` (see the module doc).
-pub fn snapshot(path: &Path, include_untracked: bool) -> anyhow::Result<Snapshot> {
+pub fn snapshot(path: &Path, opts: &Options) -> anyhow::Result<Snapshot> {
+    let include_untracked = opts.include_untracked;
     let path = path
         .canonicalize()
         .with_context(|| format!("workspace {}", path.display()))?;
@@ -92,6 +107,12 @@ pub fn snapshot(path: &Path, include_untracked: bool) -> anyhow::Result<Snapshot
             "{} is not a git repository: copying the directory as it is",
             path.display()
         );
+        if opts.branch.is_some() || opts.from.is_some() {
+            bail!(
+                "--branch and --from need a git repository; {} is not one",
+                path.display()
+            );
+        }
         let files = plain_files(&path)?;
         return Ok(Snapshot {
             name,
@@ -132,8 +153,24 @@ pub fn snapshot(path: &Path, include_untracked: bool) -> anyhow::Result<Snapshot
         &["rev-parse", "--path-format=absolute", "--git-path", "index"],
         &[],
     )?);
-    let head = git_opt(&path, &["rev-parse", "--verify", "-q", "HEAD"]);
-    let branch = git_opt(&path, &["symbolic-ref", "-q", "--short", "HEAD"]);
+    if let Some(b) = &opts.branch {
+        git(&path, &["check-ref-format", "--branch", b], &[])
+            .map_err(|_| anyhow::anyhow!("--branch {b:?} is not a valid branch name"))?;
+    }
+    let (head, branch) = match &opts.from {
+        Some(r) => {
+            let c = git_opt(
+                &path,
+                &["rev-parse", "--verify", "-q", &format!("{r}^{{commit}}")],
+            )
+            .with_context(|| format!("--from {r:?}: no such commit in {}", path.display()))?;
+            (Some(c), None)
+        }
+        None => (
+            git_opt(&path, &["rev-parse", "--verify", "-q", "HEAD"]),
+            git_opt(&path, &["symbolic-ref", "-q", "--short", "HEAD"]),
+        ),
+    };
     let origin = git_opt(&path, &["remote", "get-url", "origin"]);
 
     // The throwaway repository: new objects go there, the host's are read
@@ -155,32 +192,44 @@ pub fn snapshot(path: &Path, include_untracked: bool) -> anyhow::Result<Snapshot
         ("GIT_OBJECT_DIRECTORY", &objects),
         ("GIT_ALTERNATE_OBJECT_DIRECTORIES", &alt),
     ];
-    // I: the host's index as it is. On a copy: write-tree saves its cache
-    // tree back into the index it read.
-    let i_index = tmp.path().join("index-i");
-    if index.exists() {
-        std::fs::copy(&index, &i_index).context("copy of the index")?;
-    }
-    let i_tree = git(
-        &path,
-        &["write-tree"],
-        &[in_scratch[0], in_scratch[1], ("GIT_INDEX_FILE", &i_index)],
-    )?;
-    // W: a copy of the index brought up to the working tree.
-    let with_index: [(&str, &Path); 3] =
-        [in_scratch[0], in_scratch[1], ("GIT_INDEX_FILE", &tmp_index)];
-    git(
-        &path,
-        &[
-            "add",
-            if include_untracked { "-A" } else { "-u" },
-            "--",
-            ".",
-        ],
-        &with_index,
-    )?;
-    let w_tree = git(&path, &["write-tree"], &with_index)?;
-    let files: Vec<String> = git(&path, &["ls-files", "-z"], &with_index)?
+    let (i_tree, w_tree, listing) = match (&opts.from, &head) {
+        // --from: that commit's tree, clean.
+        (Some(_), Some(c)) => {
+            let tree = git(&path, &["rev-parse", &format!("{c}^{{tree}}")], &[])?;
+            let listing = git(&path, &["ls-tree", "-r", "-z", "--name-only", c], &[])?;
+            (tree.clone(), tree, listing)
+        }
+        _ => {
+            // I: the host's index as it is. On a copy: write-tree saves its
+            // cache tree back into the index it read.
+            let i_index = tmp.path().join("index-i");
+            if index.exists() {
+                std::fs::copy(&index, &i_index).context("copy of the index")?;
+            }
+            let i_tree = git(
+                &path,
+                &["write-tree"],
+                &[in_scratch[0], in_scratch[1], ("GIT_INDEX_FILE", &i_index)],
+            )?;
+            // W: a copy of the index brought up to the working tree.
+            let with_index: [(&str, &Path); 3] =
+                [in_scratch[0], in_scratch[1], ("GIT_INDEX_FILE", &tmp_index)];
+            git(
+                &path,
+                &[
+                    "add",
+                    if include_untracked { "-A" } else { "-u" },
+                    "--",
+                    ".",
+                ],
+                &with_index,
+            )?;
+            let w_tree = git(&path, &["write-tree"], &with_index)?;
+            let listing = git(&path, &["ls-files", "-z"], &with_index)?;
+            (i_tree, w_tree, listing)
+        }
+    };
+    let files: Vec<String> = listing
         .split('\0')
         .filter(|s| !s.is_empty())
         .map(str::to_string)
@@ -241,6 +290,7 @@ pub fn snapshot(path: &Path, include_untracked: bool) -> anyhow::Result<Snapshot
     Ok(Snapshot {
         name,
         kind: Kind::Git(GitSnapshot {
+            new_branch: opts.branch.clone(),
             _tmp: tmp,
             bundle,
             branch,
@@ -337,6 +387,10 @@ pub fn push(snap: &Snapshot, ssh: &dyn Fn() -> anyhow::Result<Command>) -> anyho
             if let Some(o) = &g.origin {
                 script.push(format!("git remote add origin {}", q(o)));
             }
+            if let Some(b) = &g.new_branch {
+                // A new branch keeps the index and working tree as they are.
+                script.push(format!("git checkout -q -b {}", q(b)));
+            }
             let mut remote = ssh()?;
             remote.arg("-T").arg("--").arg(script.join("\n"));
             remote.stdin(bundle);
@@ -384,11 +438,18 @@ mod tests {
             String::from_utf8(out.stdout).unwrap()
         };
         let before = state(&r);
-        let s = snapshot(&r, true).unwrap();
+        let s = snapshot(
+            &r,
+            &Options {
+                include_untracked: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert_eq!(state(&r), before);
         assert_eq!(s.name, "repo");
         assert_eq!(s.files, ["a", "untracked"]);
-        let s = snapshot(&r, false).unwrap();
+        let s = snapshot(&r, &Options::default()).unwrap();
         assert_eq!(s.files, ["a"]);
         let Kind::Git(g) = &s.kind else {
             panic!("a git snapshot")
@@ -398,14 +459,50 @@ mod tests {
     }
 
     #[test]
+    fn from_a_commit_is_clean_and_checks_the_names() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path().join("repo");
+        std::fs::create_dir(&r).unwrap();
+        sh(
+            &r,
+            "git init -q -b main && git config user.email a@b && git config user.name a && echo a > a && git add a && git commit -qm one && echo b > b && git add b && git commit -qm two && echo dirty >> a",
+        );
+        let opts = |from: Option<&str>, branch: Option<&str>| Options {
+            include_untracked: false,
+            from: from.map(String::from),
+            branch: branch.map(String::from),
+        };
+        let s = snapshot(&r, &opts(Some("HEAD~1"), Some("try-it"))).unwrap();
+        assert_eq!(s.files, ["a"]);
+        let Kind::Git(g) = &s.kind else {
+            panic!("a git snapshot")
+        };
+        assert_eq!(g.branch, None);
+        assert_eq!(g.new_branch.as_deref(), Some("try-it"));
+        let err = snapshot(&r, &opts(Some("nope"), None))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("no such commit"), "{err}");
+        let err = snapshot(&r, &opts(None, Some("bad..name")))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("not a valid branch name"), "{err}");
+    }
+
+    #[test]
     fn refuses_submodules_and_subdirectories() {
         let t = tempfile::tempdir().unwrap();
         let r = t.path().join("repo");
         std::fs::create_dir_all(r.join("sub")).unwrap();
         sh(&r, "git init -q && touch .gitmodules");
-        let err = snapshot(&r, false).err().unwrap().to_string();
+        let err = snapshot(&r, &Options::default()).err().unwrap().to_string();
         assert!(err.contains("submodules"), "{err}");
-        let err = snapshot(&r.join("sub"), false).err().unwrap().to_string();
+        let err = snapshot(&r.join("sub"), &Options::default())
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("top directory"), "{err}");
     }
 }
