@@ -681,7 +681,7 @@ mod tests {
     #[test]
     fn a_tap_in_a_netns_is_on_the_command_line_and_opened() {
         use crate::privileged::netns::Netns;
-        use crate::privileged::{HostOps, SystemHost};
+        use crate::privileged::{NetHost, SystemHost};
 
         let ns = Netns::new("qemu");
         let dir = tempfile::tempdir().unwrap();
