@@ -52,7 +52,7 @@ use std::str::FromStr;
 use banger_core::artifact::stage::{self, CopyMethod, StageError};
 use serde::{Deserialize, Serialize};
 
-use crate::privileged::{HostError, DiskHost};
+use crate::privileged::{DiskHost, HostError};
 
 pub use root::{activate, cow_size, create_root, deactivate, dm_name};
 pub use work::{create_work, grow_work};

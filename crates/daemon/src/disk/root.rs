@@ -11,7 +11,7 @@ use super::{
     clone_or_copy, io_err, ActiveRoot, DiskError, Pending, RootBackend, RootDisk, COW_FILE,
     ROOT_FILE,
 };
-use crate::privileged::{snapshot_table, HostError, DiskHost};
+use crate::privileged::{snapshot_table, DiskHost, HostError};
 
 /// The snapshot's copy-on-write unit: 8 sectors = 4 KiB, the ext4 block.
 const DM_CHUNK_SECTORS: u64 = 8;
@@ -106,7 +106,11 @@ pub fn create_root(
 /// creates `banger-<vm_id>` as a persistent snapshot of the origin (4 KiB
 /// chunks). When a step fails, the loop devices attached so far are
 /// detached again before the error is returned.
-pub fn activate(root: &RootDisk, vm_id: &str, host: &dyn DiskHost) -> Result<ActiveRoot, DiskError> {
+pub fn activate(
+    root: &RootDisk,
+    vm_id: &str,
+    host: &dyn DiskHost,
+) -> Result<ActiveRoot, DiskError> {
     if root.backend != RootBackend::DmSnapshot {
         return Ok(ActiveRoot {
             device: root.file.clone(),

@@ -1120,7 +1120,6 @@ impl NetHost for SystemHost {
     }
 }
 
-
 #[cfg(test)]
 pub(crate) mod netns {
     use std::fs::File;

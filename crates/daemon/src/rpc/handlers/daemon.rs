@@ -143,8 +143,7 @@ fn network_check(d: &App) -> Check {
             fix: None,
         };
     };
-    match host.routes_overlapping(subnet.network, subnet.prefix, Some(&cfg.bridge_name))
-    {
+    match host.routes_overlapping(subnet.network, subnet.prefix, Some(&cfg.bridge_name)) {
         Ok(routes) if routes.is_empty() => Check {
             name,
             status: CheckStatus::Ok,
