@@ -924,7 +924,7 @@ fn wait_readable(fd: BorrowedFd<'_>, wait: Duration) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
@@ -935,7 +935,8 @@ mod tests {
     }
 
     /// Gone, or a zombie waiting for a parent that is not us: not running.
-    fn process_running(pid: u32) -> bool {
+    /// (Also used by the tests of `tools`.)
+    pub(crate) fn process_running(pid: u32) -> bool {
         match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
             Ok(stat) => {
                 let state = stat

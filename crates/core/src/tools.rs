@@ -512,21 +512,7 @@ mod tests {
         );
     }
 
-    fn process_running(pid: u32) -> bool {
-        // Gone, or a zombie waiting for a parent that is not us: not running.
-        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            Ok(stat) => {
-                let state = stat
-                    .rsplit(')')
-                    .next()
-                    .unwrap_or("")
-                    .split_whitespace()
-                    .next();
-                !matches!(state, Some("Z") | Some("X"))
-            }
-            Err(_) => false,
-        }
-    }
+    use crate::proc::tests::process_running;
 
     #[test]
     fn version_times_out_kills_and_reaps() {

@@ -118,7 +118,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         paths: paths.clone(),
         config: config.clone(),
         store: store.clone(),
-        host: Arc::new(privileged::SystemHost),
+        disks: Arc::new(privileged::SystemHost),
+        net_host: config
+            .network
+            .enabled
+            .then(|| Arc::new(privileged::SystemHost) as Arc<dyn privileged::NetHost>),
         vmms,
         procs,
         net: Default::default(),

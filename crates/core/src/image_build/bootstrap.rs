@@ -72,7 +72,7 @@ pub(super) fn bootstrap(
             progress("bootstrap", i as u64 + 1, total);
         }
     };
-    let (status, tail) = run_tool(&mut cmd, "mmdebstrap", cancel, &mut on_line)?;
+    let (status, tail) = run_tool(cmd, "mmdebstrap", cancel, &mut on_line)?;
     if !status.success() {
         return Err(ImageBuildError::Bootstrap {
             log_tail: format!("{tail}\n(mmdebstrap {status})"),

@@ -7,11 +7,11 @@ use std::fs::{self, OpenOptions};
 use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::AtomicBool;
 
 use super::run::run_tool;
 use super::{io_ctx, ImageBuildError, Result};
+use std::process::Command;
 
 /// Free space added to each image: 25% of the content plus this.
 pub const HEADROOM: u64 = 64 << 20;
@@ -81,27 +81,25 @@ pub(super) fn pack(
     drop(f);
     // -T default: not the "small" profile (1 KiB blocks, 128-byte inodes) a
     // sub-512 MiB size would pick; images are grown later.
-    run_quiet(
-        Command::new(mkfs).args([
-            OsStr::new("-q"),
-            OsStr::new("-F"),
-            OsStr::new("-T"),
-            OsStr::new("default"),
-            OsStr::new("-b"),
-            OsStr::new("4096"),
-            OsStr::new("-i"),
-            OsStr::new(inode_ratio),
-            OsStr::new("-L"),
-            OsStr::new(label),
-            OsStr::new("-E"),
-            OsStr::new("root_owner=0:0"),
-            OsStr::new("-d"),
-            tree.as_os_str(),
-            out.as_os_str(),
-        ]),
-        "mkfs.ext4",
-        cancel,
-    )?;
+    let mut cmd = Command::new(mkfs);
+    cmd.args([
+        OsStr::new("-q"),
+        OsStr::new("-F"),
+        OsStr::new("-T"),
+        OsStr::new("default"),
+        OsStr::new("-b"),
+        OsStr::new("4096"),
+        OsStr::new("-i"),
+        OsStr::new(inode_ratio),
+        OsStr::new("-L"),
+        OsStr::new(label),
+        OsStr::new("-E"),
+        OsStr::new("root_owner=0:0"),
+        OsStr::new("-d"),
+        tree.as_os_str(),
+        out.as_os_str(),
+    ]);
+    run_quiet(cmd, "mkfs.ext4", cancel)?;
     tracing::debug!(file = %out.display(), content = content.bytes, inodes = content.inodes, size, "ext4 image packed");
     Ok(size)
 }
@@ -115,20 +113,18 @@ pub(super) fn set_root_mode(
     cancel: &AtomicBool,
 ) -> Result<()> {
     let request = format!("sif / mode 04{mode:04o}");
-    run_quiet(
-        Command::new(debugfs).args([
-            OsStr::new("-w"),
-            OsStr::new("-R"),
-            OsStr::new(&request),
-            image.as_os_str(),
-        ]),
-        "debugfs",
-        cancel,
-    )
+    let mut cmd = Command::new(debugfs);
+    cmd.args([
+        OsStr::new("-w"),
+        OsStr::new("-R"),
+        OsStr::new(&request),
+        image.as_os_str(),
+    ]);
+    run_quiet(cmd, "debugfs", cancel)
 }
 
 /// Runs a tool that should succeed; its output only matters when it fails.
-fn run_quiet(cmd: &mut Command, tool: &str, cancel: &AtomicBool) -> Result<()> {
+fn run_quiet(mut cmd: Command, tool: &str, cancel: &AtomicBool) -> Result<()> {
     cmd.env("LC_ALL", "C");
     let (status, tail) = run_tool(cmd, tool, cancel, &mut |_| {})?;
     if status.success() {

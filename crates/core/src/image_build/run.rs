@@ -1,156 +1,81 @@
-//! Running a build tool: its own process group, stdout and stderr read line
-//! by line (for progress and for the tail an error shows), cancellation
-//! polled, and the whole group killed when the leader exits or the build is
-//! cancelled (mmdebstrap's children must not outlive it).
+//! Running a build tool through [`crate::proc`]: its own process group,
+//! stdout and stderr read line by line (for progress and for the tail an
+//! error shows), stopped when the build is cancelled (SIGTERM to the group,
+//! SIGKILL after [`TERM_GRACE`]), and whatever the group still holds when the
+//! leader exits killed before the leader is reaped (mmdebstrap's children
+//! must not outlive it).
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read};
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::io;
+use std::process::{Command, ExitStatus};
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
-use super::{io_ctx, ImageBuildError, Result};
+use crate::proc::{Cmd, Out, ProcError};
 
-/// How often a running tool is polled for exit, output and cancellation.
-const POLL: Duration = Duration::from_millis(100);
+use super::{ImageBuildError, Result};
+
 /// How long a cancelled tool gets to clean up after SIGTERM before SIGKILL.
 const TERM_GRACE: Duration = Duration::from_secs(10);
 /// Lines of tool output kept for errors.
 const LOG_TAIL_LINES: usize = 40;
+/// Bytes of each stream [`crate::proc`] keeps; the lines shown come from
+/// `on_line`, so this only bounds memory.
+const STREAM_TAIL: usize = 16 << 10;
 
 /// Runs `cmd` in its own process group with stdout and stderr read line by
-/// line (`on_line` sees each), polling for `cancel`. Returns the exit status
-/// and the last [`LOG_TAIL_LINES`] lines. Whatever the group still holds
-/// when the leader exits is killed before the leader is reaped.
+/// line (`on_line` sees each), stopped when `cancel` is set. Returns the
+/// exit status and the last [`LOG_TAIL_LINES`] lines of both streams.
 pub(super) fn run_tool(
-    cmd: &mut Command,
+    cmd: Command,
     tool: &str,
     cancel: &AtomicBool,
     on_line: &mut dyn FnMut(&str),
 ) -> Result<(ExitStatus, String)> {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    let mut child = cmd.spawn().map_err(io_ctx(format!("cannot run {tool}")))?;
-    let (tx, rx) = mpsc::channel::<String>();
-    for pipe in [
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            let mut r = BufReader::new(pipe);
-            let mut buf = Vec::new();
-            while matches!(r.read_until(b'\n', &mut buf), Ok(n) if n > 0) {
-                let line = String::from_utf8_lossy(&buf).trim_end().to_string();
-                buf.clear();
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-    }
-    drop(tx);
     let mut tail: VecDeque<String> = VecDeque::new();
-    let mut keep = |line: String, on_line: &mut dyn FnMut(&str)| {
-        on_line(&line);
-        if tail.len() == LOG_TAIL_LINES {
-            tail.pop_front();
-        }
-        tail.push_back(line);
-    };
-    let mut pipes_open = true;
-    loop {
-        if pipes_open {
-            match rx.recv_timeout(POLL) {
-                Ok(line) => {
-                    keep(line, on_line);
-                    while let Ok(line) = rx.try_recv() {
-                        keep(line, on_line);
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => pipes_open = false,
+    let result = {
+        let mut keep = |line: &str| {
+            on_line(line);
+            if tail.len() == LOG_TAIL_LINES {
+                tail.pop_front();
             }
-        } else {
-            std::thread::sleep(POLL);
-        }
-        if cancel.load(Ordering::Relaxed) {
-            terminate_group(&mut child);
-            return Err(ImageBuildError::Cancelled);
-        }
-        if leader_exited(&child) {
-            break;
-        }
-    }
-    kill_group(&child);
-    let status = child
-        .wait()
-        .map_err(io_ctx(format!("cannot wait for {tool}")))?;
-    // Lines still in the pipes (the group is gone, so they close soon).
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-        keep(line, on_line);
-    }
-    Ok((status, Vec::from(tail).join("\n")))
-}
-
-/// Whether the child has exited, without reaping it (`WNOWAIT`): while it is
-/// a zombie its pid still names its process group and no other.
-fn leader_exited(child: &Child) -> bool {
-    // SAFETY: siginfo_t is plain old data; waitid fills it in.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid pid and a writable siginfo_t.
-    let r = unsafe {
-        libc::waitid(
-            libc::P_PID,
-            child.id(),
-            &mut info,
-            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-        )
+            tail.push_back(line.trim_end().to_string());
+        };
+        let mut cmd = Cmd::from(cmd);
+        cmd.own_group()
+            .cancel(cancel)
+            .term_grace(TERM_GRACE)
+            .stdout(Out::Tail(STREAM_TAIL))
+            .stderr(Out::Tail(STREAM_TAIL))
+            .on_line(&mut keep);
+        cmd.output()
     };
-    // SAFETY: reading si_pid of a siginfo_t waitid filled in (0 if nothing).
-    r == 0 && unsafe { info.si_pid() } != 0
-}
-
-fn signal_group(child: &Child, sig: rustix::process::Signal) {
-    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
-        let _ = rustix::process::kill_process_group(pid, sig);
+    match result {
+        Ok(done) => Ok((done.status, Vec::from(tail).join("\n"))),
+        Err(ProcError::Cancelled { .. }) => Err(ImageBuildError::Cancelled),
+        Err(ProcError::Spawn { source, .. }) => Err(ImageBuildError::Io {
+            context: format!("cannot run {tool}"),
+            source,
+        }),
+        Err(ProcError::Io { source, .. }) => Err(ImageBuildError::Io {
+            context: format!("cannot wait for {tool}"),
+            source,
+        }),
+        // No deadline is set and `output` returns failures as a status.
+        Err(e @ (ProcError::Timeout { .. } | ProcError::Failed { .. })) => {
+            Err(ImageBuildError::Io {
+                context: format!("{tool} did not finish"),
+                source: io::Error::other(e.to_string()),
+            })
+        }
     }
-}
-
-/// SIGKILL to the group; the leader must not be reaped yet.
-fn kill_group(child: &Child) {
-    signal_group(child, rustix::process::Signal::Kill);
-}
-
-/// Cancel: SIGTERM to the group (mmdebstrap cleans up on it), SIGKILL after
-/// [`TERM_GRACE`], then reap the leader.
-fn terminate_group(child: &mut Child) {
-    signal_group(child, rustix::process::Signal::Term);
-    let deadline = Instant::now() + TERM_GRACE;
-    while !leader_exited(child) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    kill_group(child);
-    let _ = child.wait();
 }
 
 #[cfg(test)]
 mod tests {
     use std::fs;
+    use std::sync::atomic::Ordering;
+    use std::time::Instant;
 
     use super::*;
 
@@ -165,15 +90,12 @@ mod tests {
         let cancel = AtomicBool::new(false);
         let started = Instant::now();
         let mut seen = Vec::new();
-        let r = run_tool(
-            Command::new("sh").args(["-c", &script]),
-            "sh",
-            &cancel,
-            &mut |l| {
-                seen.push(l.to_string());
-                cancel.store(true, Ordering::Relaxed);
-            },
-        );
+        let mut sh = Command::new("sh");
+        sh.args(["-c", &script]);
+        let r = run_tool(sh, "sh", &cancel, &mut |l| {
+            seen.push(l.to_string());
+            cancel.store(true, Ordering::Relaxed);
+        });
         assert!(matches!(r, Err(ImageBuildError::Cancelled)), "{r:?}");
         assert_eq!(seen, ["started"]);
         assert!(started.elapsed() < Duration::from_secs(5));
@@ -192,13 +114,9 @@ mod tests {
             }
         }
         // A normal run: status and the tail of the output.
-        let (status, tail) = run_tool(
-            Command::new("sh").args(["-c", "echo one; echo two >&2; exit 3"]),
-            "sh",
-            &AtomicBool::new(false),
-            &mut |_| {},
-        )
-        .unwrap();
+        let mut sh = Command::new("sh");
+        sh.args(["-c", "echo one; echo two >&2; exit 3"]);
+        let (status, tail) = run_tool(sh, "sh", &AtomicBool::new(false), &mut |_| {}).unwrap();
         assert_eq!(status.code(), Some(3));
         let mut lines: Vec<&str> = tail.lines().collect();
         lines.sort();

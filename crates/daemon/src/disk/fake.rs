@@ -1,13 +1,12 @@
-//! A [`HostOps`] that records what it is asked to do and fails on demand;
+//! A [`DiskHost`] that records what it is asked to do and fails on demand;
 //! loop devices are named `/dev/loopA`, `/dev/loopB`, ... in attach order.
 
-use std::net::Ipv4Addr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::Mutex;
 
-use crate::privileged::{BridgeChange, DmTable, HostError, HostOps};
+use crate::privileged::{DiskHost, DmTable, HostError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
@@ -79,7 +78,7 @@ pub fn injected(program: &str) -> HostError {
     }
 }
 
-impl HostOps for FakeHost {
+impl DiskHost for FakeHost {
     fn loop_attach(&self, file: &Path, read_only: bool) -> Result<PathBuf, HostError> {
         let n = self.attached();
         self.record(Call::LoopAttach(file.to_path_buf(), read_only));
@@ -160,63 +159,4 @@ impl HostOps for FakeHost {
             "the recording fake writes no files".into(),
         ))
     }
-
-    // The disk fake has no network: every network method is unavailable.
-
-    fn bridge_ensure(&self, _: &str, _: Ipv4Addr, _: u8) -> Result<BridgeChange, HostError> {
-        Err(no_network())
-    }
-
-    fn bridge_delete(&self, _: &str) -> Result<(), HostError> {
-        Err(no_network())
-    }
-
-    fn link_exists(&self, _: &str) -> Result<bool, HostError> {
-        Err(no_network())
-    }
-
-    fn links_with_prefix(&self, _: &str) -> Result<Vec<String>, HostError> {
-        Err(no_network())
-    }
-
-    fn tap_create(&self, _: &str, _: &str, _: bool) -> Result<(), HostError> {
-        Err(no_network())
-    }
-
-    fn tap_delete(&self, _: &str) -> Result<(), HostError> {
-        Err(no_network())
-    }
-
-    fn default_route_dev(&self) -> Result<Option<String>, HostError> {
-        Err(no_network())
-    }
-
-    fn ip_forward_enable(&self) -> Result<(), HostError> {
-        Err(no_network())
-    }
-
-    fn routes_overlapping(
-        &self,
-        _: Ipv4Addr,
-        _: u8,
-        _: Option<&str>,
-    ) -> Result<Vec<String>, HostError> {
-        Err(no_network())
-    }
-
-    fn nft_apply(&self, _: &nftables::schema::Nftables<'_>) -> Result<(), HostError> {
-        Err(no_network())
-    }
-
-    fn nft_list_table(
-        &self,
-        _: nftables::types::NfFamily,
-        _: &str,
-    ) -> Result<Option<nftables::schema::Nftables<'static>>, HostError> {
-        Err(no_network())
-    }
-}
-
-fn no_network() -> HostError {
-    HostError::Unavailable("the disk test fake has no network".into())
 }

@@ -24,12 +24,12 @@
 //!   full state filesystem fails the guest's writes. **Not exercised on real
 //!   device-mapper**: the machines this was written on have no device-mapper
 //!   driver; the table, the setup and teardown order and the rollback are
-//!   unit-tested against a recording fake [`HostOps`] only.
+//!   unit-tested against a recording fake [`DiskHost`] only.
 //! - [`RootBackend::Copy`]: a sparse copy (holes and zero blocks stay holes).
 //!   O(data) in time and space; the last resort.
 //!
 //! All host work (loop devices, device-mapper, mkfs, resize) goes through
-//! [`HostOps`], so this module's logic is testable without root.
+//! [`DiskHost`], so this module's logic is testable without root.
 //!
 //! Files in the VM directory: `root.ext4` (reflink/copy) or `root.cow`
 //! (dm-snapshot), and `work.ext4`. Each is made under a `.tmp` name and
@@ -52,7 +52,7 @@ use std::str::FromStr;
 use banger_core::artifact::stage::{self, CopyMethod, StageError};
 use serde::{Deserialize, Serialize};
 
-use crate::privileged::{HostError, HostOps};
+use crate::privileged::{DiskHost, HostError};
 
 pub use root::{activate, cow_size, create_root, deactivate, dm_name};
 pub use work::{create_work, grow_work};
@@ -130,7 +130,7 @@ pub struct RootDisk {
 
 /// A root disk set up for a running VM. Device paths are valid only while
 /// the daemon that made them holds them: after a daemon restart, find leaked
-/// loop devices by file ([`HostOps::loop_devices_for`]), not by these paths.
+/// loop devices by file ([`DiskHost::loop_devices_for`]), not by these paths.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct ActiveRoot {
     /// What the VMM opens: the file, or `/dev/mapper/<name>`.
@@ -260,7 +260,7 @@ fn human(bytes: u64) -> String {
 pub fn choose_backend(
     pref: Option<RootBackend>,
     state_dir: &Path,
-    host: &dyn HostOps,
+    host: &dyn DiskHost,
 ) -> Result<RootBackend, DiskError> {
     let reflink = || {
         stage::reflink_supported(state_dir).map_err(io_err(

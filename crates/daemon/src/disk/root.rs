@@ -11,7 +11,7 @@ use super::{
     clone_or_copy, io_err, ActiveRoot, DiskError, Pending, RootBackend, RootDisk, COW_FILE,
     ROOT_FILE,
 };
-use crate::privileged::{snapshot_table, HostError, HostOps};
+use crate::privileged::{snapshot_table, DiskHost, HostError};
 
 /// The snapshot's copy-on-write unit: 8 sectors = 4 KiB, the ext4 block.
 const DM_CHUNK_SECTORS: u64 = 8;
@@ -106,7 +106,11 @@ pub fn create_root(
 /// creates `banger-<vm_id>` as a persistent snapshot of the origin (4 KiB
 /// chunks). When a step fails, the loop devices attached so far are
 /// detached again before the error is returned.
-pub fn activate(root: &RootDisk, vm_id: &str, host: &dyn HostOps) -> Result<ActiveRoot, DiskError> {
+pub fn activate(
+    root: &RootDisk,
+    vm_id: &str,
+    host: &dyn DiskHost,
+) -> Result<ActiveRoot, DiskError> {
     if root.backend != RootBackend::DmSnapshot {
         return Ok(ActiveRoot {
             device: root.file.clone(),
@@ -151,7 +155,7 @@ pub fn activate(root: &RootDisk, vm_id: &str, host: &dyn HostOps) -> Result<Acti
 /// device-mapper device first (it holds the loop devices), then detaches the
 /// loop devices in reverse attach order. Best effort: every step is tried
 /// (and logged) even after a failure; the first error is returned.
-pub fn deactivate(active: &ActiveRoot, host: &dyn HostOps) -> Result<(), DiskError> {
+pub fn deactivate(active: &ActiveRoot, host: &dyn DiskHost) -> Result<(), DiskError> {
     let mut first: Option<HostError> = None;
     if let Some(name) = &active.dm_name {
         match host.dm_remove(name) {

@@ -10,7 +10,7 @@ use banger_core::artifact::stage;
 use banger_proto::guest::WORK_LABEL;
 
 use super::{clone_or_copy, io_err, DiskError, Pending, WorkDisk, WORK_FILE};
-use crate::privileged::HostOps;
+use crate::privileged::DiskHost;
 
 /// Makes the VM's work disk `vm_dir/work.ext4`, at VM create. With a `seed`
 /// (the image's `work-seed.ext4`): clones it (reflink when possible, else a
@@ -23,7 +23,7 @@ pub fn create_work(
     seed: Option<&Path>,
     vm_dir: &Path,
     size: u64,
-    host: &dyn HostOps,
+    host: &dyn DiskHost,
     ctl: &stage::Ctl,
 ) -> Result<WorkDisk, DiskError> {
     let dest = vm_dir.join(WORK_FILE);
@@ -66,7 +66,7 @@ pub fn create_work(
 pub fn grow_work(
     work: &WorkDisk,
     new_size: u64,
-    host: &dyn HostOps,
+    host: &dyn DiskHost,
 ) -> Result<WorkDisk, DiskError> {
     if new_size < work.size {
         return Err(DiskError::Shrink {

@@ -12,10 +12,11 @@
 //! [`manual_fix`]. The commands go through [`CommandRunner`] so the exact
 //! calls are tested with a recording fake.
 
-use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::process::{Command, ExitStatus, Output, Stdio};
+
+use banger_core::proc::{Cmd, Finished, ProcError};
+use banger_core::tools::find_in_path;
 
 /// Where systemd-resolved keeps its runtime files while it runs.
 const RESOLVED_RUN_DIR: &str = "/run/systemd/resolve";
@@ -33,48 +34,35 @@ pub enum Resolver {
     Other(String),
 }
 
-/// Runs a program and returns its output. Synchronous: call it from
-/// `spawn_blocking` on the async runtime.
+/// Runs a program to its end and returns how it finished, whatever its
+/// status. Synchronous: call it from `spawn_blocking` on the async runtime.
 pub trait CommandRunner: Send + Sync {
-    fn run(&self, program: &str, args: &[&str]) -> io::Result<Output>;
+    fn run(&self, program: &str, args: &[&str]) -> Result<Finished, ProcError>;
 }
 
-/// The real [`CommandRunner`]: runs the program from `PATH`, stdin closed,
-/// `LC_ALL=C`.
+/// The real [`CommandRunner`]: runs the program from `PATH` through
+/// [`banger_core::proc`], stdin closed, `LC_ALL=C`.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemRunner;
 
 impl CommandRunner for SystemRunner {
-    fn run(&self, program: &str, args: &[&str]) -> io::Result<Output> {
-        tracing::debug!(program, ?args, "running");
-        Command::new(program)
-            .args(args)
-            .env("LC_ALL", "C")
-            .stdin(Stdio::null())
-            .output()
+    fn run(&self, program: &str, args: &[&str]) -> Result<Finished, ProcError> {
+        let mut cmd = Cmd::new(program);
+        cmd.args(args).env("LC_ALL", "C");
+        cmd.output()
     }
 }
 
-/// A `resolvectl` call that did not work.
+/// A `resolvectl` call that did not work; the message names the command,
+/// and its status and stderr when it ran.
 #[derive(Debug, thiserror::Error)]
 pub enum ResolvedError {
     /// The command could not be started (resolvectl missing?).
-    #[error("cannot run {command}: {source}")]
-    Spawn { command: String, source: io::Error },
-    /// The command ran and failed; `stderr` holds what it said.
-    #[error("{command} failed ({status}){}", stderr_suffix(stderr))]
-    Failed {
-        command: String,
-        status: ExitStatus,
-        stderr: String,
-    },
-}
-
-fn stderr_suffix(stderr: &str) -> String {
-    match stderr.trim() {
-        "" => String::new(),
-        s => format!(": {s}"),
-    }
+    #[error(transparent)]
+    Spawn(ProcError),
+    /// The command ran and failed (or could not be watched).
+    #[error(transparent)]
+    Failed(ProcError),
 }
 
 /// What resolver the host uses.
@@ -121,13 +109,6 @@ fn describe_resolv_conf(path: &Path) -> String {
     }
 }
 
-fn find_in_path(program: &str) -> Option<std::path::PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|p| p.is_file())
-}
-
 /// Routes the `vm` domain to `dns` (port 53) on link `iface`:
 /// `resolvectl dns IFACE ADDR`, then `resolvectl domain IFACE ~vm`. If the
 /// second call fails the first is undone (best effort) before the error is
@@ -155,21 +136,10 @@ pub fn revert(runner: &dyn CommandRunner, iface: &str) -> Result<(), ResolvedErr
 }
 
 fn resolvectl(runner: &dyn CommandRunner, args: &[&str]) -> Result<(), ResolvedError> {
-    let command = || format!("{RESOLVECTL} {}", args.join(" "));
-    let out = runner
-        .run(RESOLVECTL, args)
-        .map_err(|source| ResolvedError::Spawn {
-            command: command(),
-            source,
-        })?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(ResolvedError::Failed {
-            command: command(),
-            status: out.status,
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        })
+    match runner.run(RESOLVECTL, args).and_then(Finished::ok) {
+        Ok(_) => Ok(()),
+        Err(e @ ProcError::Spawn { .. }) => Err(ResolvedError::Spawn(e)),
+        Err(e) => Err(ResolvedError::Failed(e)),
     }
 }
 
@@ -188,7 +158,9 @@ pub fn manual_fix(loopback: SocketAddr) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::io;
     use std::os::unix::process::ExitStatusExt;
+    use std::process::ExitStatus;
     use std::sync::Mutex;
 
     use super::*;
@@ -202,16 +174,26 @@ mod tests {
     }
 
     impl CommandRunner for Recorder {
-        fn run(&self, program: &str, args: &[&str]) -> io::Result<Output> {
+        fn run(&self, program: &str, args: &[&str]) -> Result<Finished, ProcError> {
             self.calls
                 .lock()
                 .unwrap()
                 .push(format!("{program} {}", args.join(" ")));
+            let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
             if self.missing {
-                return Err(io::Error::from(io::ErrorKind::NotFound));
+                return Err(ProcError::Spawn {
+                    program: program.into(),
+                    args,
+                    source: io::Error::from(io::ErrorKind::NotFound),
+                });
             }
-            let failed = args.first().is_some_and(|a| self.fail.contains(a));
-            Ok(Output {
+            let failed = args
+                .first()
+                .is_some_and(|a| self.fail.contains(&a.as_str()));
+            Ok(Finished {
+                program: program.into(),
+                args,
+                truncated: false,
                 status: ExitStatus::from_raw(if failed { 1 << 8 } else { 0 }),
                 stdout: Vec::new(),
                 stderr: if failed {

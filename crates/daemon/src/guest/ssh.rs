@@ -17,8 +17,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::error::Error;
+use banger_core::proc::{Cmd, ProcError};
 use tokio::io::AsyncReadExt;
+
+use crate::error::Error;
 
 use crate::privileged::GuestFile;
 use crate::vm::Vms;
@@ -28,21 +30,16 @@ use crate::vm::Vms;
 pub use banger_proto::guest::{AUTHORIZED_KEYS_PATH, HOST_KEY_PATH};
 
 fn keygen(path: &Path, comment: &str) -> Result<(), Error> {
-    let out = std::process::Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
-        .arg(path)
-        .output()
-        .map_err(|e| {
-            Error::precondition(format!("cannot run ssh-keygen: {e}"))
-                .hint("sudo apt-get install openssh-client")
-        })?;
-    if !out.status.success() {
-        return Err(Error::internal(format!(
-            "ssh-keygen failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+    let mut cmd = Cmd::new("ssh-keygen");
+    cmd.args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+        .arg(path);
+    match cmd.run() {
+        Ok(_) => Ok(()),
+        Err(e @ ProcError::Spawn { .. }) => {
+            Err(Error::precondition(e.to_string()).hint("sudo apt-get install openssh-client"))
+        }
+        Err(e) => Err(Error::internal(e.to_string())),
     }
-    Ok(())
 }
 
 fn read(path: &Path) -> Result<String, Error> {

@@ -28,7 +28,7 @@
 //! - `output` (nat, -100): the same rules for connections made by the host
 //!   itself (`curl localhost:HOST_PORT`). Those from 127.0.0.1 leave through
 //!   the bridge with a loopback source, which the kernel allows only with
-//!   `route_localnet` on the bridge ([`HostOps::bridge_ensure`] sets it).
+//!   `route_localnet` on the bridge ([`NetHost::bridge_ensure`] sets it).
 //! - `postrouting` (nat, srcnat): a NAT VM's traffic leaving by the uplink is
 //!   masqueraded; connections from 127.0.0.0/8 into the bridge are
 //!   masqueraded to the bridge address (the guest would otherwise answer to
@@ -43,7 +43,7 @@
 //!
 //! VM-to-VM traffic is not filtered here: it is switched inside the bridge,
 //! below IP, and stopped there by isolated bridge ports
-//! ([`HostOps::tap_create`]). With `br_netfilter` such bridged frames also
+//! ([`NetHost::tap_create`]). With `br_netfilter` such bridged frames also
 //! pass the `forward` hook, with the bridge as both input and output
 //! interface, which the drop rule leaves alone (so allowed VM-to-VM traffic
 //! still flows).
@@ -55,7 +55,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::privileged::{HostError, HostOps};
+use crate::privileged::{HostError, NetHost};
 
 mod rules;
 mod table;
@@ -239,7 +239,7 @@ pub fn desired(plan: &Plan) -> Result<Table, HostError> {
 }
 
 /// Replaces the table with `table`, in one nft transaction.
-pub fn write(host: &dyn HostOps, table: &Table) -> Result<(), HostError> {
+pub fn write(host: &dyn NetHost, table: &Table) -> Result<(), HostError> {
     host.nft_apply(&table.replace())?;
     tracing::debug!(rules = table.rules.len(), "nftables table applied");
     Ok(())
@@ -247,18 +247,18 @@ pub fn write(host: &dyn HostOps, table: &Table) -> Result<(), HostError> {
 
 /// Replaces the table with what `plan` says ([`desired`], then [`write`]);
 /// changes nothing when the plan is refused.
-pub fn apply(host: &dyn HostOps, plan: &Plan) -> Result<(), HostError> {
+pub fn apply(host: &dyn NetHost, plan: &Plan) -> Result<(), HostError> {
     write(host, &desired(plan)?)
 }
 
 /// Deletes the table and everything in it. Missing: `Ok`.
-pub fn remove(host: &dyn HostOps) -> Result<(), HostError> {
+pub fn remove(host: &dyn NetHost) -> Result<(), HostError> {
     host.nft_apply(&Table::remove())?;
     tracing::info!("nftables table removed");
     Ok(())
 }
 
 /// The table as it is now, `None` when it does not exist.
-pub fn current(host: &dyn HostOps) -> Result<Option<Table>, HostError> {
+pub fn current(host: &dyn NetHost) -> Result<Option<Table>, HostError> {
     Ok(host.nft_list_table(FAMILY, TABLE)?.map(Table::from_listing))
 }

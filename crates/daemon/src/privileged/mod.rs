@@ -1,19 +1,28 @@
 //! The host-operations seam: every privileged thing the daemon does to the
-//! host (loop devices, device-mapper, making and growing ext4 images, the
-//! bridge, tap devices, sysctls and nftables) goes through [`HostOps`].
+//! host's disks and network goes through two small traits, [`DiskHost`]
+//! (loop devices, device-mapper, making, growing and writing ext4 images)
+//! and [`NetHost`] (the bridge, tap devices, routes, sysctls and nftables).
+//! [`SystemHost`] implements both for real; each caller takes only the one
+//! it uses (the disk code a `DiskHost`, the network stage and the nftables
+//! writer a `NetHost`), so a test fake implements only what its test needs.
 //!
-//! Two reasons. The logic above it (which devices to set up, in which order,
-//! what to undo when a step fails) is unit-tested with a recording fake,
-//! without root and on machines that lack a feature (these machines have no
-//! device-mapper). And the real implementation, [`SystemHost`], is small and
+//! Two reasons for the seam. The logic above it (which devices to set up, in
+//! which order, what to undo when a step fails) is unit-tested with recording
+//! fakes, without root and on machines that lack a feature (these machines
+//! have no device-mapper). And the real implementation is small and
 //! self-contained, so it can later move into a root helper process while the
 //! daemon itself drops privileges.
+//!
+//! Layout: `system.rs` is the disk half of [`SystemHost`], `net.rs` the
+//! network half, `cmd.rs` the command plumbing both use (host tools run
+//! through [`banger_core::proc`]); the two halves do not depend on each other.
 //!
 //! The methods are synchronous: each is one quick command, ioctl or netlink
 //! exchange. Callers on the async runtime run them with `spawn_blocking`.
 //! Paths are absolute. Network methods act on the network namespace of the
 //! calling thread (tests run them on a thread inside a private namespace).
 
+mod cmd;
 mod net;
 mod system;
 #[cfg(test)]
@@ -28,9 +37,13 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 
-pub use system::SystemHost;
+use banger_core::proc::{command_line, stderr_suffix};
 
-/// A file to put into a guest filesystem image ([`HostOps::ext4_write_files`]).
+/// The real host: [`DiskHost`] in `system.rs`, [`NetHost`] in `net.rs`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemHost;
+
+/// A file to put into a guest filesystem image ([`DiskHost::ext4_write_files`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuestFile {
     /// Absolute path inside the filesystem, e.g. `/.ssh/authorized_keys`.
@@ -83,33 +96,6 @@ impl HostError {
     }
 }
 
-fn command_line(program: &Path, args: &[String]) -> String {
-    let mut s = program.display().to_string();
-    for a in args {
-        s.push(' ');
-        s.push_str(a);
-    }
-    s
-}
-
-/// `": <stderr>"` with blank lines dropped and at most 5 lines kept, or
-/// nothing when the tool said nothing.
-fn stderr_suffix(stderr: &str) -> String {
-    let lines: Vec<&str> = stderr
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    if lines.is_empty() {
-        return String::new();
-    }
-    let mut s = format!(": {}", lines[..lines.len().min(5)].join("; "));
-    if lines.len() > 5 {
-        s.push_str("; ...");
-    }
-    s
-}
-
 /// One line of a device-mapper table: `<start> <sectors> <target> <params>`,
 /// in 512-byte sectors. `Display` prints exactly what `dmsetup create
 /// --table` takes.
@@ -157,7 +143,7 @@ pub fn snapshot_table(
     }
 }
 
-/// What [`HostOps::bridge_ensure`] had to change. All false and empty when
+/// What [`NetHost::bridge_ensure`] had to change. All false and empty when
 /// the bridge was already as asked ([`BridgeChange::is_unchanged`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BridgeChange {
@@ -206,11 +192,10 @@ impl fmt::Display for BridgeChange {
     }
 }
 
-/// Privileged operations on the host. [`SystemHost`] is the real one; tests
-/// use fakes. Methods are grouped by subsystem; new subsystems (tap devices,
-/// bridges, nftables) add their group here, with a real implementation in
-/// [`SystemHost`] and defaults nowhere, so a fake must decide what it does.
-pub trait HostOps: Send + Sync {
+/// Privileged operations on the host's disks. [`SystemHost`] is the real
+/// one; tests use fakes. No method has a default, so a fake must decide what
+/// each does.
+pub trait DiskHost: Send + Sync {
     // ---- Loop devices ----
 
     /// Attaches `file` to a free loop device and returns its path
@@ -259,7 +244,7 @@ pub trait HostOps: Send + Sync {
     fn fsck_ext4(&self, file: &Path) -> Result<(), HostError>;
 
     /// Grows the unmounted ext4 image `file` to `new_size` bytes: extends the
-    /// file sparse, checks it ([`HostOps::fsck_ext4`], which `resize2fs`
+    /// file sparse, checks it ([`DiskHost::fsck_ext4`], which `resize2fs`
     /// requires) and grows the filesystem to fill it. Never shrinks: a
     /// `new_size` below the file's length is refused.
     fn resize_ext4(&self, file: &Path, new_size: u64) -> Result<(), HostError>;
@@ -269,8 +254,12 @@ pub trait HostOps: Send + Sync {
     /// existing file is replaced, each file gets its mode and owner. Then
     /// reads every file back and fails unless it holds what was written.
     fn ext4_write_files(&self, image: &Path, files: &[GuestFile]) -> Result<(), HostError>;
+}
 
-    // ---- Network: links, addresses, routes, sysctls ----
+/// Privileged operations on the host's network. [`SystemHost`] is the real
+/// one; tests use fakes (or the real one inside a private namespace).
+pub trait NetHost: Send + Sync {
+    // ---- Links, addresses, routes, sysctls ----
     //
     // Interface names are 1 to 15 bytes without '/', ':', whitespace, quotes
     // or backslashes (the kernel's rule, plus what keeps them safe to quote
@@ -334,7 +323,7 @@ pub trait HostOps: Send + Sync {
         except_dev: Option<&str>,
     ) -> Result<Vec<String>, HostError>;
 
-    // ---- Network: nftables ----
+    // ---- nftables ----
 
     /// Runs `batch` with `nft -j -f -`: one transaction, all or nothing.
     fn nft_apply(&self, batch: &nftables::schema::Nftables<'_>) -> Result<(), HostError>;

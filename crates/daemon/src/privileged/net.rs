@@ -11,12 +11,11 @@
 //! the tests run them inside private namespaces.
 
 use std::fs::OpenOptions;
-use std::io::{self, Write};
+use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use netlink_packet_core::{
@@ -36,8 +35,10 @@ use netlink_sys::{Socket, SocketAddr};
 use nftables::schema::{NfListObject, NfObject, Nftables};
 use nftables::types::NfFamily;
 
-use super::system::{Ran, Tool};
-use super::{BridgeChange, HostError};
+use banger_core::proc::In;
+
+use super::cmd::{execute, execute_with_input, Tool};
+use super::{BridgeChange, HostError, NetHost, SystemHost};
 
 /// The longest interface name (IFNAMSIZ - 1).
 pub(super) const IFNAME_MAX: usize = 15;
@@ -517,7 +518,7 @@ fn sysctl_enable(path: &str) -> Result<bool, HostError> {
 }
 
 // ---------------------------------------------------------------------------
-// The HostOps methods
+// The NetHost methods
 
 pub(super) fn bridge_ensure(
     name: &str,
@@ -984,39 +985,19 @@ pub(super) fn nft_apply(batch: &Nftables<'_>) -> Result<(), HostError> {
         )
     })?;
     tracing::debug!(objects = batch.objects.len(), "running nft -j -f -");
-    let mut child = Command::new(&program)
-        .args(args)
-        .env("LC_ALL", "C")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| HostError::io("cannot run", &program, e))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        // nft reads the whole document before it answers; a write error
-        // means it exited early, and its status and stderr say why.
-        let _ = stdin.write_all(&json);
-    }
-    let output = child
-        .wait_with_output()
-        .map_err(|e| HostError::io("cannot wait for", &program, e))?;
-    Ran {
-        program,
-        args: args.iter().map(|s| s.to_string()).collect(),
-        output,
-    }
-    .stdout_if_success()
-    .map(drop)
+    execute_with_input(program, args, In::Bytes(json))?
+        .stdout_if_success()
+        .map(drop)
 }
 
 /// `nft -j ARGS`, its output parsed as an nftables document.
 fn nft_json(args: &[&str]) -> Result<Nftables<'static>, HostError> {
     let program: PathBuf = NFT.locate()?;
-    let ran = super::system::execute(program, std::iter::once("-j").chain(args.iter().copied()))?;
-    if !ran.output.status.success() {
+    let ran = execute(program, std::iter::once("-j").chain(args.iter().copied()))?;
+    if !ran.status().success() {
         return Err(ran.into_error());
     }
-    serde_json::from_slice(&ran.output.stdout).map_err(|e| {
+    serde_json::from_slice(ran.stdout_bytes()).map_err(|e| {
         HostError::io(
             "cannot parse the JSON of",
             Path::new(&format!("nft -j {}", args.join(" "))),
@@ -1079,6 +1060,66 @@ pub(super) fn nft_list_table(
 /// thread and never touches the machine's own namespace. Deleting the
 /// namespace destroys the bridges, taps and veths in it once the last thread
 /// or socket inside it is gone.
+impl NetHost for SystemHost {
+    fn bridge_ensure(
+        &self,
+        name: &str,
+        gateway: Ipv4Addr,
+        prefix_len: u8,
+    ) -> Result<BridgeChange, HostError> {
+        bridge_ensure(name, gateway, prefix_len)
+    }
+
+    fn bridge_delete(&self, name: &str) -> Result<(), HostError> {
+        bridge_delete(name)
+    }
+
+    fn link_exists(&self, name: &str) -> Result<bool, HostError> {
+        link_exists(name)
+    }
+
+    fn links_with_prefix(&self, prefix: &str) -> Result<Vec<String>, HostError> {
+        links_with_prefix(prefix)
+    }
+
+    fn tap_create(&self, name: &str, bridge: &str, isolated: bool) -> Result<(), HostError> {
+        tap_create(name, bridge, isolated)
+    }
+
+    fn tap_delete(&self, name: &str) -> Result<(), HostError> {
+        tap_delete(name)
+    }
+
+    fn default_route_dev(&self) -> Result<Option<String>, HostError> {
+        default_route_dev()
+    }
+
+    fn ip_forward_enable(&self) -> Result<(), HostError> {
+        ip_forward_enable()
+    }
+
+    fn routes_overlapping(
+        &self,
+        net: Ipv4Addr,
+        prefix: u8,
+        except_dev: Option<&str>,
+    ) -> Result<Vec<String>, HostError> {
+        routes_overlapping(net, prefix, except_dev)
+    }
+
+    fn nft_apply(&self, batch: &nftables::schema::Nftables<'_>) -> Result<(), HostError> {
+        nft_apply(batch)
+    }
+
+    fn nft_list_table(
+        &self,
+        family: nftables::types::NfFamily,
+        table: &str,
+    ) -> Result<Option<nftables::schema::Nftables<'static>>, HostError> {
+        nft_list_table(family, table)
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod netns {
     use std::fs::File;
@@ -1170,9 +1211,11 @@ pub(crate) mod netns {
 
 #[cfg(test)]
 mod tests {
+    use std::process::{Command, Stdio};
+
     use super::netns::Netns;
     use super::*;
-    use crate::privileged::{HostOps, SystemHost};
+    use crate::privileged::{NetHost, SystemHost};
 
     /// `ip -j [-d] link show dev` in the namespace, parsed.
     fn link_json(ns: &Netns, dev: &str, details: bool) -> serde_json::Value {

@@ -1,36 +1,17 @@
-//! [`SystemHost`]: [`HostOps`] done for real, by running the standard host
-//! tools (`losetup`, `dmsetup`, `mkfs.ext4`, `e2fsck`, `resize2fs`, `nft`) as
-//! the daemon's user (root). The network methods (rtnetlink, the tun ioctls,
-//! sysctls, `nft`) live in [`super::net`]. Tools are found with
-//! [`banger_core::tools::find_system_tool`] on every call, so installing one
-//! while the daemon runs is enough; a missing tool is
-//! [`HostError::Unavailable`] naming the Debian package.
-//!
-//! Tools run with `LC_ALL=C` and stdin closed, and their stderr is kept in the
-//! error. None of them is given a timeout: each is quick, except `e2fsck` and
-//! `resize2fs` on a large image, which must not be cut short.
+//! The disk half of [`SystemHost`]: [`DiskHost`] done for real, by running
+//! the standard host tools (`losetup`, `dmsetup`, `mkfs.ext4`, `e2fsck`,
+//! `resize2fs`, `debugfs`) as the daemon's user (root) through
+//! [`super::cmd`]. A missing tool is [`HostError::Unavailable`] naming the
+//! Debian package.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::fs::OpenOptions;
 use std::io;
-use std::net::Ipv4Addr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
 
-use banger_core::tools::find_system_tool;
-
-use super::{net, BridgeChange, DmTable, HostError, HostOps};
-
-/// The real host.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemHost;
-
-/// A host tool and the Debian package that ships it.
-pub(super) struct Tool {
-    pub(super) name: &'static str,
-    pub(super) package: &'static str,
-}
+use super::cmd::{execute, Tool};
+use super::{DiskHost, DmTable, HostError, SystemHost};
 
 const LOSETUP: Tool = Tool {
     name: "losetup",
@@ -65,95 +46,6 @@ const DEBUGFS: Tool = Tool {
 const DM_NAME_MAX: usize = 127;
 /// The longest ext4 label.
 const EXT4_LABEL_MAX: usize = 16;
-
-impl Tool {
-    pub(super) fn locate(&self) -> Result<PathBuf, HostError> {
-        find_system_tool(self.name).ok_or_else(|| {
-            HostError::Unavailable(format!(
-                "{} is not installed (looked in PATH and /usr/local/sbin, /usr/sbin, /sbin); \
-                 install the Debian package {} (apt-get install {})",
-                self.name, self.package, self.package
-            ))
-        })
-    }
-
-    /// Runs the tool; returns its output whatever the exit status.
-    fn output<I, S>(&self, args: I) -> Result<Ran, HostError>
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<OsStr>,
-    {
-        execute(self.locate()?, args)
-    }
-
-    /// Runs the tool and requires exit status 0; returns its stdout.
-    fn run<I, S>(&self, args: I) -> Result<String, HostError>
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<OsStr>,
-    {
-        self.output(args)?.stdout_if_success()
-    }
-}
-
-/// Runs `program` with `args` (stdin closed, `LC_ALL=C`) and keeps what a
-/// [`HostError::Command`] needs.
-pub(super) fn execute<I, S>(program: PathBuf, args: I) -> Result<Ran, HostError>
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<OsStr>,
-{
-    let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
-    let shown: Vec<String> = args
-        .iter()
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect();
-    tracing::debug!(program = %program.display(), args = ?shown, "running host tool");
-    let output = Command::new(&program)
-        .args(&args)
-        .env("LC_ALL", "C")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| HostError::io("cannot run", &program, e))?;
-    Ok(Ran {
-        program,
-        args: shown,
-        output,
-    })
-}
-
-pub(super) struct Ran {
-    pub(super) program: PathBuf,
-    pub(super) args: Vec<String>,
-    pub(super) output: Output,
-}
-
-impl Ran {
-    pub(super) fn stdout_bytes(&self) -> &[u8] {
-        &self.output.stdout
-    }
-
-    pub(super) fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.output.stderr).into_owned()
-    }
-
-    pub(super) fn stdout_if_success(self) -> Result<String, HostError> {
-        if self.output.status.success() {
-            Ok(String::from_utf8_lossy(&self.output.stdout).into_owned())
-        } else {
-            Err(self.into_error())
-        }
-    }
-
-    pub(super) fn into_error(self) -> HostError {
-        HostError::Command {
-            stderr: self.stderr(),
-            program: self.program,
-            args: self.args,
-            status: self.output.status,
-        }
-    }
-}
 
 fn invalid(what: &str, path: &Path, why: String) -> HostError {
     HostError::io(what, path, io::Error::new(io::ErrorKind::InvalidInput, why))
@@ -190,7 +82,7 @@ fn dmsetup() -> Result<PathBuf, HostError> {
 /// Failure is fine (the caller re-checks /proc/misc).
 fn try_load_dm() {
     match MODPROBE.output(["-q", "dm_mod"]) {
-        Ok(ran) if !ran.output.status.success() => {
+        Ok(ran) if !ran.status().success() => {
             tracing::debug!(stderr = %ran.stderr(), "modprobe dm_mod failed");
         }
         Ok(_) => {}
@@ -215,7 +107,7 @@ fn check_dm_name(name: &str) -> Result<(), HostError> {
     Ok(())
 }
 
-impl HostOps for SystemHost {
+impl DiskHost for SystemHost {
     fn loop_attach(&self, file: &Path, read_only: bool) -> Result<PathBuf, HostError> {
         let mut args: Vec<&OsStr> = vec!["--find".as_ref(), "--show".as_ref()];
         if read_only {
@@ -289,7 +181,7 @@ impl HostOps for SystemHost {
         check_dm_name(name)?;
         let dmsetup = dmsetup()?;
         let ran = execute(dmsetup, ["info", name])?;
-        if ran.output.status.success() {
+        if ran.status().success() {
             Ok(true)
         } else if ran.stderr().contains("does not exist") {
             Ok(false)
@@ -355,7 +247,7 @@ impl HostOps for SystemHost {
         // corrected, reboot needed (meaningful only for a mounted root
         // filesystem, never for an image file). 4 and up: errors left
         // uncorrected, operational or usage error, cancelled.
-        match ran.output.status.code() {
+        match ran.status().code() {
             Some(0) => Ok(()),
             Some(code) if code & !3 == 0 => {
                 tracing::info!(file = %file.display(), code, "e2fsck corrected errors");
@@ -470,64 +362,6 @@ impl HostOps for SystemHost {
             }
         }
         Ok(())
-    }
-
-    fn bridge_ensure(
-        &self,
-        name: &str,
-        gateway: Ipv4Addr,
-        prefix_len: u8,
-    ) -> Result<BridgeChange, HostError> {
-        net::bridge_ensure(name, gateway, prefix_len)
-    }
-
-    fn bridge_delete(&self, name: &str) -> Result<(), HostError> {
-        net::bridge_delete(name)
-    }
-
-    fn link_exists(&self, name: &str) -> Result<bool, HostError> {
-        net::link_exists(name)
-    }
-
-    fn links_with_prefix(&self, prefix: &str) -> Result<Vec<String>, HostError> {
-        net::links_with_prefix(prefix)
-    }
-
-    fn tap_create(&self, name: &str, bridge: &str, isolated: bool) -> Result<(), HostError> {
-        net::tap_create(name, bridge, isolated)
-    }
-
-    fn tap_delete(&self, name: &str) -> Result<(), HostError> {
-        net::tap_delete(name)
-    }
-
-    fn default_route_dev(&self) -> Result<Option<String>, HostError> {
-        net::default_route_dev()
-    }
-
-    fn ip_forward_enable(&self) -> Result<(), HostError> {
-        net::ip_forward_enable()
-    }
-
-    fn routes_overlapping(
-        &self,
-        net: Ipv4Addr,
-        prefix: u8,
-        except_dev: Option<&str>,
-    ) -> Result<Vec<String>, HostError> {
-        net::routes_overlapping(net, prefix, except_dev)
-    }
-
-    fn nft_apply(&self, batch: &nftables::schema::Nftables<'_>) -> Result<(), HostError> {
-        net::nft_apply(batch)
-    }
-
-    fn nft_list_table(
-        &self,
-        family: nftables::types::NfFamily,
-        table: &str,
-    ) -> Result<Option<nftables::schema::Nftables<'static>>, HostError> {
-        net::nft_list_table(family, table)
     }
 }
 
@@ -723,12 +557,9 @@ mod tests {
         // Again: replaces instead of failing.
         host.ext4_write_files(&img, &files).unwrap();
         let stat = |p: &str| {
-            let out = std::process::Command::new("debugfs")
-                .args(["-R", &format!("stat {p}")])
-                .arg(&img)
-                .output()
-                .unwrap();
-            String::from_utf8_lossy(&out.stdout).into_owned()
+            let mut debugfs = banger_core::proc::Cmd::new("debugfs");
+            debugfs.args(["-R", &format!("stat {p}")]).arg(&img);
+            debugfs.run().unwrap().stdout_text()
         };
         let s = stat("/.banger/ssh/host_key");
         assert!(

@@ -80,7 +80,7 @@ async fn make(
     let (op2, dir, host, size) = (
         op.clone(),
         vm_dir.clone(),
-        d.host.clone(),
+        d.disks.clone(),
         vm.spec.disk_bytes,
     );
     let work = blocking(move || {
@@ -100,7 +100,7 @@ async fn make(
 
     if image.has("ssh") {
         stages.stage("ssh-keys");
-        let (d2, owner, host) = (d.clone(), vm.row.owner_uid, d.host.clone());
+        let (d2, owner, host) = (d.clone(), vm.row.owner_uid, d.disks.clone());
         let host_pub = blocking(move || {
             let (_, user_pub) = crate::guest::ssh::user_key(&d2, owner)?;
             let (host_priv, host_pub) = crate::guest::ssh::new_host_key()?;

@@ -18,5 +18,5 @@ pub fn backend(d: &Vms) -> Result<RootBackend, Error> {
             )))
         }
     };
-    disk::choose_backend(pref, &d.paths.vms_dir(), d.host.as_ref()).map_err(Error::from)
+    disk::choose_backend(pref, &d.paths.vms_dir(), d.disks.as_ref()).map_err(Error::from)
 }

@@ -75,8 +75,9 @@ pub async fn attach(d: &Arc<Vms>, vm: &Vm) -> Result<Option<NetAttach>, Error> {
     };
     let subnet = subnet(d)?;
     let tap = tap_name(vm.id());
+    let net_host = d.net_host()?;
     let (host, bridge, t) = (
-        d.host.clone(),
+        net_host.clone(),
         d.config.network.bridge_name.clone(),
         tap.clone(),
     );
@@ -91,7 +92,7 @@ pub async fn attach(d: &Arc<Vms>, vm: &Vm) -> Result<Option<NetAttach>, Error> {
     bridge_ready(d).await;
     if let Err(e) = sync(d, None).await {
         let _ = blocking({
-            let (host, t) = (d.host.clone(), tap.clone());
+            let (host, t) = (net_host, tap.clone());
             move || host.tap_delete(&t).map_err(host_err)
         })
         .await;
@@ -116,7 +117,7 @@ pub async fn release(d: &Arc<Vms>, vm: &Vm) -> Result<(), Error> {
         .net
         .as_ref()
         .map_or_else(|| tap_name(vm.id()), |n| n.tap.clone());
-    let host = d.host.clone();
+    let host = d.net_host()?;
     let exists = {
         let (host, tap) = (host.clone(), tap.clone());
         blocking(move || host.link_exists(&tap).map_err(host_err)).await?
@@ -131,7 +132,9 @@ pub async fn release(d: &Arc<Vms>, vm: &Vm) -> Result<(), Error> {
 }
 
 async fn table_exists(d: &Arc<Vms>) -> bool {
-    let host = d.host.clone();
+    let Ok(host) = d.net_host() else {
+        return false;
+    };
     blocking(move || {
         host.nft_list_table(netfilter::FAMILY, netfilter::TABLE)
             .map(|t| t.is_some())
@@ -244,7 +247,7 @@ pub async fn sync(d: &Arc<Vms>, exclude: Option<&str>) -> Result<(), Error> {
         });
     }
     let needs_forwarding = vms.iter().any(|v| v.nat || !v.ports.is_empty());
-    let host = d.host.clone();
+    let host = d.net_host()?;
     let bridge = d.config.network.bridge_name.clone();
     let d2 = d.clone();
     blocking(move || {
@@ -290,7 +293,7 @@ pub async fn reconcile_at_start(d: &Arc<Vms>) -> Result<(), Error> {
         .map(|r| r.id)
         .collect();
     let wanted: Vec<String> = running.iter().map(|id| tap_name(id)).collect();
-    let host = d.host.clone();
+    let host = d.net_host()?;
     let stale = blocking(move || {
         let taps = host.links_with_prefix("bgr-").map_err(host_err)?;
         let stale: Vec<String> = taps.into_iter().filter(|t| !wanted.contains(t)).collect();
@@ -305,7 +308,7 @@ pub async fn reconcile_at_start(d: &Arc<Vms>) -> Result<(), Error> {
     }
     if !running.is_empty() {
         let subnet = subnet(d)?;
-        let (host, bridge) = (d.host.clone(), d.config.network.bridge_name.clone());
+        let (host, bridge) = (d.net_host()?, d.config.network.bridge_name.clone());
         blocking(move || {
             host.bridge_ensure(&bridge, subnet.gateway(), subnet.prefix)
                 .map(|_| ())

@@ -43,7 +43,7 @@ pub async fn kill_process(d: &Arc<Vms>, vm: &Vm, why: &str) {
 pub async fn release_runtime(d: &Arc<Vms>, vm: &Vm) -> Result<(), Error> {
     let mut first: Option<Error> = None;
     if let Some(active) = vm.runtime.active_root.clone() {
-        let host = d.host.clone();
+        let host = d.disks.clone();
         let r = blocking(move || {
             crate::disk::deactivate(&active, host.as_ref())
                 .map_err(|e| Error::internal(format!("releasing the root disk: {e}")))

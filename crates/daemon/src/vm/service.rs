@@ -16,15 +16,20 @@ use tokio_util::sync::CancellationToken;
 use super::network::NetState;
 use super::procs::Procs;
 use crate::dns::DnsServer;
-use crate::privileged::HostOps;
+use crate::error::Error;
+use crate::privileged::{DiskHost, NetHost};
 use crate::vmm::registry::Vmms;
 
 pub struct Vms {
     pub paths: Paths,
     pub config: Config,
     pub store: Arc<Store>,
-    /// Every privileged host operation goes through this (see crate::privileged).
-    pub host: Arc<dyn HostOps>,
+    /// Loop devices, device-mapper and ext4 images (see crate::privileged).
+    pub disks: Arc<dyn DiskHost>,
+    /// The bridge, taps, routes and nftables; `None` exactly when
+    /// networking is off (`[network] enabled = false`), so nothing can touch
+    /// the host network then (see crate::privileged).
+    pub net_host: Option<Arc<dyn NetHost>>,
     /// The VMM backends.
     pub vmms: Vmms,
     /// Live VMM processes.
@@ -40,5 +45,12 @@ impl Vms {
     /// Absolute path of a file the store records relative to the state dir.
     pub fn state_path(&self, rel: &str) -> PathBuf {
         self.paths.state_dir.join(rel)
+    }
+
+    /// The network host, for code that has checked networking is on.
+    pub fn net_host(&self) -> Result<Arc<dyn NetHost>, Error> {
+        self.net_host
+            .clone()
+            .ok_or_else(|| Error::internal("networking is off ([network] enabled = false)"))
     }
 }

@@ -27,7 +27,7 @@ pub async fn set(d: &Arc<Vms>, vm: Vm, p: &SetParams) -> Result<Vm, Error> {
     let vm = access::claim(d, &vm, &[VmState::Stopped], VmState::Updating, "set")?;
     let grown = match (&vm.runtime.work, disk_bytes > vm.spec.disk_bytes) {
         (Some(work), true) => {
-            let (work, host) = (work.clone(), d.host.clone());
+            let (work, host) = (work.clone(), d.disks.clone());
             blocking(move || {
                 crate::disk::grow_work(&work, disk_bytes, host.as_ref()).map_err(Error::from)
             })

@@ -58,7 +58,7 @@ pub async fn boot(
         .ok_or_else(|| Error::internal("the VM has no work disk record"))?;
 
     stages.stage("disk");
-    let host = d.host.clone();
+    let host = d.disks.clone();
     let vm_id = id.clone();
     let active =
         blocking(move || crate::disk::activate(&root, &vm_id, host.as_ref()).map_err(Error::from))

@@ -14,12 +14,12 @@
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::Duration;
 
+use banger_core::proc::{exited_unreaped, pidfd_open, Cmd, In, Out, ProcError};
 use rustix::event::{PollFd, PollFlags};
-use rustix::process::{Pid, PidfdFlags, Signal, WaitId, WaitidOptions, WaitidStatus};
+use rustix::process::{Signal, WaitId, WaitidOptions, WaitidStatus};
 use tokio::io::unix::AsyncFd;
 
 /// A freshly spawned process, held by its pidfd.
@@ -34,41 +34,32 @@ pub struct Spawned {
     pub start_time: u64,
 }
 
-/// Spawns `cmd` in a new session and opens its pidfd.
-///
-/// The std `Child` is dropped at once (dropping it neither kills nor waits):
-/// from here on the process is reached only through the returned pidfd, and
-/// reaped by [`wait_exit`].
-pub fn spawn(mut cmd: Command) -> io::Result<Spawned> {
-    // SAFETY: the closure runs in the forked child before exec; it makes one
-    // async-signal-safe system call and touches no parent state.
-    unsafe {
-        cmd.pre_exec(|| {
-            rustix::process::setsid()?;
-            Ok(())
-        });
-    }
-    let child = cmd.spawn()?;
-    let pid = child.id();
-    drop(child);
-    // The child is not reaped until we reap it, so its pid cannot be reused
-    // before pidfd_open: the pidfd names exactly this process.
-    let opened = pidfd_open(pid).and_then(|pidfd| Ok((proc_start_time(pid)?, pidfd)));
-    match opened {
-        Ok((start_time, pidfd)) => Ok(Spawned {
-            pid,
-            pidfd,
-            start_time,
-        }),
-        Err(e) => {
-            // Still our unreaped child, so the pid is safe to use here.
-            let raw = rustix::process::Pid::from_raw(pid as i32);
-            if let Some(raw) = raw {
-                let _ = rustix::process::kill_process(raw, Signal::Kill);
-                let _ = rustix::process::waitpid(Some(raw), rustix::process::WaitOptions::empty());
-            }
-            Err(e)
-        }
+/// Spawns `cmd` in a new session through [`banger_core::proc`] (stdin,
+/// stdout and stderr as `cmd` has them) and detaches it: from here on the
+/// process is reached only through the returned pidfd, and reaped by
+/// [`wait_exit`]. The VMM outlives this call and, on purpose, the daemon.
+pub fn spawn(cmd: Command) -> io::Result<Spawned> {
+    let mut c = Cmd::from(cmd);
+    c.new_session()
+        .stdin(In::Keep)
+        .stdout(Out::Keep)
+        .stderr(Out::Keep);
+    let child = c.spawn().map_err(into_io)?;
+    // Still our unreaped child, so its pid names exactly this process; if
+    // the start time cannot be read, dropping `child` kills and reaps it.
+    let start_time = proc_start_time(child.id())?;
+    let (pid, pidfd) = child.detach();
+    Ok(Spawned {
+        pid,
+        pidfd,
+        start_time,
+    })
+}
+
+fn into_io(e: ProcError) -> io::Error {
+    match e {
+        ProcError::Spawn { source, .. } | ProcError::Io { source, .. } => source,
+        e => io::Error::other(e.to_string()),
     }
 }
 
@@ -183,10 +174,7 @@ pub fn exited(pidfd: &OwnedFd) -> Option<ExitInfo> {
     if !is_readable(pidfd.as_fd()) {
         return None;
     }
-    match rustix::process::waitid(
-        WaitId::PidFd(pidfd.as_fd()),
-        WaitidOptions::EXITED | WaitidOptions::NOHANG | WaitidOptions::NOWAIT,
-    ) {
+    match exited_unreaped(pidfd.as_fd()) {
         Ok(Some(status)) => Some(ExitInfo::from_status(&status)),
         Ok(None) | Err(_) => Some(ExitInfo::UNKNOWN),
     }
@@ -210,14 +198,6 @@ pub fn rss_and_cpu(pid: u32) -> io::Result<(u64, f64)> {
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     let ticks = if ticks > 0 { ticks as f64 } else { 100.0 };
     Ok((rss, (stat.utime + stat.stime) as f64 / ticks))
-}
-
-fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
-    let pid = i32::try_from(pid)
-        .ok()
-        .and_then(Pid::from_raw)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("bad pid {pid}")))?;
-    Ok(rustix::process::pidfd_open(pid, PidfdFlags::empty())?)
 }
 
 fn is_readable(fd: BorrowedFd<'_>) -> bool {

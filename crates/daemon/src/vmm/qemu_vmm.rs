@@ -176,13 +176,13 @@ fn check_binary(bin: &Path) -> Result<Features, String> {
             bin.display()
         ));
     }
-    let help = std::process::Command::new(bin)
-        .arg("-help")
-        .env_clear()
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {} -help: {e}", bin.display()))?;
+    let mut help = banger_core::proc::Cmd::new(bin);
+    help.arg("-help")
+        .stderr(banger_core::proc::Out::Null)
+        .timeout(TOOL_TIMEOUT)
+        .command_mut()
+        .env_clear();
+    let help = help.output().map_err(|e| e.to_string())?;
     let help = String::from_utf8_lossy(&help.stdout);
     Ok(Features {
         sandbox: launch::help_lists(&help, "-sandbox"),
@@ -689,7 +689,7 @@ mod tests {
     #[test]
     fn a_tap_in_a_netns_is_on_the_command_line_and_opened() {
         use crate::privileged::netns::Netns;
-        use crate::privileged::{HostOps, SystemHost};
+        use crate::privileged::{NetHost, SystemHost};
 
         let ns = Netns::new("qemu");
         let dir = tempfile::tempdir().unwrap();

@@ -135,11 +135,15 @@ fn network_check(d: &App) -> Check {
             }
         }
     };
-    match d
-        .vms
-        .host
-        .routes_overlapping(subnet.network, subnet.prefix, Some(&cfg.bridge_name))
-    {
+    let Some(host) = d.vms.net_host.as_ref() else {
+        return Check {
+            name,
+            status: CheckStatus::Skip,
+            detail: "networking is off ([network] enabled = false)".into(),
+            fix: None,
+        };
+    };
+    match host.routes_overlapping(subnet.network, subnet.prefix, Some(&cfg.bridge_name)) {
         Ok(routes) if routes.is_empty() => Check {
             name,
             status: CheckStatus::Ok,

@@ -22,14 +22,14 @@
 //!   is "greeting + `qmp_capabilities` answered", not "socket accepts".
 
 use std::ffi::{OsStr, OsString};
-use std::io::{self, Read, Write};
+use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use banger_core::proc::{Cmd, In, ProcError};
 use serde::{Deserialize, Serialize};
 
 use super::qmp::{Greeting, Qmp};
@@ -345,34 +345,6 @@ pub async fn wait_qmp_ready(
 /// `quit`. `Err` carries QEMU's complaint (under nested PVM KVM here: "failed
 /// to set MSR 0x10a", then an assertion). Blocking; at most `timeout`.
 pub fn probe_kvm(bin: &Path, timeout: Duration) -> Result<(), String> {
-    let mut child = Command::new(bin)
-        .args([
-            "-M",
-            "microvm,acpi=off,x-option-roms=off",
-            "-accel",
-            "kvm",
-            "-cpu",
-            "host",
-            "-smp",
-            "1",
-            "-m",
-            "32M",
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-no-reboot",
-            "-S",
-            "-qmp",
-            "stdio",
-        ])
-        .env_clear()
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
     let script = [
         r#"{"execute": "qmp_capabilities", "id": 1}"#,
         r#"{"execute": "query-kvm", "id": 2}"#,
@@ -380,45 +352,48 @@ pub fn probe_kvm(bin: &Path, timeout: Duration) -> Result<(), String> {
         r#"{"execute": "query-status", "id": 4}"#,
         r#"{"execute": "quit", "id": 5}"#,
     ];
-    if let Some(mut stdin) = child.stdin.take() {
-        // A QEMU that died already closed its end: the exit says why.
-        let _ = stdin.write_all((script.join("\n") + "\n").as_bytes());
-    }
-    let reader = |pipe: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            if let Some(mut p) = pipe {
-                let _ = p.read_to_string(&mut text);
-            }
-            text
-        })
-    };
-    let out = reader(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let err = reader(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Some(status),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
+    let mut cmd = Cmd::new(bin);
+    cmd.args([
+        "-M",
+        "microvm,acpi=off,x-option-roms=off",
+        "-accel",
+        "kvm",
+        "-cpu",
+        "host",
+        "-smp",
+        "1",
+        "-m",
+        "32M",
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-S",
+        "-qmp",
+        "stdio",
+    ])
+    // A QEMU that dies early closes its end of stdin: its exit says why.
+    .stdin(In::Bytes((script.join("\n") + "\n").into_bytes()))
+    .own_group()
+    .timeout(timeout)
+    .command_mut()
+    .env_clear();
+    let done = match cmd.output() {
+        Ok(done) => done,
+        Err(ProcError::Timeout { .. }) => {
+            return Err(format!(
+                "the KVM probe did not finish within {} ms",
+                timeout.as_millis()
+            ))
         }
+        Err(ProcError::Spawn { source, .. }) => {
+            return Err(format!("cannot start {}: {source}", bin.display()))
+        }
+        Err(e) => return Err(e.to_string()),
     };
-    let stdout = out.join().unwrap_or_default();
-    let stderr = err.join().unwrap_or_default();
+    let stdout = done.stdout_text();
+    let stderr = done.stderr_text();
     let first_lines = || {
         let s: Vec<&str> = stderr.lines().take(3).collect();
         if s.is_empty() {
@@ -427,13 +402,7 @@ pub fn probe_kvm(bin: &Path, timeout: Duration) -> Result<(), String> {
             format!(": {}", s.join(" / "))
         }
     };
-    let Some(status) = status else {
-        return Err(format!(
-            "the KVM probe did not finish within {} ms{}",
-            timeout.as_millis(),
-            first_lines()
-        ));
-    };
+    let status = done.status;
     let answers: Vec<serde_json::Value> = stdout
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
