@@ -1419,8 +1419,7 @@ mod tests {
                     break;
                 }
                 assert!(
-                    err.raw_os_error() == Some(libc::EBUSY)
-                        && std::time::Instant::now() < deadline,
+                    err.raw_os_error() == Some(libc::EBUSY) && std::time::Instant::now() < deadline,
                     "TUNSETIFF: {err}"
                 );
                 std::thread::sleep(std::time::Duration::from_millis(20));
