@@ -285,7 +285,11 @@ fn agent_not_answering_is_clear_and_fast_under_both_vmms() {
         "128M",
     ]);
     let picked = v["vm"]["vmm"].as_str().unwrap();
-    assert_eq!(picked, common::expected_auto_vmm(), "what auto must pick here");
+    assert_eq!(
+        picked,
+        common::expected_auto_vmm(),
+        "what auto must pick here"
+    );
     let doctor = h.ok(&["doctor"]);
     assert!(doctor.contains(&format!("auto picks {picked}")), "{doctor}");
     assert!(h

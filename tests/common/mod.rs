@@ -406,7 +406,10 @@ pub fn assert_no_vm_leftovers(h: &Home) {
         let taps = taps_in(ns);
         assert!(taps.is_empty(), "tap devices left in {ns}: {taps:?}");
         let rules = vm_rules_in(ns);
-        assert!(rules.is_empty(), "per-VM nftables rules left in {ns}: {rules:?}");
+        assert!(
+            rules.is_empty(),
+            "per-VM nftables rules left in {ns}: {rules:?}"
+        );
     }
 }
 

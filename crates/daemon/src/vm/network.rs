@@ -396,3 +396,51 @@ pub fn host_port_in_use(p: &PortMapping) -> bool {
     };
     !free
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn port(host_port: u16, proto: &str) -> PortMapping {
+        PortMapping {
+            host_ip: Some(Ipv4Addr::LOCALHOST),
+            host_port,
+            guest_port: 80,
+            proto: proto.into(),
+        }
+    }
+
+    #[test]
+    fn privileged_and_busy_ports_are_refused() {
+        // Below 1024: refused for a user's VM whatever is free, the first
+        // check (no socket is bound for it).
+        let e = port_refusal(1000, &port(80, "tcp")).unwrap().to_string();
+        assert!(e.contains("privileged") && e.contains("80"), "{e}");
+        assert!(port_refusal(1000, &port(1023, "udp")).is_some());
+        // A port a host process listens on: refused for anyone, root too.
+        let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let n = busy.local_addr().unwrap().port();
+        for owner in [0, 1000] {
+            match port_refusal(owner, &port(n, "tcp")) {
+                Some(Error::HostPortInUse(p)) => assert!(p.contains(&n.to_string()), "{p}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        let busy_udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let u = busy_udp.local_addr().unwrap().port();
+        assert!(matches!(
+            port_refusal(1000, &port(u, "udp")),
+            Some(Error::HostPortInUse(_))
+        ));
+        // Free again once the process is gone.
+        drop(busy);
+        assert!(port_refusal(1000, &port(n, "tcp")).is_none());
+        // Root's VMs may publish privileged ports (a free one: this test
+        // binds it on loopback and lets it go at once).
+        crate::privileged::testutil::require_root("binds a privileged port");
+        let free = (1..1024)
+            .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+            .unwrap();
+        assert!(port_refusal(0, &port(free, "tcp")).is_none());
+    }
+}
