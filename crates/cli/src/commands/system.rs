@@ -210,7 +210,7 @@ fn ensure_group() -> anyhow::Result<bool> {
 struct Uninstalled {
     unit: PathBuf,
     unit_removed: bool,
-    /// Host network objects removed (`nftables table ip banger`, TAPs, the bridge).
+    /// Host network objects removed (`nftables table ip banger` and `... bridge banger`, TAPs, the bridge).
     removed: Vec<String>,
     failed: Vec<NotRemoved>,
 }
