@@ -111,6 +111,32 @@ fn bridge_tap_address_rules_and_firecracker_config() {
     let tap = net["tap"].as_str().unwrap().to_string();
     assert!(tap.starts_with("bgr-") && tap.len() <= 15);
     let mac = net["mac"].as_str().unwrap().to_string();
+    // The tap is pinned to the VM's MAC and address (IPv4 and ARP sender),
+    // and banger's taps pass nothing else.
+    let out = h.in_netns("nft", &["list", "table", "bridge", "banger"]);
+    let bridge_rules = String::from_utf8_lossy(&out.stdout).to_string();
+    let pinned = |needle: &str| {
+        bridge_rules
+            .lines()
+            .filter(|l| l.contains(&format!("iifname \"{tap}\"")) && l.contains(needle))
+            .count()
+    };
+    assert_eq!(
+        pinned(&format!("ether saddr {mac} ip saddr 172.16.213.2 accept")),
+        1,
+        "{bridge_rules}"
+    );
+    assert_eq!(
+        pinned(&format!(
+            "arp saddr ether {mac} arp saddr ip 172.16.213.2 accept"
+        )),
+        1,
+        "{bridge_rules}"
+    );
+    assert!(
+        bridge_rules.contains("iifname \"bgr-*\" drop"),
+        "{bridge_rules}"
+    );
 
     // The bridge: up, holding the gateway address.
     let addrs = ip_json(&mut h, &["-j", "addr", "show", "br-banger"]);
@@ -250,12 +276,14 @@ fn bridge_tap_address_rules_and_firecracker_config() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        !h.in_netns("nft", &["list", "table", "ip", "banger"])
-            .status
-            .success(),
-        "table removed"
-    );
+    for family in ["ip", "bridge"] {
+        assert!(
+            !h.in_netns("nft", &["list", "table", family, "banger"])
+                .status
+                .success(),
+            "table {family} banger removed"
+        );
+    }
     assert!(!link_exists(&mut h, "br-banger"), "bridge removed");
     common::eventually(20, "the daemon stops", || {
         (!h.socket().exists()).then_some(())
@@ -398,6 +426,29 @@ fn published_ports_reach_the_guest_and_stop_when_removed() {
         Some("echo:hi")
     );
     assert_eq!(h.json(&["vm", "port", "ls", "web"])[0]["host_port"], 18081);
+    // A host process that starts listening on a published port is not
+    // shadowed: the next sync (here: another port added) leaves that
+    // mapping out of the table; once the process is gone it returns.
+    h.ok(&["vm", "port", "add", "web", "18083:8080"]);
+    assert!(rules_mentioning(&mut h, "18083") > 0);
+    let host_srv = echo_server(&ns, 18083);
+    h.ok(&["vm", "port", "add", "web", "18084:8080"]);
+    assert_eq!(
+        rules_mentioning(&mut h, "18083"),
+        0,
+        "{:?}",
+        nft_rules(&mut h)
+    );
+    assert!(rules_mentioning(&mut h, "18084") > 0);
+    drop(host_srv);
+    h.ok(&["vm", "port", "rm", "web", "18084"]);
+    assert!(rules_mentioning(&mut h, "18083") > 0, "the port returns");
+    // Root's VM may publish a privileged port.
+    h.ok(&["vm", "port", "add", "web", "127.0.0.1:81:8080"]);
+    assert_eq!(
+        echo_client(&ns, "127.0.0.1", 81).as_deref(),
+        Some("echo:hi")
+    );
     h.ok(&["vm", "delete", "-f", "web"]);
     assert_eq!(echo_client(&ns, "127.0.0.1", 18081), None);
 }
@@ -475,13 +526,18 @@ fn guests_reach_only_the_host_without_nat() {
         None,
         "no NAT: the outside is unreachable"
     );
+    // The host itself only on what banger offers a guest: DNS on the
+    // bridge address. Another service there, or one on the host's
+    // loopback reached through the gateway, is not.
     let host_srv = echo_server(&ns, 7001);
     assert_eq!(
-        echo_client(&guest.ns, GW, 7001).as_deref(),
-        Some("echo:hi"),
-        "the host is reachable"
+        echo_client(&guest.ns, GW, 7001),
+        None,
+        "a guest reached a host service other than DNS"
     );
     drop(host_srv);
+    let ans = dig(&guest.ns, GW, "53", "iso.vm", "A");
+    assert!(ans.contains("status: NOERROR"), "DNS on the bridge: {ans}");
     h.ok(&["vm", "set", "iso", "--nat", "on"]);
     assert_eq!(
         echo_client(&guest.ns, "198.18.0.2", 7000).as_deref(),
@@ -571,22 +627,22 @@ fn rules_match_the_store_after_a_daemon_crash() {
 }
 
 fn dig(ns: &str, server: &str, port: &str, name: &str, qtype: &str) -> String {
+    dig_with(ns, server, port, name, qtype, false)
+}
+
+/// `dig` from inside `ns` (over TCP with `tcp`); fails the test when dig is
+/// missing (scripts/test.sh installs bind9-dnsutils).
+fn dig_with(ns: &str, server: &str, port: &str, name: &str, qtype: &str, tcp: bool) -> String {
     let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns,
-            "dig",
-            "+time=2",
-            "+tries=1",
-            &format!("@{server}"),
-            "-p",
-            port,
-            name,
-            qtype,
-        ])
+        .args(["netns", "exec", ns, "dig", "+time=2", "+tries=1"])
+        .args(tcp.then_some("+tcp"))
+        .args([&format!("@{server}"), "-p", port, name, qtype])
         .output()
         .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("No such file"),
+        "dig is missing (apt-get install bind9-dnsutils): {out:?}"
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -643,6 +699,15 @@ fn dns_answers_vm_names_on_loopback_and_the_bridge() {
     let guest = FakeGuest::new(&ns, "172.16.213.50");
     let ans = dig(&guest.ns, GW, "53", "named.vm", "A");
     assert!(ans.contains("172.16.213.2"), "{ans}");
+    // Only `.vm`: a recursive question is refused, over udp and tcp, with
+    // no recursion offered and nothing answered (no amplification).
+    for tcp in [false, true] {
+        let ans = dig_with(&guest.ns, GW, "53", "example.com", "ANY", tcp);
+        assert!(ans.contains("status: REFUSED"), "{ans}");
+        assert!(ans.contains("ANSWER: 0,"), "{ans}");
+        let flags = ans.lines().find(|l| l.contains(";; flags:")).unwrap_or("");
+        assert!(!flags.contains(" ra"), "recursion available: {ans}");
+    }
     drop(guest);
     h.ok(&["vm", "delete", "-f", "named"]);
     let ans = dig(&ns, server, port, "named.vm", "A");

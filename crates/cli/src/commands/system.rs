@@ -210,7 +210,7 @@ fn ensure_group() -> anyhow::Result<bool> {
 struct Uninstalled {
     unit: PathBuf,
     unit_removed: bool,
-    /// Host network objects removed (`nftables table ip banger`, TAPs, the bridge).
+    /// Host network objects removed (`nftables table ip banger` and `... bridge banger`, TAPs, the bridge).
     removed: Vec<String>,
     failed: Vec<NotRemoved>,
 }
@@ -311,11 +311,14 @@ fn remove_host_network(env: &Env, r: &mut Uninstalled) {
             r.failed.push(NotRemoved { name, error });
         }
     };
-    if quiet(Command::new("nft").args(["list", "table", "ip", "banger"])).is_ok_and(|s| s.success())
-    {
-        let ok = quiet(Command::new("nft").args(["delete", "table", "ip", "banger"]))
-            .is_ok_and(|s| s.success());
-        outcome("nftables table ip banger".into(), ok);
+    for family in ["ip", "bridge"] {
+        if quiet(Command::new("nft").args(["list", "table", family, "banger"]))
+            .is_ok_and(|s| s.success())
+        {
+            let ok = quiet(Command::new("nft").args(["delete", "table", family, "banger"]))
+                .is_ok_and(|s| s.success());
+            outcome(format!("nftables table {family} banger"), ok);
+        }
     }
     let links = Command::new("ip")
         .args(["-j", "link", "show"])

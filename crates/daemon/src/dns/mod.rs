@@ -50,6 +50,11 @@ use zone::Zone;
 /// closure reading its store.
 pub type Lookup = Arc<dyn Fn(&str) -> Option<Ipv4Addr> + Send + Sync>;
 
+/// The port guests ask on the bridge address (what the kernel command line
+/// names as their resolver and systemd-resolved can talk to); the host's
+/// `input` rules let guests reach exactly this port there, udp and tcp.
+pub const BRIDGE_PORT: u16 = 53;
+
 /// TTL of every record we serve, and the negative-caching TTL: short, since
 /// VMs come and go.
 pub const TTL: u32 = 5;

@@ -11,29 +11,60 @@ use std::net::Ipv4Addr;
 use nftables::expr::{Expression, Fib, FibFlag, FibResult, Meta, MetaKey, NamedExpression};
 use nftables::expr::{Payload, PayloadField, Prefix, CT};
 use nftables::schema::{Chain, Rule};
-use nftables::stmt::{Accept, Drop, Match, Operator, Statement, NAT};
-use nftables::types::{NfChainPolicy, NfChainType, NfHook};
+use nftables::stmt::{Accept, Drop, Match, Operator, Reject, RejectType, Statement, NAT};
+use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook, RejectCode};
 
-use super::table::{Table, FAMILY, TABLE};
-use super::{network, PortMap, VmNet};
+use super::table::{Table, BRIDGE_FAMILY, FAMILY, TABLE};
+use super::{network, PortMap, VmNet, TAP_PREFIX};
 use crate::netfilter::Plan;
 
 /// The comment of the rules that do not belong to one VM.
 pub const FIXED: &str = "banger";
 
-/// The chains, in the order they are declared: name, type, hook and
-/// priority (nft's `dstnat` is -100, `srcnat` 100, `filter` 0; it lists
-/// priorities as numbers).
-const CHAINS: [(&str, NfChainType, NfHook, i32); 4] = [
-    ("prerouting", NfChainType::NAT, NfHook::Prerouting, -100),
-    ("output", NfChainType::NAT, NfHook::Output, -100),
-    ("postrouting", NfChainType::NAT, NfHook::Postrouting, 100),
-    ("forward", NfChainType::Filter, NfHook::Forward, 0),
+/// The chains, in the order they are declared: family, name, type, hook
+/// and priority (nft's `dstnat` is -100, `srcnat` 100, `filter` 0, and in
+/// the bridge family `filter` is -200; it lists priorities as numbers).
+/// Chain names are unique across both tables.
+const CHAINS: [(NfFamily, &str, NfChainType, NfHook, i32); 6] = [
+    (
+        FAMILY,
+        "prerouting",
+        NfChainType::NAT,
+        NfHook::Prerouting,
+        -100,
+    ),
+    (FAMILY, "output", NfChainType::NAT, NfHook::Output, -100),
+    (
+        FAMILY,
+        "postrouting",
+        NfChainType::NAT,
+        NfHook::Postrouting,
+        100,
+    ),
+    (FAMILY, "forward", NfChainType::Filter, NfHook::Forward, 0),
+    (FAMILY, "input", NfChainType::Filter, NfHook::Input, 0),
+    (
+        BRIDGE_FAMILY,
+        "from_taps",
+        NfChainType::Filter,
+        NfHook::Prerouting,
+        -200,
+    ),
 ];
 
-fn chain(name: &'static str, kind: NfChainType, hook: NfHook, prio: i32) -> Chain<'static> {
+fn family_of(chain: &str) -> NfFamily {
+    CHAINS.iter().find(|c| c.1 == chain).map_or(FAMILY, |c| c.0)
+}
+
+fn chain(
+    family: NfFamily,
+    name: &'static str,
+    kind: NfChainType,
+    hook: NfHook,
+    prio: i32,
+) -> Chain<'static> {
     Chain {
-        family: FAMILY,
+        family,
         table: Cow::Borrowed(TABLE),
         name: Cow::Borrowed(name),
         newname: None,
@@ -134,6 +165,15 @@ fn drop_packet() -> Statement<'static> {
     Statement::Drop(None::<Drop>)
 }
 
+/// `reject`: ICMP port unreachable, which a TCP client sees as a
+/// refused connection, not a hang.
+fn reject() -> Statement<'static> {
+    Statement::Reject(Some(Reject::new(
+        Some(RejectType::ICMP),
+        Some(RejectCode::PortUnreach),
+    )))
+}
+
 fn masquerade() -> Statement<'static> {
     Statement::Masquerade(None)
 }
@@ -182,7 +222,7 @@ pub fn table(plan: &Plan) -> Table {
     let mut rules = Vec::new();
     let mut push = |chain: &'static str, expr: Vec<Statement<'static>>, comment: String| {
         rules.push(Rule {
-            family: FAMILY,
+            family: family_of(chain),
             table: Cow::Borrowed(TABLE),
             chain: Cow::Borrowed(chain),
             expr: expr.into(),
@@ -289,10 +329,100 @@ pub fn table(plan: &Plan) -> Table {
         ],
         fixed(),
     );
+    if !plan.vm_to_vm {
+        push(
+            "forward",
+            vec![
+                is(meta(MetaKey::Iifname), br()),
+                is(meta(MetaKey::Oifname), br()),
+                drop_packet(),
+            ],
+            fixed(),
+        );
+    }
+
+    // input: what the guests reach on the host itself.
+    push(
+        "input",
+        vec![
+            is(meta(MetaKey::Iifname), br()),
+            has_any(ct("state"), &["established", "related"]),
+            accept(),
+        ],
+        fixed(),
+    );
+    push(
+        "input",
+        vec![
+            is(meta(MetaKey::Iifname), br()),
+            is(
+                payload("ip", "daddr"),
+                prefix(Ipv4Addr::new(127, 0, 0, 0), 8),
+            ),
+            drop_packet(),
+        ],
+        fixed(),
+    );
+    for proto in ["udp", "tcp"] {
+        push(
+            "input",
+            vec![
+                is(meta(MetaKey::Iifname), br()),
+                is(payload("ip", "daddr"), addr(plan.gateway)),
+                is(payload(proto, "dport"), port(crate::dns::BRIDGE_PORT)),
+                accept(),
+            ],
+            fixed(),
+        );
+    }
+    push(
+        "input",
+        vec![is(meta(MetaKey::Iifname), br()), reject()],
+        fixed(),
+    );
+
+    // from_taps: each tap passes its VM's own IPv4 and ARP, nothing else.
+    for (vm, _) in &vms {
+        let tap = || is(meta(MetaKey::Iifname), text(vm.tap.clone()));
+        let mac = || text(vm.mac.clone());
+        push(
+            "from_taps",
+            vec![
+                tap(),
+                is(payload("ether", "saddr"), mac()),
+                is(payload("ip", "saddr"), addr(vm.ip)),
+                accept(),
+            ],
+            vm_comment(vm),
+        );
+        push(
+            "from_taps",
+            vec![
+                tap(),
+                is(payload("ether", "saddr"), mac()),
+                is(payload("arp", "htype"), Expression::Number(1)),
+                is(payload("arp", "ptype"), text("ip")),
+                is(payload("arp", "hlen"), Expression::Number(6)),
+                is(payload("arp", "plen"), Expression::Number(4)),
+                is(payload("arp", "saddr ether"), mac()),
+                is(payload("arp", "saddr ip"), addr(vm.ip)),
+                accept(),
+            ],
+            vm_comment(vm),
+        );
+    }
+    push(
+        "from_taps",
+        vec![
+            is(meta(MetaKey::Iifname), text(format!("{TAP_PREFIX}*"))),
+            drop_packet(),
+        ],
+        fixed(),
+    );
 
     let chains = CHAINS
         .iter()
-        .map(|&(name, kind, hook, prio)| chain(name, kind, hook, prio))
+        .map(|&(family, name, kind, hook, prio)| chain(family, name, kind, hook, prio))
         .collect();
     Table::new(chains, rules)
 }

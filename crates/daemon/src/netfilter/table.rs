@@ -1,6 +1,7 @@
-//! banger's table as data: the chains and rules of `table ip banger` in
-//! the `nftables` crate's schema of nft's JSON, the one model used both
-//! ways. [`Table::replace`] turns it into the transaction `nft -j -f -`
+//! banger's tables as data: the chains and rules of `table ip banger`
+//! and `table bridge banger` in the `nftables` crate's schema of nft's
+//! JSON, the one model used both ways (each chain and rule names its
+//! family, so one [`Table`] holds both). [`Table::replace`] turns it into the transaction `nft -j -f -`
 //! runs; [`Table::from_listing`] reads what `nft -j list table` prints
 //! back into the same form. Two tables are equal when the kernel would do
 //! the same with them: the handles nft assigns are dropped, and what nft
@@ -14,11 +15,15 @@ use nftables::schema::{self, Chain, NfCmd, NfListObject, NfObject, Nftables, Rul
 use nftables::stmt::Statement;
 use nftables::types::NfFamily;
 
-/// The table's family and name.
+/// The family of the routed table and the name of both tables.
 pub const FAMILY: NfFamily = NfFamily::IP;
+/// The family of the table that filters frames from the taps.
+pub const BRIDGE_FAMILY: NfFamily = NfFamily::Bridge;
 pub const TABLE: &str = "banger";
+/// Both tables' families, in the order they are declared.
+pub const FAMILIES: [NfFamily; 2] = [FAMILY, BRIDGE_FAMILY];
 
-/// The content of banger's table.
+/// The content of banger's two tables.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Table {
     /// In the order they were declared (nft lists them in that order).
@@ -31,21 +36,26 @@ pub struct Table {
     pub other: Vec<NfListObject<'static>>,
 }
 
-fn table_object() -> NfListObject<'static> {
+fn table_object(family: NfFamily) -> NfListObject<'static> {
     NfListObject::Table(schema::Table {
-        family: FAMILY,
+        family,
         name: Cow::Borrowed(TABLE),
         handle: None,
     })
 }
 
-/// "Make sure the table exists, then delete it": a no-op when the table
+/// "Make sure each table exists, then delete it": a no-op when a table
 /// exists, and it makes the delete succeed when it does not.
-fn drop_table() -> [NfObject<'static>; 2] {
-    [
-        NfObject::CmdObject(NfCmd::Add(table_object())),
-        NfObject::CmdObject(NfCmd::Delete(table_object())),
-    ]
+fn drop_tables() -> Vec<NfObject<'static>> {
+    FAMILIES
+        .iter()
+        .flat_map(|&f| {
+            [
+                NfObject::CmdObject(NfCmd::Add(table_object(f))),
+                NfObject::CmdObject(NfCmd::Delete(table_object(f))),
+            ]
+        })
+        .collect()
 }
 
 impl Table {
@@ -60,14 +70,16 @@ impl Table {
         t
     }
 
-    /// The transaction that replaces whatever the table holds with exactly
-    /// this: delete the table (making sure it exists first, so the delete
-    /// cannot fail), declare it again, its chains, its rules. nft applies
-    /// it all or nothing, so the old content, chains included, is replaced
-    /// in one step.
+    /// The transaction that replaces whatever the tables hold with exactly
+    /// this: delete both tables (making sure each exists first, so the
+    /// delete cannot fail), declare them again, their chains, their rules.
+    /// nft applies it all or nothing, so the old content, chains included,
+    /// is replaced in one step.
     pub fn replace(&self) -> Nftables<'static> {
-        let mut objects: Vec<NfObject<'static>> = drop_table().into();
-        objects.push(NfObject::CmdObject(NfCmd::Add(table_object())));
+        let mut objects = drop_tables();
+        for f in FAMILIES {
+            objects.push(NfObject::CmdObject(NfCmd::Add(table_object(f))));
+        }
         for c in &self.chains {
             objects.push(NfObject::CmdObject(NfCmd::Add(NfListObject::Chain(
                 c.clone(),
@@ -86,20 +98,21 @@ impl Table {
         }
     }
 
-    /// The transaction that deletes the table; a no-op when it is missing.
+    /// The transaction that deletes both tables; a no-op for a missing one.
     pub fn remove() -> Nftables<'static> {
         Nftables {
-            objects: Vec::from(drop_table()).into(),
+            objects: drop_tables().into(),
         }
     }
 
-    /// The table as `nft -j list table ip banger` printed it. Objects of
-    /// other tables (there are none in such a listing) and the metainfo
-    /// are left out.
-    pub fn from_listing(doc: Nftables<'static>) -> Table {
-        let ours = |family: NfFamily, table: &str| family == FAMILY && table == TABLE;
+    /// The tables as `nft -j list table ip banger` and `... bridge banger`
+    /// printed them (either listing may be missing). Objects of other
+    /// tables (there are none in such listings) and the metainfo are left
+    /// out.
+    pub fn from_listings(docs: impl IntoIterator<Item = Nftables<'static>>) -> Table {
+        let ours = |family: NfFamily, table: &str| FAMILIES.contains(&family) && table == TABLE;
         let mut t = Table::default();
-        for o in doc.objects.into_owned() {
+        for o in docs.into_iter().flat_map(|d| d.objects.into_owned()) {
             let NfObject::ListObject(o) = o else { continue };
             match o {
                 NfListObject::Table(_) | NfListObject::MetainfoObject(_) => {}
@@ -113,19 +126,30 @@ impl Table {
         t
     }
 
-    /// The rules of one chain, in order.
+    /// The table as one listing printed it.
+    pub fn from_listing(doc: Nftables<'static>) -> Table {
+        Table::from_listings([doc])
+    }
+
+    /// The rules of one chain, in order (chain names are unique across
+    /// both families).
     pub fn rules_of<'t>(&'t self, chain: &'t str) -> impl Iterator<Item = &'t Rule<'static>> {
         self.rules.iter().filter(move |r| r.chain == chain)
     }
 
     /// Puts the table in the one form where equal means "does the same":
-    /// no handles or positions; rules grouped by chain in chain order
+    /// no handles or positions; chains in declaration order (the routed
+    /// table's first, as nft lists one table after the other); rules
+    /// grouped by chain in chain order
     /// (keeping each chain's order, which is evaluation order); and the
     /// right-hand side of every match in canonical form ([`canonical`]).
     fn normalise(&mut self) {
         for c in &mut self.chains {
             c.handle = None;
         }
+        let family_order = |f: NfFamily| FAMILIES.iter().position(|&x| x == f);
+        // Stable: a family's chains keep their order.
+        self.chains.sort_by_key(|c| family_order(c.family));
         for r in &mut self.rules {
             r.handle = None;
             r.index = None;
@@ -135,15 +159,15 @@ impl Table {
                 }
             }
         }
-        let position = |chain: &str| {
+        let position = |family: NfFamily, chain: &str| {
             self.chains
                 .iter()
-                .position(|c| c.name == chain)
+                .position(|c| c.family == family && c.name == chain)
                 .unwrap_or(usize::MAX)
         };
         let mut keyed: Vec<(usize, Rule<'static>)> = std::mem::take(&mut self.rules)
             .into_iter()
-            .map(|r| (position(&r.chain), r))
+            .map(|r| (position(r.family, &r.chain), r))
             .collect();
         // Stable: a chain's rules keep their order.
         keyed.sort_by_key(|(p, _)| *p);

@@ -27,12 +27,15 @@ fn tcp(host_port: u16, guest_port: u16) -> PortMap {
     }
 }
 
+/// Its tap is `bgr-<name>`, its MAC `02:62:67:00:00:<last octet>`.
 fn vm(name: &str, addr: &str, nat: bool, ports: Vec<PortMap>) -> VmNet {
+    let ip = ip(addr);
     VmNet {
         vm_id: format!("id-{name}"),
         vm_name: name.into(),
-        ip: ip(addr),
+        ip,
         tap: format!("bgr-{name}"),
+        mac: format!("02:62:67:00:00:{:02x}", ip.octets()[3]),
         nat,
         ports,
     }
@@ -42,6 +45,8 @@ fn plan(bridge: &str, uplink: &str, vms: Vec<VmNet>) -> Plan {
     Plan {
         bridge: bridge.into(),
         subnet: (ip("10.77.0.0"), 24),
+        gateway: ip("10.77.0.1"),
+        vm_to_vm: false,
         uplink: Some(uplink.into()),
         vms,
     }
@@ -95,6 +100,17 @@ table ip banger {
 		oifname \"br-banger\" ip daddr 10.77.0.2 tcp dport 8080 ct status dnat accept comment \"vm=web\"
 		oifname \"br-banger\" ip daddr 10.77.0.2 udp dport 53 ct status dnat accept comment \"vm=web\"
 		iifname \"br-banger\" oifname != \"br-banger\" drop comment \"banger\"
+		iifname \"br-banger\" oifname \"br-banger\" drop comment \"banger\"
+	}
+INPUT}
+table bridge banger {
+	chain from_taps {
+		type filter hook prerouting priority filter; policy accept;
+		iifname \"bgr-db\" ether saddr 02:62:67:00:00:03 ip saddr 10.77.0.3 accept comment \"vm=db\"
+		iifname \"bgr-db\" ether saddr 02:62:67:00:00:03 arp htype 1 arp ptype ip arp hlen 6 arp plen 4 arp saddr ether 02:62:67:00:00:03 arp saddr ip 10.77.0.3 accept comment \"vm=db\"
+		iifname \"bgr-web\" ether saddr 02:62:67:00:00:02 ip saddr 10.77.0.2 accept comment \"vm=web\"
+		iifname \"bgr-web\" ether saddr 02:62:67:00:00:02 arp htype 1 arp ptype ip arp hlen 6 arp plen 4 arp saddr ether 02:62:67:00:00:02 arp saddr ip 10.77.0.2 accept comment \"vm=web\"
+		iifname \"bgr-*\" drop comment \"banger\"
 	}
 }
 ";
@@ -107,7 +123,7 @@ fn parsed_by_nft(text: &str) -> Table {
     let ns = Netns::new("nfttext");
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("table.nft");
-    std::fs::write(&file, text).unwrap();
+    std::fs::write(&file, script(text)).unwrap();
     ns.run(|| {
         crate::privileged::testutil::run("nft", &["-f", file.to_str().unwrap()]);
         current(&SystemHost)
@@ -133,9 +149,33 @@ table ip banger {
 		type filter hook forward priority filter; policy accept;
 		ct state established,related accept comment \"banger\"
 		iifname \"br-banger\" oifname != \"br-banger\" drop comment \"banger\"
+		iifname \"br-banger\" oifname \"br-banger\" drop comment \"banger\"
+	}
+INPUT}
+table bridge banger {
+	chain from_taps {
+		type filter hook prerouting priority filter; policy accept;
+		iifname \"bgr-*\" drop comment \"banger\"
 	}
 }
 ";
+
+/// The `input` chain, the same with or without VMs.
+const INPUT: &str = "
+	chain input {
+		type filter hook input priority filter; policy accept;
+		iifname \"br-banger\" ct state established,related accept comment \"banger\"
+		iifname \"br-banger\" ip daddr 127.0.0.0/8 drop comment \"banger\"
+		iifname \"br-banger\" ip daddr 10.77.0.1 udp dport 53 accept comment \"banger\"
+		iifname \"br-banger\" ip daddr 10.77.0.1 tcp dport 53 accept comment \"banger\"
+		iifname \"br-banger\" reject comment \"banger\"
+	}
+";
+
+/// A script with the [`INPUT`] chain in its place.
+fn script(text: &str) -> String {
+    text.replace("INPUT}", &format!("{INPUT}}}"))
+}
 
 #[test]
 fn table_is_deterministic() {
@@ -168,18 +208,35 @@ fn table_is_deterministic() {
             other => panic!("{other:?}"),
         })
         .collect();
-    let mut want: Vec<String> = ["add table", "delete table", "add table"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    for c in ["prerouting", "output", "postrouting", "forward"] {
+    // Both tables, ip then bridge.
+    let mut want: Vec<String> = [
+        "add table",
+        "delete table",
+        "add table",
+        "delete table",
+        "add table",
+        "add table",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for c in [
+        "prerouting",
+        "output",
+        "postrouting",
+        "forward",
+        "input",
+        "from_taps",
+    ] {
         want.push(format!("chain {c}"));
     }
     for (c, n) in [
         ("prerouting", 2),
         ("output", 2),
         ("postrouting", 2),
-        ("forward", 5),
+        ("forward", 6),
+        ("input", 5),
+        ("from_taps", 5),
     ] {
         want.extend(std::iter::repeat_n(format!("rule {c}"), n));
     }
@@ -193,10 +250,15 @@ fn table_is_deterministic() {
         comments,
         [
             "vm=web", "vm=web", "vm=web", "vm=web", "vm=web", "banger", "banger", "vm=web",
-            "vm=web", "vm=web", "banger"
+            "vm=web", "vm=web", "banger", "banger", "banger", "banger", "banger", "banger",
+            "banger", "vm=db", "vm=db", "vm=web", "vm=web", "banger"
         ]
     );
-    assert_eq!(Table::remove().objects.len(), 2);
+    assert_eq!(Table::remove().objects.len(), 4);
+    // With VM-to-VM traffic allowed, only the br-to-br drop is gone.
+    let mut open = p.clone();
+    open.vm_to_vm = true;
+    assert_eq!(desired(&open).unwrap().rules.len(), t.rules.len() - 1);
 }
 
 #[test]
@@ -312,6 +374,25 @@ fn plans_are_validated() {
     let mut p = sample();
     p.vms[0].ports[0].host_port = 0;
     Refuses::check(&p, "port 0");
+    // What the anti-spoofing rules rely on: a tap the fixed drop covers
+    // and no wildcard, a well-formed MAC, a bridge address in the subnet.
+    let mut p = sample();
+    p.vms[0].tap = "tap-web".into();
+    Refuses::check(&p, "bgr- and letters or digits");
+    p.vms[0].tap = "bgr-*".into();
+    Refuses::check(&p, "bgr- and letters or digits");
+    let mut p = sample();
+    p.bridge = "br*".into();
+    Refuses::check(&p, "would match others");
+    let mut p = sample();
+    p.vms[0].mac = "02:62:67:00:00:0A".into();
+    Refuses::check(&p, "lower case");
+    let mut p = sample();
+    p.gateway = ip("10.78.0.1");
+    Refuses::check(&p, "host address of 10.77.0.0/24");
+    let mut p = sample();
+    p.gateway = ip("10.77.0.2");
+    Refuses::check(&p, "the bridge's");
 }
 
 #[test]
@@ -366,6 +447,7 @@ fn apply_rules_and_remove() {
                 chain("output", "output", -100),
                 chain("postrouting", "postrouting", 100),
                 chain("forward", "forward", 0),
+                chain("input", "input", 0),
             ]
         );
 
@@ -378,7 +460,8 @@ fn apply_rules_and_remove() {
         apply(&host, &empty).unwrap();
         let fixed = current(&host).unwrap().unwrap();
         assert_eq!(fixed, fixed_text);
-        assert_eq!(fixed.rules.len(), 3);
+        // postrouting 1, forward 3, input 5, from_taps 1.
+        assert_eq!(fixed.rules.len(), 10);
         assert!(fixed
             .rules
             .iter()
@@ -430,6 +513,7 @@ fn apply_rules_and_remove() {
 
         remove(&host).unwrap();
         assert_eq!(host.nft_list_table(FAMILY, TABLE).unwrap(), None);
+        assert_eq!(host.nft_list_table(BRIDGE_FAMILY, TABLE).unwrap(), None);
         assert_eq!(current(&host).unwrap(), None);
         remove(&host).unwrap();
     });
@@ -518,6 +602,117 @@ fn end_to_end_without_br_netfilter() {
     end_to_end(false);
 }
 
+/// Makes `bridge-nf-call-iptables` exist in this kernel (loading the
+/// module if it is one), or fails saying why: the br_netfilter variant
+/// never passes without checking anything.
+fn require_br_netfilter(ns: &Netns, knob: &str) {
+    if ns.run(|| std::path::Path::new(knob).exists()) {
+        return;
+    }
+    let loaded = std::process::Command::new("modprobe")
+        .arg("br_netfilter")
+        .output();
+    assert!(
+        ns.run(|| std::path::Path::new(knob).exists()),
+        "this test checks the rules with bridged IPv4 passing the IP hooks, which needs \
+         br_netfilter: {knob} is missing and `modprobe br_netfilter` did not add it ({loaded:?})"
+    );
+}
+
+/// Sends one raw Ethernet frame out of `ifname` (an AF_PACKET socket in
+/// the calling thread's namespace): what a guest with root can put on its
+/// wire, whatever its own stack would do.
+fn send_frame(ifname: &str, frame: &[u8]) {
+    let name = std::ffi::CString::new(ifname).unwrap();
+    // SAFETY: plain syscalls on a socket owned here; the sockaddr is
+    // initialised and its size passed.
+    unsafe {
+        let index = libc::if_nametoindex(name.as_ptr());
+        assert!(index != 0, "no interface {ifname}");
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_ifindex = index as i32;
+        sll.sll_halen = 6;
+        sll.sll_addr[..6].copy_from_slice(&frame[..6]);
+        let n = libc::sendto(
+            fd,
+            frame.as_ptr().cast(),
+            frame.len(),
+            0,
+            (&sll as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        );
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        assert_eq!(n, frame.len() as isize, "sendto: {err}");
+    }
+}
+
+fn mac_bytes(mac: &str) -> [u8; 6] {
+    let v: Vec<u8> = mac
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).unwrap())
+        .collect();
+    v.try_into().unwrap()
+}
+
+/// An ARP request, broadcast: "who has `target`? tell `sender_ip` at
+/// `sender_mac`", which makes the target's host (re)learn `sender_ip` as
+/// `sender_mac`.
+fn arp_request(sender_mac: &str, sender_ip: &str, target: &str) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend(mac_bytes(sender_mac));
+    f.extend([0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+    f.extend(mac_bytes(sender_mac));
+    f.extend(ip(sender_ip).octets());
+    f.extend([0; 6]);
+    f.extend(ip(target).octets());
+    f.resize(60, 0);
+    f
+}
+
+/// The MAC the host's neighbour table holds for `addr` on `dev`, if any.
+fn neighbour(ns: &Netns, addr: &str, dev: &str) -> Option<String> {
+    let out = ns.ip(&["neigh", "show", addr, "dev", dev]);
+    let mut words = out.split_whitespace();
+    words.find(|w| *w == "lladdr")?;
+    words.next().map(str::to_string)
+}
+
+/// Counts UDP datagrams arriving on `addr` in namespace `ns` for `wait`,
+/// with their sources.
+fn udp_received(ns: &Netns, addr: &str, wait: Duration, send: impl FnOnce()) -> Vec<String> {
+    let sock = ns.run(|| std::net::UdpSocket::bind(addr).unwrap());
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    send();
+    let mut seen = Vec::new();
+    let until = Instant::now() + wait;
+    let mut buf = [0u8; 64];
+    while Instant::now() < until {
+        if let Ok((_, from)) = sock.recv_from(&mut buf) {
+            seen.push(from.ip().to_string());
+        }
+    }
+    seen
+}
+
+/// From inside `ns`: one UDP datagram from `from` to `to`.
+fn udp_send(ns: &Netns, from: &str, to: &str) {
+    ns.run(|| {
+        let s = std::net::UdpSocket::bind(from).unwrap();
+        for _ in 0..3 {
+            let _ = s.send_to(b"leak", to);
+        }
+    });
+}
+
 fn end_to_end(br_netfilter: bool) {
     // Drop order (reverse of declaration): servers first, then the
     // namespaces, which take their bridge and veths with them.
@@ -528,12 +723,10 @@ fn end_to_end(br_netfilter: bool) {
     let host = SystemHost;
     // Per network namespace; present when the kernel has br_netfilter.
     let knob = "/proc/sys/net/bridge/bridge-nf-call-iptables";
-    let have = host_ns.run(|| std::path::Path::new(knob).exists());
-    if br_netfilter && !have {
-        eprintln!("no br_netfilter in this kernel: nothing to test");
-        return;
+    if br_netfilter {
+        require_br_netfilter(&host_ns, knob);
     }
-    if have {
+    if host_ns.run(|| std::path::Path::new(knob).exists()) {
         host_ns.run(|| std::fs::write(knob, if br_netfilter { "1" } else { "0" }).unwrap());
     }
 
@@ -562,8 +755,14 @@ fn end_to_end(br_netfilter: bool) {
     out.ip(&["addr", "add", "198.51.100.2/24", "dev", "eth0"]);
     out.ip(&["link", "set", "eth0", "up"]);
     out.ip(&["route", "add", "10.77.0.0/24", "via", "198.51.100.1"]);
-    // Two guests on isolated bridge ports (veths stand in for taps).
-    for (g, veth, addr) in [(&ga, "ve-a", "10.77.0.2/24"), (&gb, "ve-b", "10.77.0.3/24")] {
+    // Two guests on isolated bridge ports (veths named like taps stand in
+    // for them), with the MACs the plan gives them.
+    let (vm_a, vm_b) = (
+        vm("a", "10.77.0.2", false, vec![]),
+        vm("b", "10.77.0.3", false, vec![]),
+    );
+    for (g, v) in [(&ga, &vm_a), (&gb, &vm_b)] {
+        let veth = v.tap.as_str();
         host_ns.ip(&[
             "link",
             "add",
@@ -577,7 +776,8 @@ fn end_to_end(br_netfilter: bool) {
             g.name(),
         ]);
         host_ns.run(|| attach_to_bridge(veth, "br-e", true).unwrap());
-        g.ip(&["addr", "add", addr, "dev", "eth0"]);
+        g.ip(&["link", "set", "eth0", "address", &v.mac]);
+        g.ip(&["addr", "add", &format!("{}/24", v.ip), "dev", "eth0"]);
         g.ip(&["link", "set", "eth0", "up"]);
         g.ip(&["route", "add", "default", "via", "10.77.0.1"]);
     }
@@ -586,24 +786,40 @@ fn end_to_end(br_netfilter: bool) {
 
     let _web = Server::echo(&ga, "0.0.0.0:8080");
     let _other = Server::echo(&gb, "0.0.0.0:8080");
+    let _a_says = Server::start(&ga, "0.0.0.0:8081", |_, _| b"a".to_vec());
+    let _b_says = Server::start(&gb, "0.0.0.0:8081", |_, _| b"b".to_vec());
     let _on_host = Server::echo(&host_ns, "10.77.0.1:7000");
+    // Stands in for banger's DNS (its tcp side) on the bridge address.
+    let _dns = Server::echo(&host_ns, "10.77.0.1:53");
+    // A host service that listens on loopback only.
+    let _loopback_only = Server::echo(&host_ns, "127.0.0.1:7100");
     let _outside = Server::whoami(&out, "198.51.100.2:9000");
 
-    let apply_plan = |a_nat: bool, a_ports: Vec<PortMap>| {
-        let p = plan(
+    let apply_with = |a_nat: bool, a_ports: Vec<PortMap>, vm_to_vm: bool| {
+        let mut p = plan(
             "br-e",
             "up-e",
             vec![
-                vm("a", "10.77.0.2", a_nat, a_ports),
-                vm("b", "10.77.0.3", false, vec![]),
+                VmNet {
+                    nat: a_nat,
+                    ports: a_ports,
+                    ..vm_a.clone()
+                },
+                vm_b.clone(),
             ],
         );
+        p.vm_to_vm = vm_to_vm;
         host_ns.run(|| apply(&host, &p).unwrap());
+    };
+    let apply_plan = |a_nat: bool, a_ports: Vec<PortMap>| apply_with(a_nat, a_ports, false);
+    let without_tables = |check: &dyn Fn()| {
+        host_ns.run(|| remove(&host).unwrap());
+        check();
     };
 
     // Published port: from the host by loopback and by the bridge
     // address, and from outside by the uplink address. Guests are not
-    // DNATed: they get the host's own (closed) port, a clean refusal.
+    // DNATed: they get the host's own port, which refuses them.
     apply_plan(false, vec![tcp(18080, 8080)]);
     host_ns.run(|| {
         assert_eq!(ask("127.0.0.1:18080").unwrap(), "ping");
@@ -624,22 +840,33 @@ fn end_to_end(br_netfilter: bool) {
     });
     out.run(|| assert!(ask("198.51.100.1:18080").is_err()));
 
-    // Isolation: the guests reach the bridge address but not each
-    // other; with B's port no longer isolated they do (so it was the
-    // flag that stopped them).
+    // The host: guests reach DNS on the bridge address and no other host
+    // port there (refused at once, not a hang).
+    for g in [&ga, &gb] {
+        g.run(|| {
+            assert_eq!(ask("10.77.0.1:53").unwrap(), "ping");
+            let t = Instant::now();
+            let e = ask("10.77.0.1:7000").unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+            assert!(t.elapsed() < Duration::from_secs(1));
+        });
+    }
+
+    // Isolation: the guests do not reach each other; with B's port no
+    // longer isolated (and VM-to-VM allowed in the plan, as
+    // allow_vm_to_vm does both) they do (so it was the flag that stopped
+    // them).
     ga.run(|| {
-        assert_eq!(ask("10.77.0.1:7000").unwrap(), "ping");
         let t = Instant::now();
         assert!(ask("10.77.0.3:8080").is_err(), "guest A reached guest B");
         assert!(t.elapsed() < Duration::from_secs(5));
     });
-    gb.run(|| {
-        assert_eq!(ask("10.77.0.1:7000").unwrap(), "ping");
-        assert!(ask("10.77.0.2:8080").is_err(), "guest B reached guest A");
-    });
-    host_ns.run(|| attach_to_bridge("ve-b", "br-e", false).unwrap());
+    gb.run(|| assert!(ask("10.77.0.2:8080").is_err(), "guest B reached guest A"));
+    apply_with(false, vec![], true);
+    host_ns.run(|| attach_to_bridge("bgr-b", "br-e", false).unwrap());
     ga.run(|| assert_eq!(ask("10.77.0.3:8080").unwrap(), "ping"));
-    host_ns.run(|| attach_to_bridge("ve-b", "br-e", true).unwrap());
+    host_ns.run(|| attach_to_bridge("bgr-b", "br-e", true).unwrap());
+    apply_plan(false, vec![]);
 
     // Without NAT a guest reaches only the host...
     ga.run(|| assert!(ask("198.51.100.2:9000").is_err(), "no-NAT guest got out"));
@@ -648,6 +875,160 @@ fn end_to_end(br_netfilter: bool) {
     apply_plan(true, vec![]);
     ga.run(|| assert_eq!(ask("198.51.100.2:9000").unwrap(), "198.51.100.1"));
     gb.run(|| assert!(ask("198.51.100.2:9000").is_err(), "no-NAT guest got out"));
+
+    // ---- Attacks by a guest, each with its control: the same attack with
+    // banger's tables gone succeeds, so the tables are what stop it. ----
+
+    // 1. Loopback through the gateway: B routes 127.0.0.1 to the bridge
+    // (as a root guest can), where route_localnet would deliver it to a
+    // service listening on the host's loopback only.
+    gb.ip(&["rule", "add", "pref", "100", "lookup", "local"]);
+    gb.ip(&["rule", "del", "pref", "0"]);
+    gb.ip(&[
+        "rule",
+        "add",
+        "pref",
+        "10",
+        "to",
+        "127.0.0.1/32",
+        "lookup",
+        "100",
+    ]);
+    gb.ip(&[
+        "route",
+        "add",
+        "127.0.0.1/32",
+        "via",
+        "10.77.0.1",
+        "dev",
+        "eth0",
+        "src",
+        "10.77.0.3",
+        "table",
+        "100",
+    ]);
+    gb.run(|| {
+        std::fs::write("/proc/sys/net/ipv4/conf/eth0/route_localnet", "1").unwrap();
+        std::fs::write("/proc/sys/net/ipv4/conf/all/route_localnet", "1").unwrap();
+    });
+    let loopback_attack = || gb.run(|| ask("127.0.0.1:7100"));
+    assert!(
+        loopback_attack().is_err(),
+        "a guest reached the host's loopback"
+    );
+    without_tables(&|| {
+        assert_eq!(
+            loopback_attack().expect("control: with no tables the guest reaches 127.0.0.1"),
+            "ping"
+        )
+    });
+    apply_plan(true, vec![]);
+    gb.ip(&["rule", "del", "pref", "10"]);
+
+    // 2. Another host port on the bridge address (above) and a host
+    // address beyond it: the uplink address is the host's too.
+    gb.run(|| assert!(ask("198.51.100.1:7000").is_err()));
+    without_tables(&|| gb.run(|| assert_eq!(ask("10.77.0.1:7000").unwrap(), "ping")));
+    apply_plan(true, vec![]);
+
+    // 3. B (no NAT) forges A's source (A has NAT) to get out.
+    // `ip -br link`: name, state, MAC, flags.
+    let brief = host_ns.ip(&["-br", "link", "show", "br-e"]);
+    let bridge_mac = brief.split_whitespace().nth(2).unwrap().to_string();
+    gb.ip(&["addr", "add", "10.77.0.2/32", "dev", "eth0"]);
+    gb.ip(&[
+        "neigh",
+        "replace",
+        "10.77.0.1",
+        "lladdr",
+        &bridge_mac,
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
+    ]);
+    let forged = || {
+        udp_received(
+            &out,
+            "198.51.100.2:9001",
+            Duration::from_millis(500),
+            || udp_send(&gb, "10.77.0.2:0", "198.51.100.2:9001"),
+        )
+    };
+    assert_eq!(forged(), Vec::<String>::new(), "a forged source got out");
+    without_tables(&|| {
+        assert!(
+            !forged().is_empty(),
+            "control: the forged datagram gets out"
+        )
+    });
+    apply_plan(true, vec![]);
+
+    // 4. ARP: B claims A's address with its own MAC. The host keeps A's
+    // MAC and its connections to A still reach A.
+    host_ns.run(|| assert_eq!(ask("10.77.0.2:8081").unwrap(), "a"));
+    let spoof = || {
+        gb.run(|| {
+            for _ in 0..3 {
+                send_frame("eth0", &arp_request(&vm_b.mac, "10.77.0.2", "10.77.0.1"));
+            }
+        });
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    spoof();
+    assert_eq!(
+        neighbour(&host_ns, "10.77.0.2", "br-e").as_deref(),
+        Some(vm_a.mac.as_str()),
+        "the host's neighbour entry for A was taken over"
+    );
+    host_ns.run(|| assert_eq!(ask("10.77.0.2:8081").unwrap(), "a"));
+    without_tables(&|| {
+        spoof();
+        assert_eq!(
+            neighbour(&host_ns, "10.77.0.2", "br-e").as_deref(),
+            Some(vm_b.mac.as_str()),
+            "control: with no tables the ARP spoof takes A's address"
+        );
+    });
+    host_ns.ip(&["neigh", "flush", "dev", "br-e"]);
+    gb.ip(&["addr", "del", "10.77.0.2/32", "dev", "eth0"]);
+    apply_plan(true, vec![]);
+    host_ns.run(|| assert_eq!(ask("10.77.0.2:8081").unwrap(), "a"));
+
+    // 5. B takes A's MAC: nothing it sends passes; with its own back it
+    // reaches DNS again.
+    gb.ip(&["link", "set", "eth0", "address", &vm_a.mac]);
+    gb.ip(&["neigh", "flush", "dev", "eth0"]);
+    gb.run(|| assert!(ask("10.77.0.1:53").is_err(), "a forged MAC passed"));
+    without_tables(&|| gb.run(|| assert_eq!(ask("10.77.0.1:53").unwrap(), "ping")));
+    apply_plan(true, vec![]);
+    gb.ip(&["link", "set", "eth0", "address", &vm_b.mac]);
+    gb.ip(&["neigh", "flush", "dev", "eth0"]);
+    host_ns.ip(&["neigh", "flush", "dev", "br-e"]);
+    gb.run(|| assert_eq!(ask("10.77.0.1:53").unwrap(), "ping"));
+
+    // 6. IPv6 from a tap: a host service on the bridge's IPv6 address is
+    // out of reach.
+    host_ns.ip(&["-6", "addr", "add", "fd77::1/64", "dev", "br-e", "nodad"]);
+    ga.ip(&["-6", "addr", "add", "fd77::2/64", "dev", "eth0", "nodad"]);
+    let _v6 = Server::echo(&host_ns, "[fd77::1]:7600");
+    ga.run(|| assert!(ask("[fd77::1]:7600").is_err(), "IPv6 from a tap passed"));
+    without_tables(&|| ga.run(|| assert_eq!(ask("[fd77::1]:7600").unwrap(), "ping")));
+    apply_plan(true, vec![]);
+
+    // 7. A reaches B through the gateway (routed, not switched): dropped
+    // when VM-to-VM traffic is not allowed.
+    ga.ip(&["route", "add", "10.77.0.3/32", "via", "10.77.0.1"]);
+    gb.ip(&["route", "add", "10.77.0.2/32", "via", "10.77.0.1"]);
+    ga.run(|| {
+        assert!(
+            ask("10.77.0.3:8081").is_err(),
+            "A reached B via the gateway"
+        )
+    });
+    without_tables(&|| ga.run(|| assert_eq!(ask("10.77.0.3:8081").unwrap(), "b")));
+    apply_plan(true, vec![]);
+
     // Control: with banger's table gone, B is routed out unmasqueraded,
     // so the drop rule was what kept it in.
     host_ns.run(|| remove(&host).unwrap());

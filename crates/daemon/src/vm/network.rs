@@ -22,9 +22,10 @@ use crate::staging::blocking;
 use crate::vm::Vms;
 use crate::vmm::backend::NetAttach;
 
-/// `bgr-` + 10 hex chars of the VM id: 14 bytes, within IFNAMSIZ.
+/// `bgr-` ([`netfilter::TAP_PREFIX`]) + 10 hex chars of the VM id: 14
+/// bytes, within IFNAMSIZ.
 pub fn tap_name(vm_id: &str) -> String {
-    format!("bgr-{}", &vm_id[..10.min(vm_id.len())])
+    format!("{}{}", netfilter::TAP_PREFIX, &vm_id[..10.min(vm_id.len())])
 }
 
 /// A stable, locally administered unicast MAC from the VM id.
@@ -32,7 +33,7 @@ pub fn mac_for(vm_id: &str) -> String {
     let hex: Vec<&str> = (0..5)
         .map(|i| vm_id.get(i * 2..i * 2 + 2).unwrap_or("00"))
         .collect();
-    format!("02:{}", hex.join(":"))
+    format!("02:{}", hex.join(":")).to_ascii_lowercase()
 }
 
 pub fn subnet(d: &Vms) -> Result<Subnet, Error> {
@@ -73,6 +74,13 @@ pub async fn attach(d: &Arc<Vms>, vm: &Vm) -> Result<Option<NetAttach>, Error> {
     let Some(ip) = d.store.vm_address(vm.id())? else {
         return Ok(None);
     };
+    // A port that cannot be published now fails the start clearly (a sync
+    // would only leave it out).
+    for p in d.store.ports_of(vm.id())?.iter().map(mapping) {
+        if let Some(e) = port_refusal(vm.row.owner_uid, &p) {
+            return Err(e);
+        }
+    }
     let subnet = subnet(d)?;
     let tap = tap_name(vm.id());
     let net_host = d.net_host()?;
@@ -154,7 +162,7 @@ pub async fn bridge_ready(d: &Arc<Vms>) {
     let Ok(subnet) = subnet(d) else { return };
     let gw = subnet.gateway();
     if let Some(dns) = &d.dns {
-        match dns.listen((gw, 53).into()).await {
+        match dns.listen((gw, crate::dns::BRIDGE_PORT).into()).await {
             Ok(a) => tracing::info!(addr = %a, "DNS answering on the bridge"),
             Err(e) => tracing::warn!(error = %e, "cannot serve DNS on the bridge address"),
         }
@@ -237,16 +245,30 @@ pub async fn sync(d: &Arc<Vms>, exclude: Option<&str>) -> Result<(), Error> {
             continue;
         };
         let vm = Vm::from_row(row)?;
+        let mut ports = Vec::new();
+        for p in d.store.ports_of(vm.id())? {
+            // Checked again at every sync: a host process that started
+            // listening since is not shadowed, and a row that predates a
+            // rule is not applied.
+            let shown = mapping(&p);
+            if let Some(e) = port_refusal(vm.row.owner_uid, &shown) {
+                tracing::warn!(vm = vm.name(), port = %shown, error = %e, "published port left out");
+                continue;
+            }
+            ports.push(port_map(&p));
+        }
         vms.push(VmNet {
             vm_id: vm.id().to_string(),
             vm_name: vm.name().to_string(),
             ip,
             tap: tap_name(vm.id()),
+            mac: mac_for(vm.id()),
             nat: vm.spec.nat,
-            ports: d.store.ports_of(vm.id())?.iter().map(port_map).collect(),
+            ports,
         });
     }
     let needs_forwarding = vms.iter().any(|v| v.nat || !v.ports.is_empty());
+    let vm_to_vm = d.config.network.allow_vm_to_vm;
     let host = d.net_host()?;
     let bridge = d.config.network.bridge_name.clone();
     let d2 = d.clone();
@@ -255,6 +277,8 @@ pub async fn sync(d: &Arc<Vms>, exclude: Option<&str>) -> Result<(), Error> {
         let plan = Plan {
             bridge,
             subnet: (subnet.network, subnet.prefix),
+            gateway: subnet.gateway(),
+            vm_to_vm,
             uplink,
             vms,
         };
@@ -338,6 +362,31 @@ pub struct NetState {
     pub applied: std::sync::Mutex<Option<netfilter::Table>>,
 }
 
+/// Host ports below this are privileged: only root's VMs may publish them.
+pub const FIRST_UNPRIVILEGED_PORT: u16 = 1024;
+
+/// Why `p` may not be published for a VM of `owner_uid`, if it may not: a
+/// privileged host port for a VM that is not root's (a user could not bind
+/// it either), or a port a host process listens on (DNAT would silently
+/// shadow it). Our own DNAT rule for the port does not make it busy (DNAT
+/// binds nothing), so the check means the same before and after a sync.
+pub fn port_refusal(owner_uid: u32, p: &PortMapping) -> Option<Error> {
+    if owner_uid != 0 && p.host_port < FIRST_UNPRIVILEGED_PORT {
+        return Some(
+            Error::precondition(format!(
+                "host port {} is privileged (below {FIRST_UNPRIVILEGED_PORT}): only root's VMs \
+                 may publish it",
+                p.host_port
+            ))
+            .hint("publish a host port from 1024 up, e.g. -p 8080:80"),
+        );
+    }
+    if host_port_in_use(p) {
+        return Some(Error::HostPortInUse(p.to_string()));
+    }
+    None
+}
+
 /// Whether something on the host already listens on the port, which DNAT
 /// would silently shadow.
 pub fn host_port_in_use(p: &PortMapping) -> bool {
@@ -349,4 +398,52 @@ pub fn host_port_in_use(p: &PortMapping) -> bool {
         std::net::TcpListener::bind(addr).is_ok()
     };
     !free
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn port(host_port: u16, proto: &str) -> PortMapping {
+        PortMapping {
+            host_ip: Some(Ipv4Addr::LOCALHOST),
+            host_port,
+            guest_port: 80,
+            proto: proto.into(),
+        }
+    }
+
+    #[test]
+    fn privileged_and_busy_ports_are_refused() {
+        // Below 1024: refused for a user's VM whatever is free, the first
+        // check (no socket is bound for it).
+        let e = port_refusal(1000, &port(80, "tcp")).unwrap().to_string();
+        assert!(e.contains("privileged") && e.contains("80"), "{e}");
+        assert!(port_refusal(1000, &port(1023, "udp")).is_some());
+        // A port a host process listens on: refused for anyone, root too.
+        let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let n = busy.local_addr().unwrap().port();
+        for owner in [0, 1000] {
+            match port_refusal(owner, &port(n, "tcp")) {
+                Some(Error::HostPortInUse(p)) => assert!(p.contains(&n.to_string()), "{p}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        let busy_udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let u = busy_udp.local_addr().unwrap().port();
+        assert!(matches!(
+            port_refusal(1000, &port(u, "udp")),
+            Some(Error::HostPortInUse(_))
+        ));
+        // Free again once the process is gone.
+        drop(busy);
+        assert!(port_refusal(1000, &port(n, "tcp")).is_none());
+        // Root's VMs may publish privileged ports (a free one: this test
+        // binds it on loopback and lets it go at once).
+        crate::privileged::testutil::require_root("binds a privileged port");
+        let free = (1..1024)
+            .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+            .unwrap();
+        assert!(port_refusal(0, &port(free, "tcp")).is_none());
+    }
 }

@@ -84,7 +84,7 @@ pub async fn create_begin(
     d.store.insert_vm(&row)?;
     // Address and ports are part of the reservation: if either fails, the
     // row goes and nothing is left half-made.
-    if let Err(e) = reserve_network(d, &row.id, &p.ports) {
+    if let Err(e) = reserve_network(d, &row.id, row.owner_uid, &p.ports) {
         d.store.delete_vm(&row.id)?;
         return Err(e);
     }
@@ -100,7 +100,12 @@ pub async fn create_begin(
     })
 }
 
-fn reserve_network(d: &Vms, vm_id: &str, ports: &[PortMapping]) -> Result<(), Error> {
+fn reserve_network(
+    d: &Vms,
+    vm_id: &str,
+    owner_uid: u32,
+    ports: &[PortMapping],
+) -> Result<(), Error> {
     let ip = network::allocate(d, vm_id)?;
     if ip.is_none() && !ports.is_empty() {
         return Err(Error::precondition(
@@ -108,20 +113,22 @@ fn reserve_network(d: &Vms, vm_id: &str, ports: &[PortMapping]) -> Result<(), Er
         ));
     }
     for p in ports {
-        add_port_row(d, vm_id, p)?;
+        add_port_row(d, vm_id, owner_uid, p)?;
     }
     Ok(())
 }
 
-fn add_port_row(d: &Vms, vm_id: &str, p: &PortMapping) -> Result<(), Error> {
+/// `owner_uid`: the VM's owner (not the caller: root adding a port to a
+/// user's VM still may not give it a privileged port).
+fn add_port_row(d: &Vms, vm_id: &str, owner_uid: u32, p: &PortMapping) -> Result<(), Error> {
     if p.proto != "tcp" && p.proto != "udp" {
         return Err(Error::invalid(format!(
             "protocol {:?}: use tcp or udp",
             p.proto
         )));
     }
-    if network::host_port_in_use(p) {
-        return Err(Error::HostPortInUse(p.to_string()));
+    if let Some(e) = network::port_refusal(owner_uid, p) {
+        return Err(e);
     }
     d.store
         .add_port(&banger_core::store::PortRow {
@@ -163,7 +170,7 @@ pub async fn port_add(
             p.name
         )));
     }
-    add_port_row(d, vm.id(), &p.port)?;
+    add_port_row(d, vm.id(), vm.row.owner_uid, &p.port)?;
     resync_if_running(d, &vm).await?;
     ports_of(d, vm.id())
 }
