@@ -14,6 +14,7 @@ use crate::{builds, caller_files, kernels};
 
 pub async fn import_begin(d: Arc<App>, mut cx: Ctx, p: ImportParams) -> Result<OpBegun, Error> {
     validate_name(&p.name).map_err(|e| Error::invalid(e.to_string()))?;
+    builds::check_reserved("kernel", &p.name, cx.caller.uid)?;
     if d.registry.store.kernel_by_name(&p.name)?.is_some() {
         return Err(Error::already_exists("kernel", &p.name));
     }
@@ -100,16 +101,23 @@ pub async fn build_begin(d: Arc<App>, mut cx: Ctx, p: BuildParams) -> Result<OpB
         if !cx.caller.can_see_shared(k.owner_uid) {
             return Err(Error::already_exists("kernel", &name));
         }
+        builds::check_replace(&cx.caller, "kernel", &name, k.owner_uid, p.replace)?;
     }
     let default_inputs =
         source_dir.is_none() && fragment == kernel_build::DEFAULT_FRAGMENT.as_bytes();
+    let owner_uid = builds::owner_of(cx.caller.uid, default_inputs, name == default_name);
+    builds::check_reserved("kernel", &name, owner_uid)?;
     let job = builds::KernelJob {
-        owner_uid: builds::owner_of(cx.caller.uid, default_inputs, name == default_name),
+        owner_uid,
+        caller_uid: cx.caller.uid,
         name: name.clone(),
         source,
         source_dir,
         fragment,
-        jobs: p.jobs.filter(|&j| j > 0).unwrap_or(d.config.build.jobs) as usize,
+        jobs: builds::clamp_jobs(
+            &cx.caller,
+            p.jobs.filter(|&j| j > 0).unwrap_or(d.config.build.jobs) as usize,
+        ),
         replace: p.replace,
     };
     let d2 = d.registry.clone();
