@@ -257,9 +257,14 @@ pub async fn kernel_build_op(
     op: OpHandle,
     job: KernelJob,
 ) -> Result<KernelBuildResult, Error> {
+    let caller = Caller {
+        uid: job.caller_uid,
+        gid: 0,
+        pid: 0,
+    };
     let out = build_kernel(&d, &op, job, "").await?;
     let result = KernelBuildResult {
-        kernel: kernels::info(&d, &out.row)?,
+        kernel: kernels::info(&d, &caller, &out.row)?,
         cached: out.cached,
         reused: out.reused,
         cache_key: out.key,
@@ -554,7 +559,7 @@ pub async fn image_build_op(
         tracing::info!(image = %row.name, uid = default_uid, "built image made the default");
     }
     let result = ImageBuildResult {
-        image: images::info(&d, &owner, &row)?,
+        image: images::info(&d, &actor, &row)?,
         cached: built.cached,
         reused,
         kernel_built,

@@ -94,7 +94,8 @@ pub fn info(d: &Registry, caller: &Caller, i: &ImageRow) -> Result<ImageInfo, Er
         work_seed: i.work_seed.as_ref().map(|f| file_info(d, f)),
         default: default.as_deref() == Some(i.id.as_str()),
         created_at: i.created_at.clone(),
-        used_by: d.store.image_users(&i.id)?,
+        // Only the VMs the caller may see: other users' VM names are theirs.
+        used_by: d.store.image_users(&i.id, caller.uid_filter())?,
         features: i.features.clone(),
     })
 }

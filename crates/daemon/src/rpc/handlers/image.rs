@@ -187,9 +187,8 @@ pub async fn build_begin(d: Arc<App>, cx: Ctx, p: BuildParams) -> Result<OpBegun
 pub async fn list(d: Arc<App>, cx: Ctx, _p: Empty) -> Result<Vec<ImageInfo>, Error> {
     d.registry
         .store
-        .list_images()?
+        .list_images_visible(cx.caller.uid_filter())?
         .iter()
-        .filter(|i| cx.caller.can_see_shared(i.owner_uid))
         .map(|i| images::info(&d.registry, &cx.caller, i))
         .collect()
 }

@@ -132,16 +132,16 @@ pub async fn build_begin(d: Arc<App>, mut cx: Ctx, p: BuildParams) -> Result<OpB
 pub async fn list(d: Arc<App>, cx: Ctx, _p: Empty) -> Result<Vec<KernelInfo>, Error> {
     d.registry
         .store
-        .list_kernels()?
+        .list_kernels_visible(cx.caller.uid_filter())?
         .iter()
-        .filter(|k| cx.caller.can_see_shared(k.owner_uid))
-        .map(|k| kernels::info(&d.registry, k))
+        .map(|k| kernels::info(&d.registry, &cx.caller, k))
         .collect()
 }
 
 pub async fn show(d: Arc<App>, cx: Ctx, p: NameParams) -> Result<KernelInfo, Error> {
     kernels::info(
         &d.registry,
+        &cx.caller,
         &kernels::find(&d.registry, &cx.caller, &p.name)?,
     )
 }
