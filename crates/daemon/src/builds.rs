@@ -128,6 +128,26 @@ pub fn clamp_jobs(caller: &Caller, jobs: usize) -> usize {
     jobs.clamp(1, cpus)
 }
 
+/// Punctuation a non-root caller's string option value may contain besides
+/// ASCII letters, digits and spaces.
+pub const SAFE_STRING_PUNCT: &str = "._,:=/+-@";
+
+/// Whether a string option's value (`"..."`, quotes included) holds only the
+/// safe character set: these values land in a Makefile include (`$(...)`,
+/// backslashes, quotes, `#` and newlines would be interpreted by make or the
+/// shell it runs).
+fn safe_string_value(value: &str) -> bool {
+    let Some(inner) = value
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+    else {
+        return false;
+    };
+    inner
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == ' ' || SAFE_STRING_PUNCT.contains(c))
+}
+
 /// The build cache root: `[build] cache_dir`, else the daemon's cache dir.
 pub fn cache_root(d: &Registry) -> PathBuf {
     d.config
@@ -195,6 +215,25 @@ pub fn check_fragment(text: &[u8], caller_is_root: bool) -> Result<(), Error> {
         .map(|(name, _)| name.as_str())
         .collect();
     if refused.is_empty() {
+        for (name, value) in &options {
+            // bool, tristate, int and hex values: y/m/n, digits, 0x...
+            let plain = value.strip_prefix('-').unwrap_or(value);
+            if !value.starts_with('"')
+                && (plain.is_empty() || !plain.chars().all(|c| c.is_ascii_alphanumeric()))
+            {
+                return Err(Error::denied(format!(
+                    "--config: {name}={value}: not a bool, tristate, int or hex value (it \
+                     lands in a Makefile include)"
+                )));
+            }
+            if value.starts_with('"') && !safe_string_value(value) {
+                return Err(Error::denied(format!(
+                    "--config: {name}: a string value may hold only letters, digits, spaces \
+                     and {SAFE_STRING_PUNCT:?} (it lands in a Makefile include, where $, \
+                     quotes, backslashes, # and the like would be interpreted)"
+                )));
+            }
+        }
         return Ok(());
     }
     Err(Error::denied(format!(
@@ -800,6 +839,26 @@ mod tests {
             RpcError::from(check_fragment(&[0xff, 0xfe], true).unwrap_err())
                 .is(ErrorKind::InvalidParams)
         );
+        // Allowed string options hold a safe character set only (they land
+        // in a Makefile include).
+        check_fragment(
+            b"CONFIG_CMDLINE=\"console=ttyS0 root=/dev/vda rw quiet\"\n",
+            false,
+        )
+        .unwrap();
+        for bad in [
+            &b"CONFIG_LOCALVERSION=\"$(shell id)\"\n"[..],
+            b"CONFIG_LOCALVERSION=\"`id`\"\n",
+            b"CONFIG_CMDLINE=\"a\\\" b\"\n",
+            b"CONFIG_DEFAULT_HOSTNAME=\"x;rm\"\n",
+            b"CONFIG_LOCALVERSION=\"a#b\"\n",
+            b"CONFIG_NR_CPUS=8 $(shell id)\n",
+        ] {
+            let e = RpcError::from(check_fragment(bad, false).unwrap_err());
+            assert!(e.is(ErrorKind::PermissionDenied), "{e:?}");
+            assert!(e.message.contains("Makefile"), "{}", e.message);
+            check_fragment(bad, true).unwrap();
+        }
         // banger's own fragment passes as a user's.
         check_fragment(kernel_build::DEFAULT_FRAGMENT.as_bytes(), false).unwrap();
     }

@@ -79,8 +79,7 @@ pub async fn boot(
 
     stages.stage("spawn");
     let run_dir = record::run_dir(&d.paths, &id);
-    std::fs::create_dir_all(&run_dir)
-        .map_err(|e| Error::internal(format!("cannot create {}: {e}", run_dir.display())))?;
+    record::make_run_dir(&run_dir)?;
     let spec = LaunchSpec {
         vm_id: id.clone(),
         vcpus: vm.spec.vcpus,
