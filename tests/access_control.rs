@@ -503,3 +503,47 @@ fn another_user_cannot_touch_or_see_a_vm_or_its_operations() {
     assert_eq!(md.permissions().mode() & 0o777, 0o700);
     h.ok(&["vm", "rm", "rootvm"]);
 }
+
+/// Issue 9 §3: per-user limits from the config; root is exempt.
+#[test]
+fn per_user_limits_hold_for_users_and_not_for_root() {
+    require_root();
+    let mut h = Home::new();
+    h.config("[limits]\nvms = 1\nvcpus = 4");
+    h.start_daemon();
+    common::stub_image(&h);
+    let create = |name: &str, vcpus: &str| {
+        vec![
+            "vm",
+            "create",
+            "--name",
+            name,
+            "--no-start",
+            "--disk-size",
+            "64M",
+            "--memory",
+            "128M",
+            "--vcpu",
+        ]
+        .into_iter()
+        .map(String::from)
+        .chain([vcpus.to_string()])
+        .collect::<Vec<String>>()
+    };
+    fn args(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    let too_many = create("n0", "8");
+    let (kind, msg) = nobody_fails(&h, &args(&too_many));
+    assert_eq!(kind, "precondition_failed", "{msg}");
+    assert!(msg.contains("[limits] vcpus"), "{msg}");
+    nobody_json(&h, &args(&create("n1", "1")));
+    let (kind, msg) = nobody_fails(&h, &args(&create("n2", "1")));
+    assert_eq!(kind, "precondition_failed", "{msg}");
+    assert!(msg.contains("[limits] vms"), "{msg}");
+    assert_eq!(nobody_json(&h, &["vm", "list", "-a"]).as_array().unwrap().len(), 1);
+    // Root is exempt.
+    h.json(&args(&create("r1", "8")));
+    h.json(&args(&create("r2", "1")));
+    h.ok(&["vm", "rm", "n1", "r1", "r2"]);
+}

@@ -226,6 +226,31 @@ impl Ops {
         Ok(out)
     }
 
+    /// Refuses a new operation for `uid` when it already has `max` running
+    /// (`[limits] running_operations`; root is exempt).
+    pub fn check_limit(&self, uid: u32, max: u32) -> Result<(), Error> {
+        if uid == 0 {
+            return Ok(());
+        }
+        let running = lock(&self.entries)
+            .values()
+            .filter(|e| {
+                let s = lock(&e.state);
+                s.info.owner_uid == uid && s.info.state == OpState::Running
+            })
+            .count();
+        if running >= max as usize {
+            return Err(Error::Busy {
+                message: format!(
+                    "you have {running} operations running, the limit per user ([limits] \
+                     running_operations = {max}); wait for one to finish"
+                ),
+                state: None,
+            });
+        }
+        Ok(())
+    }
+
     pub fn running(&self) -> usize {
         lock(&self.entries)
             .values()

@@ -42,6 +42,8 @@ pub async fn register_begin(d: Arc<App>, mut cx: Ctx, p: RegisterParams) -> Resu
         rootfs,
         work_seed,
     };
+    d.ops
+        .check_limit(cx.caller.uid, d.config.limits.running_operations)?;
     let d2 = d.registry.clone();
     let id = d
         .ops
@@ -175,6 +177,8 @@ pub async fn build_begin(d: Arc<App>, cx: Ctx, p: BuildParams) -> Result<OpBegun
         kernel,
         replace: p.replace,
     };
+    d.ops
+        .check_limit(cx.caller.uid, d.config.limits.running_operations)?;
     let d2 = d.registry.clone();
     let id = d
         .ops

@@ -24,6 +24,8 @@ pub async fn import_begin(d: Arc<App>, mut cx: Ctx, p: ImportParams) -> Result<O
         None => None,
     };
     let owner = cx.caller.uid;
+    d.ops
+        .check_limit(owner, d.config.limits.running_operations)?;
     let name = p.name.clone();
     let d2 = d.registry.clone();
     let id = d
@@ -120,6 +122,8 @@ pub async fn build_begin(d: Arc<App>, mut cx: Ctx, p: BuildParams) -> Result<OpB
         ),
         replace: p.replace,
     };
+    d.ops
+        .check_limit(cx.caller.uid, d.config.limits.running_operations)?;
     let d2 = d.registry.clone();
     let id = d
         .ops
