@@ -233,3 +233,317 @@ fn recv_fd(s: &std::os::unix::net::UnixStream) -> std::os::fd::OwnedFd {
     }
     panic!("no descriptor received");
 }
+
+/// `banger --json ARGS` as nobody, expected to fail: the error's kind.
+fn nobody_fails(h: &Home, args: &[&str]) -> (String, String) {
+    let out = h
+        .banger_as(NOBODY, NOBODY)
+        .arg("--json")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "banger {args:?} as nobody should have failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{args:?}: not JSON ({e}): {} / {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    // Commands over several names (vm stop/start/rm) answer a list.
+    let e = if v.is_array() {
+        &v[0]["error"]
+    } else if v["failed"].is_array() {
+        &v["failed"][0]["error"]
+    } else {
+        &v["error"]
+    };
+    (
+        e["kind"].as_str().unwrap_or_default().to_string(),
+        format!("{v}"),
+    )
+}
+
+fn nobody_json(h: &Home, args: &[&str]) -> serde_json::Value {
+    let out = h
+        .banger_as(NOBODY, NOBODY)
+        .arg("--json")
+        .args(args)
+        .output()
+        .unwrap();
+    common::assert_success(&out, args);
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A readable stub kernel file for nobody.
+fn nobody_kernel_file(h: &Home, name: &str) -> std::path::PathBuf {
+    let k = h.path().join(name);
+    fixtures::write_stub_kernel(&k);
+    std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o644)).unwrap();
+    k
+}
+
+/// Issue 9 §1: a user who takes a default name first would get their kernel
+/// or image into every user's default. The default names are root's only.
+#[test]
+fn a_user_cannot_take_a_default_name() {
+    require_root();
+    let mut h = Home::new();
+    h.start_daemon();
+    let k = nobody_kernel_file(&h, "mine.vmlinux");
+    let (kind, msg) = nobody_fails(
+        &h,
+        &["kernel", "import", k.to_str().unwrap(), "--name", "banger-6-1"],
+    );
+    assert_eq!(kind, "permission_denied", "{msg}");
+    assert!(msg.contains("reserved"), "{msg}");
+
+    // With a kernel of its own, nobody cannot register the default image's name.
+    nobody_json(
+        &h,
+        &["kernel", "import", k.to_str().unwrap(), "--name", "nk"],
+    );
+    let rootfs = h.path().join("n-root.ext4");
+    fixtures::ext4(&rootfs, 8);
+    std::fs::set_permissions(&rootfs, std::fs::Permissions::from_mode(0o644)).unwrap();
+    for name in ["debian-bookworm", "debian-bookworm-full"] {
+        let (kind, msg) = nobody_fails(
+            &h,
+            &[
+                "image",
+                "register",
+                "--name",
+                name,
+                "--kernel",
+                "nk",
+                "--rootfs",
+                rootfs.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(kind, "permission_denied", "{name}: {msg}");
+        assert!(msg.contains("reserved"), "{msg}");
+    }
+    // Root's shared image may not use nobody's kernel either.
+    let e = h.fails(&[
+        "image",
+        "register",
+        "--name",
+        "rooty",
+        "--kernel",
+        "nk",
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+    ]);
+    assert!(e.contains("kernel must be root's"), "{e}");
+
+    // A custom-config kernel build under the default name is refused for
+    // nobody before any build starts; so is --replace of root's kernel.
+    let tarball = std::path::Path::new("/usr/src/linux-source-6.1.tar.xz");
+    assert!(
+        tarball.is_file(),
+        "this test needs linux-source-6.1 installed (apt-get install linux-source-6.1)"
+    );
+    let frag = h.path().join("frag.config");
+    std::fs::write(&frag, "CONFIG_PVH=y\nCONFIG_NR_CPUS=4\n").unwrap();
+    std::fs::set_permissions(&frag, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (kind, msg) = nobody_fails(&h, &["kernel", "build", "--config", frag.to_str().unwrap()]);
+    assert_eq!(kind, "permission_denied", "{msg}");
+    assert!(msg.contains("reserved"), "{msg}");
+    // Root holds the name (root may import under it).
+    let rk = h.path().join("root.vmlinux");
+    fixtures::write_stub_kernel(&rk);
+    h.ok(&["kernel", "import", rk.to_str().unwrap(), "--name", "banger-6-1"]);
+    let (kind, msg) = nobody_fails(&h, &["kernel", "build", "--replace"]);
+    assert_eq!(kind, "permission_denied", "{msg}");
+    assert!(msg.contains("only its owner or root"), "{msg}");
+    // Nothing changed, and no build ran.
+    let ks = h.json(&["kernel", "list"]);
+    let mut got: Vec<(String, u64)> = ks
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            (
+                k["name"].as_str().unwrap().to_string(),
+                k["owner_uid"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [("banger-6-1".to_string(), 0), ("nk".to_string(), NOBODY as u64)]
+    );
+    let ops = h.json(&["op", "list", "--all"]);
+    assert!(
+        !ops.as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["kind"] == "kernel.build"),
+        "{ops}"
+    );
+}
+
+/// Issue 9 §1: root promoting a user's image would make it every user's
+/// fallback default while that user can still replace or delete it.
+#[test]
+fn another_users_image_cannot_be_promoted() {
+    require_root();
+    let mut h = Home::new();
+    h.start_daemon();
+    common::stub_image(&h);
+    let k = nobody_kernel_file(&h, "mine.vmlinux");
+    nobody_json(
+        &h,
+        &["kernel", "import", k.to_str().unwrap(), "--name", "nk"],
+    );
+    let rootfs = h.path().join("n-root.ext4");
+    fixtures::ext4(&rootfs, 8);
+    std::fs::set_permissions(&rootfs, std::fs::Permissions::from_mode(0o644)).unwrap();
+    nobody_json(
+        &h,
+        &[
+            "image",
+            "register",
+            "--name",
+            "nimg",
+            "--kernel",
+            "nk",
+            "--rootfs",
+            rootfs.to_str().unwrap(),
+        ],
+    );
+    let e = h.fails(&["image", "promote", "nimg"]);
+    assert!(e.contains("only its owner"), "{e}");
+    // Root's default is still root's; nobody may promote its own for itself,
+    // but not root's image away from others.
+    let shown = h.json(&["image", "show", "stub"]);
+    assert_eq!(shown["default"], true, "{shown}");
+    let mine = nobody_json(&h, &["image", "promote", "nimg"]);
+    assert_eq!(mine["default"], true);
+    let shown = h.json(&["image", "show", "stub"]);
+    assert_eq!(shown["default"], true, "root's default unchanged: {shown}");
+    let theirs = nobody_json(&h, &["image", "show", "stub"]);
+    assert_eq!(theirs["default"], false);
+}
+
+/// Issue 9 §3, §4 and the cross-user tests: as another user, root's VM and
+/// operations are not found, nothing changes, and `used_by` and the listings
+/// never name them.
+#[test]
+fn another_user_cannot_touch_or_see_a_vm_or_its_operations() {
+    require_root();
+    let mut h = Home::new();
+    h.start_daemon();
+    common::stub_image(&h);
+    h.json(&[
+        "vm",
+        "create",
+        "--name",
+        "rootvm",
+        "--no-start",
+        "--disk-size",
+        "64M",
+    ]);
+    let ops = h.json(&["op", "list", "--all"]);
+    let op_id = ops[0]["id"].as_str().unwrap().to_string();
+
+    for args in [
+        &["vm", "stop", "rootvm"][..],
+        &["vm", "rm", "rootvm"],
+        &["vm", "logs", "rootvm"],
+        &["vm", "ports", "rootvm"],
+        &["vm", "port", "add", "rootvm", "8080:80"],
+        &["vm", "start", "rootvm"],
+        &["vm", "show", "rootvm"],
+        &["op", "wait", &op_id],
+        &["op", "cancel", &op_id],
+        &["op", "show", &op_id],
+    ] {
+        let (kind, msg) = nobody_fails(&h, args);
+        assert_eq!(kind, "not_found", "{args:?}: {msg}");
+    }
+    let vm = h.json(&["vm", "show", "rootvm"]);
+    assert_eq!(vm["state"], "stopped");
+    assert!(h.json(&["vm", "port", "list", "rootvm"])
+        .as_array()
+        .unwrap()
+        .is_empty());
+
+    // Listings: nothing of root's; used_by: only the caller's VMs.
+    assert!(nobody_json(&h, &["vm", "list", "-a"])
+        .as_array()
+        .unwrap()
+        .is_empty());
+    assert!(nobody_json(&h, &["op", "list", "--all"])
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let theirs = nobody_json(&h, &["image", "show", "stub"]);
+    assert_eq!(theirs["used_by"], serde_json::json!([]), "{theirs}");
+    let ks = nobody_json(&h, &["kernel", "show", "stub"]);
+    assert!(
+        !ks["used_by"].to_string().contains("rootvm"),
+        "kernel used_by names root's VM: {ks}"
+    );
+    let root_view = h.json(&["image", "show", "stub"]);
+    assert_eq!(root_view["used_by"], serde_json::json!(["rootvm"]));
+
+    // The daemon log (names, uids) is root's.
+    let (kind, msg) = nobody_fails(&h, &["daemon", "logs"]);
+    assert_eq!(kind, "permission_denied", "{msg}");
+
+    // The per-VM runtime dir holds VMM sockets: 0700 when it exists.
+    let run_vms = h.path().join("run/vms");
+    let md = std::fs::metadata(&run_vms).unwrap();
+    assert_eq!(md.permissions().mode() & 0o777, 0o700);
+    h.ok(&["vm", "rm", "rootvm"]);
+}
+
+/// Issue 9 §3: per-user limits from the config; root is exempt.
+#[test]
+fn per_user_limits_hold_for_users_and_not_for_root() {
+    require_root();
+    let mut h = Home::new();
+    h.config("[limits]\nvms = 1\nvcpus = 4");
+    h.start_daemon();
+    common::stub_image(&h);
+    let create = |name: &str, vcpus: &str| {
+        vec![
+            "vm",
+            "create",
+            "--name",
+            name,
+            "--no-start",
+            "--disk-size",
+            "64M",
+            "--memory",
+            "128M",
+            "--vcpu",
+        ]
+        .into_iter()
+        .map(String::from)
+        .chain([vcpus.to_string()])
+        .collect::<Vec<String>>()
+    };
+    fn args(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    let too_many = create("n0", "8");
+    let (kind, msg) = nobody_fails(&h, &args(&too_many));
+    assert_eq!(kind, "precondition_failed", "{msg}");
+    assert!(msg.contains("[limits] vcpus"), "{msg}");
+    nobody_json(&h, &args(&create("n1", "1")));
+    let (kind, msg) = nobody_fails(&h, &args(&create("n2", "1")));
+    assert_eq!(kind, "precondition_failed", "{msg}");
+    assert!(msg.contains("[limits] vms"), "{msg}");
+    assert_eq!(nobody_json(&h, &["vm", "list", "-a"]).as_array().unwrap().len(), 1);
+    // Root is exempt.
+    h.json(&args(&create("r1", "8")));
+    h.json(&args(&create("r2", "1")));
+    h.ok(&["vm", "rm", "n1", "r1", "r2"]);
+}

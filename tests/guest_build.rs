@@ -244,6 +244,28 @@ fn image_build_minimal_registers_an_ssh_agent_image_on_the_default_kernel() {
     common::assert_success(&out, &["image", "list"]);
     let list: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(list[0]["name"], "debian-bookworm");
+    // The attempt (issue 9): nobody's --replace of the shared image is judged
+    // by nobody's right to change root's image, not by the owner of the
+    // result (root's, for a default build), and is refused before any work.
+    for args in [
+        &["--json", "image", "build", "debian-bookworm", "--replace"][..],
+        &[
+            "--json",
+            "image",
+            "build",
+            "debian-bookworm",
+            "--replace",
+            "--mirror",
+            "http://127.0.0.1:9/debian",
+        ],
+    ] {
+        let out = h.banger_as(NOBODY, NOBODY).args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["error"]["kind"], "permission_denied", "{args:?}: {v}");
+    }
+    let after = h.json(&["image", "show", "debian-bookworm"]);
+    assert_eq!(after["id"], img["id"], "the shared image is unchanged");
     assert_eq!(h.staged_files(), Vec::<PathBuf>::new());
 }
 

@@ -26,6 +26,62 @@ pub struct Config {
     pub agent_bin: Option<PathBuf>,
     #[serde(default)]
     pub build: BuildConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// `[limits]`: what one non-root user may hold at once (root is exempt), so
+/// no user can exhaust the host or crowd out the others.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// VMs a user may have (any state).
+    #[serde(default = "default_limit_vms")]
+    pub vms: u32,
+    /// Operations (creates, builds, imports) a user may have running.
+    #[serde(default = "default_limit_ops")]
+    pub running_operations: u32,
+    /// Total vCPUs over a user's VMs.
+    #[serde(default = "default_limit_vcpus")]
+    pub vcpus: u64,
+    /// Total memory over a user's VMs, MiB.
+    #[serde(default = "default_limit_memory_mib")]
+    pub memory_mib: u64,
+    /// Total work-disk size over a user's VMs, GiB.
+    #[serde(default = "default_limit_disk_gib")]
+    pub disk_gib: u64,
+}
+
+fn default_limit_vms() -> u32 {
+    32
+}
+
+fn default_limit_ops() -> u32 {
+    8
+}
+
+fn default_limit_vcpus() -> u64 {
+    64
+}
+
+fn default_limit_memory_mib() -> u64 {
+    64 * 1024
+}
+
+fn default_limit_disk_gib() -> u64 {
+    512
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            vms: default_limit_vms(),
+            running_operations: default_limit_ops(),
+            vcpus: default_limit_vcpus(),
+            memory_mib: default_limit_memory_mib(),
+            disk_gib: default_limit_disk_gib(),
+        }
+    }
 }
 
 /// `[build]`: `kernel build`, `image build` and the automatic first build.

@@ -18,10 +18,20 @@
 //!
 //! Ownership: what is built from banger's own default inputs under its
 //! default name (the Debian kernel with banger's fragment; an image from
-//! banger's recipe and the default mirror) is the host's, owned by root and
-//! so shared with every user, whoever asked first: it is the same artifact for
-//! everyone, and a private copy would block others' use of the name.
-//! Anything else is owned by the caller.
+//! banger's recipe, the default mirror and root's default kernel) is the
+//! host's, owned by root and so shared with every user, whoever asked first:
+//! it is the same artifact for everyone, and a private copy would block
+//! others' use of the name. A result is shared only when every input is
+//! root's (the kernel's owner, the mirror, the fragment); anything else is
+//! owned by the caller.
+//!
+//! The default names ([`RESERVED_NAMES`]) are reserved for root-owned
+//! objects: a non-root import, register or build whose result would be the
+//! caller's under such a name is refused, so no user can take `banger-6-1`
+//! first and get their kernel into everyone's default image. `--replace` is
+//! judged by the caller's right to change the existing object, never by the
+//! owner of the result (a user's default build has a root-owned result, and
+//! must still not replace root's image).
 
 use std::fs::File;
 use std::io::Read;
@@ -55,6 +65,88 @@ pub const USER_STRING_OPTIONS: &[&str] = &[
     "CONFIG_CMDLINE",
     "CONFIG_DEFAULT_HOSTNAME",
 ];
+
+/// The names banger's defaults register under: reserved for root-owned
+/// objects (see the module doc). Every default name banger computes
+/// ([`default_kernel_name`], [`default_image_name`] of every distribution and
+/// variant) is in this list; a test keeps it so.
+pub const RESERVED_NAMES: &[&str] = &["banger-6-1", "debian-bookworm", "debian-bookworm-full"];
+
+/// Whether `name` is one of [`RESERVED_NAMES`].
+pub fn is_reserved(name: &str) -> bool {
+    RESERVED_NAMES.contains(&name)
+}
+
+/// Refuses an object owned by `owner_uid` under a reserved name unless root
+/// owns it.
+pub fn check_reserved(what: &'static str, name: &str, owner_uid: u32) -> Result<(), Error> {
+    if owner_uid == 0 || !is_reserved(name) {
+        return Ok(());
+    }
+    Err(Error::denied(format!(
+        "{what} name {name:?} is reserved for banger's shared default, owned by root \
+         (reserved: {}); pick another --name",
+        RESERVED_NAMES.join(", ")
+    )))
+}
+
+/// A root-owned image is every user's: its kernel must be root's too, or the
+/// owner of that kernel would choose what boots in everyone's VMs.
+pub fn check_shared_kernel(image_owner: u32, kernel: &KernelRow) -> Result<(), Error> {
+    if image_owner != 0 || kernel.owner_uid == 0 {
+        return Ok(());
+    }
+    Err(Error::denied(format!(
+        "kernel {:?} belongs to uid {}; a root-owned image is shared with every user, so its \
+         kernel must be root's too",
+        kernel.name, kernel.owner_uid
+    )))
+}
+
+/// Refuses `--replace` of an existing object the caller may not change.
+pub fn check_replace(
+    caller: &Caller,
+    what: &'static str,
+    name: &str,
+    existing_owner: u32,
+    replace: bool,
+) -> Result<(), Error> {
+    if replace && !caller.can_change(existing_owner) {
+        return Err(Conflict::NotYours(existing_owner).into_error(what, name));
+    }
+    Ok(())
+}
+
+/// `--jobs` of a build: a non-root caller's is clamped to the host's CPUs
+/// (a build runs as root; `-j 10000` would fork-bomb the host), root's is
+/// taken as given.
+pub fn clamp_jobs(caller: &Caller, jobs: usize) -> usize {
+    if caller.is_root() {
+        return jobs.max(1);
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    jobs.clamp(1, cpus)
+}
+
+/// Punctuation a non-root caller's string option value may contain besides
+/// ASCII letters, digits and spaces.
+pub const SAFE_STRING_PUNCT: &str = "._,:=/+-@";
+
+/// Whether a string option's value (`"..."`, quotes included) holds only the
+/// safe character set: these values land in a Makefile include (`$(...)`,
+/// backslashes, quotes, `#` and newlines would be interpreted by make or the
+/// shell it runs).
+fn safe_string_value(value: &str) -> bool {
+    let Some(inner) = value
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+    else {
+        return false;
+    };
+    inner
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == ' ' || SAFE_STRING_PUNCT.contains(c))
+}
 
 /// The build cache root: `[build] cache_dir`, else the daemon's cache dir.
 pub fn cache_root(d: &Registry) -> PathBuf {
@@ -123,6 +215,25 @@ pub fn check_fragment(text: &[u8], caller_is_root: bool) -> Result<(), Error> {
         .map(|(name, _)| name.as_str())
         .collect();
     if refused.is_empty() {
+        for (name, value) in &options {
+            // bool, tristate, int and hex values: y/m/n, digits, 0x...
+            let plain = value.strip_prefix('-').unwrap_or(value);
+            if !value.starts_with('"')
+                && (plain.is_empty() || !plain.chars().all(|c| c.is_ascii_alphanumeric()))
+            {
+                return Err(Error::denied(format!(
+                    "--config: {name}={value}: not a bool, tristate, int or hex value (it \
+                     lands in a Makefile include)"
+                )));
+            }
+            if value.starts_with('"') && !safe_string_value(value) {
+                return Err(Error::denied(format!(
+                    "--config: {name}: a string value may hold only letters, digits, spaces \
+                     and {SAFE_STRING_PUNCT:?} (it lands in a Makefile include, where $, \
+                     quotes, backslashes, # and the like would be interpreted)"
+                )));
+            }
+        }
         return Ok(());
     }
     Err(Error::denied(format!(
@@ -160,6 +271,8 @@ pub async fn read_fragment(f: File) -> Result<Vec<u8>, Error> {
 
 pub struct KernelJob {
     pub owner_uid: u32,
+    /// Who asked: `replace` is judged by what they may change.
+    pub caller_uid: u32,
     pub name: String,
     pub source: Source,
     /// For a tree: the caller's `O_DIRECTORY` descriptor, which `source`
@@ -183,9 +296,14 @@ pub async fn kernel_build_op(
     op: OpHandle,
     job: KernelJob,
 ) -> Result<KernelBuildResult, Error> {
+    let caller = Caller {
+        uid: job.caller_uid,
+        gid: 0,
+        pid: 0,
+    };
     let out = build_kernel(&d, &op, job, "").await?;
     let result = KernelBuildResult {
-        kernel: kernels::info(&d, &out.row)?,
+        kernel: kernels::info(&d, &caller, &out.row)?,
         cached: out.cached,
         reused: out.reused,
         cache_key: out.key,
@@ -231,8 +349,8 @@ pub async fn build_kernel(
         .map_err(|e| Error::internal(format!("cannot open {}: {e}", built.vmlinux.display())))?;
     let staged = copy(op, src, scratch.path("vmlinux")).await?;
     op.check()?;
-    let owner = Caller {
-        uid: job.owner_uid,
+    let actor = Caller {
+        uid: job.caller_uid,
         gid: 0,
         pid: 0,
     };
@@ -242,7 +360,7 @@ pub async fn build_kernel(
     for _ in 0..2 {
         if let Some(k) = &existing {
             match decide(
-                &owner,
+                &actor,
                 k.owner_uid,
                 k.vmlinux.sha256 == staged.sha256,
                 job.replace,
@@ -329,13 +447,12 @@ pub enum KernelChoice {
 
 pub struct ImageJob {
     pub owner_uid: u32,
+    /// Who asked: `replace` is judged by what they may change.
+    pub caller_uid: u32,
     pub name: String,
     pub spec: ImageSpec,
     pub kernel: KernelChoice,
     pub replace: bool,
-    /// Make it everyone's default image when root has none (the first-use
-    /// build of `vm create`; also any build of the shared default image).
-    pub promote_shared: bool,
 }
 
 /// The body of an `image.build` operation.
@@ -349,6 +466,7 @@ pub async fn image_build_op(
         KernelChoice::BuildDefault { jobs } => {
             let kjob = KernelJob {
                 owner_uid: 0,
+                caller_uid: job.caller_uid,
                 name: default_kernel_name(),
                 source: debian_source(),
                 source_dir: None,
@@ -390,8 +508,14 @@ pub async fn image_build_op(
     .await?;
     op.stage("register");
     op.check()?;
+    check_shared_kernel(job.owner_uid, &kernel)?;
     let owner = Caller {
         uid: job.owner_uid,
+        gid: 0,
+        pid: 0,
+    };
+    let actor = Caller {
+        uid: job.caller_uid,
         gid: 0,
         pid: 0,
     };
@@ -402,7 +526,7 @@ pub async fn image_build_op(
             && i.work_seed.as_ref().map(|s| s.sha256.as_str()) == Some(seed.sha256.as_str())
             && i.kernel_id == kernel.id
             && i.features == features;
-        (i, decide(&owner, i.owner_uid, same, job.replace))
+        (i, decide(&actor, i.owner_uid, same, job.replace))
     }) {
         Some((i, Registration::Reuse)) => (i.clone(), true),
         Some((_, Registration::Conflict(e))) => return Err(e.into_error("image", &job.name)),
@@ -465,19 +589,16 @@ pub async fn image_build_op(
             (row, false)
         }
     };
-    // The first image is the default: for everyone when it is shared, else
-    // for its owner.
-    let default_uid = if job.promote_shared || row.owner_uid == 0 {
-        0
-    } else {
-        row.owner_uid
-    };
+    // The first image is the default: for everyone when it is shared (root's),
+    // else for its owner only (a user's image never becomes another user's
+    // default).
+    let default_uid = row.owner_uid;
     if d.store.default_image_for(default_uid)?.is_none() {
         d.store.set_default_image(default_uid, &row.id)?;
         tracing::info!(image = %row.name, uid = default_uid, "built image made the default");
     }
     let result = ImageBuildResult {
-        image: images::info(&d, &owner, &row)?,
+        image: images::info(&d, &actor, &row)?,
         cached: built.cached,
         reused,
         kernel_built,
@@ -526,8 +647,10 @@ impl Conflict {
     }
 }
 
-/// Reuse, replace or refuse, for a result owned by `owner` whose name is
-/// taken by an object owned by `existing_owner`.
+/// Reuse, replace or refuse, for a result asked for by `owner` (the caller,
+/// not the result's owner: a user's default build yields a root-owned result
+/// but must not replace root's object) whose name is taken by an object owned
+/// by `existing_owner`.
 pub fn decide(owner: &Caller, existing_owner: u32, same: bool, replace: bool) -> Registration {
     if !owner.can_see_shared(existing_owner) {
         return Registration::Conflict(Conflict::OtherOwner);
@@ -604,6 +727,61 @@ mod tests {
     }
 
     #[test]
+    fn every_default_name_is_reserved_and_only_root_may_hold_one() {
+        assert!(is_reserved(&default_kernel_name()));
+        for distro in banger_proto::methods::image::DISTROS {
+            for v in [Variant::Minimal, Variant::Full] {
+                let n = default_image_name(distro, v);
+                assert!(is_reserved(&n), "{n} is a default name but not reserved");
+            }
+        }
+        for n in RESERVED_NAMES {
+            banger_proto::names::validate_name(n).unwrap();
+            check_reserved("kernel", n, 0).unwrap();
+            let e = RpcError::from(check_reserved("kernel", n, 1000).unwrap_err());
+            assert!(e.is(ErrorKind::PermissionDenied), "{e:?}");
+            assert!(e.message.contains("reserved"), "{}", e.message);
+        }
+        check_reserved("image", "mine", 1000).unwrap();
+    }
+
+    #[test]
+    fn replace_is_judged_by_the_caller_and_shared_images_need_roots_kernel() {
+        check_replace(&caller(1000), "image", "x", 1000, true).unwrap();
+        check_replace(&caller(1000), "image", "x", 0, false).unwrap();
+        let e = RpcError::from(check_replace(&caller(1000), "image", "x", 0, true).unwrap_err());
+        assert!(e.is(ErrorKind::PermissionDenied), "{e:?}");
+        check_replace(&caller(0), "image", "x", 1000, true).unwrap();
+        let k = |owner| KernelRow {
+            id: "k".into(),
+            name: "k".into(),
+            owner_uid: owner,
+            format: "elf".into(),
+            release: None,
+            vmlinux: StoredFile {
+                rel_path: "kernels/k/vmlinux".into(),
+                size: 1,
+                sha256: "0".into(),
+            },
+            initrd: None,
+            created_at: "now".into(),
+        };
+        check_shared_kernel(0, &k(0)).unwrap();
+        check_shared_kernel(1000, &k(1000)).unwrap();
+        check_shared_kernel(1000, &k(0)).unwrap();
+        let e = RpcError::from(check_shared_kernel(0, &k(1000)).unwrap_err());
+        assert!(e.is(ErrorKind::PermissionDenied), "{e:?}");
+    }
+
+    #[test]
+    fn user_jobs_are_clamped_to_the_host() {
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(clamp_jobs(&caller(1000), 100_000), cpus);
+        assert_eq!(clamp_jobs(&caller(1000), 0), 1);
+        assert_eq!(clamp_jobs(&caller(0), 100_000), 100_000);
+    }
+
+    #[test]
     fn shared_only_for_default_inputs_and_name() {
         assert_eq!(owner_of(1000, true, true), 0);
         assert_eq!(owner_of(1000, false, true), 1000);
@@ -661,6 +839,26 @@ mod tests {
             RpcError::from(check_fragment(&[0xff, 0xfe], true).unwrap_err())
                 .is(ErrorKind::InvalidParams)
         );
+        // Allowed string options hold a safe character set only (they land
+        // in a Makefile include).
+        check_fragment(
+            b"CONFIG_CMDLINE=\"console=ttyS0 root=/dev/vda rw quiet\"\n",
+            false,
+        )
+        .unwrap();
+        for bad in [
+            &b"CONFIG_LOCALVERSION=\"$(shell id)\"\n"[..],
+            b"CONFIG_LOCALVERSION=\"`id`\"\n",
+            b"CONFIG_CMDLINE=\"a\\\" b\"\n",
+            b"CONFIG_DEFAULT_HOSTNAME=\"x;rm\"\n",
+            b"CONFIG_LOCALVERSION=\"a#b\"\n",
+            b"CONFIG_NR_CPUS=8 $(shell id)\n",
+        ] {
+            let e = RpcError::from(check_fragment(bad, false).unwrap_err());
+            assert!(e.is(ErrorKind::PermissionDenied), "{e:?}");
+            assert!(e.message.contains("Makefile"), "{}", e.message);
+            check_fragment(bad, true).unwrap();
+        }
         // banger's own fragment passes as a user's.
         check_fragment(kernel_build::DEFAULT_FRAGMENT.as_bytes(), false).unwrap();
     }

@@ -29,17 +29,53 @@ pub fn find(d: &Registry, caller: &Caller, name: &str) -> Result<ImageRow, Error
 }
 
 /// The image a new VM of `caller` gets: the named one, else their default.
+/// Its kernel must be visible to the caller too ([`bootable_kernel`]).
 pub fn for_create(d: &Registry, caller: &Caller, name: Option<&str>) -> Result<ImageRow, Error> {
-    if let Some(name) = name {
-        return find(d, caller, name);
+    let image = match name {
+        Some(name) => find(d, caller, name)?,
+        None => {
+            let id = d.store.default_image_for(caller.uid)?.ok_or_else(|| {
+                Error::precondition("no image given and no default image").hint(
+                    "pass --image NAME, or make one the default with `banger image promote NAME`",
+                )
+            })?;
+            d.store
+                .image_by_id(&id)?
+                .ok_or_else(|| Error::internal("default image vanished"))?
+        }
+    };
+    bootable_kernel(&d.store, caller.uid, &image)?;
+    Ok(image)
+}
+
+/// The kernel a VM owned by `owner_uid` boots from `image`, checked for
+/// visibility to that owner: the image and its kernel must be root's (shared)
+/// or the owner's own. Checked at create and at every start, so an image or
+/// kernel of another user (a default root once promoted, a record from before
+/// the reserved names) never boots in someone else's VM.
+pub fn bootable_kernel(
+    store: &banger_core::store::Store,
+    owner_uid: u32,
+    image: &ImageRow,
+) -> Result<banger_core::store::KernelRow, Error> {
+    let visible = |owner: u32| owner_uid == 0 || owner == 0 || owner == owner_uid;
+    if !visible(image.owner_uid) {
+        return Err(Error::denied(format!(
+            "image {:?} belongs to uid {}, not to the VM's owner (uid {owner_uid}) or root",
+            image.name, image.owner_uid
+        )));
     }
-    let id = d.store.default_image_for(caller.uid)?.ok_or_else(|| {
-        Error::precondition("no image given and no default image")
-            .hint("pass --image NAME, or make one the default with `banger image promote NAME`")
-    })?;
-    d.store
-        .image_by_id(&id)?
-        .ok_or_else(|| Error::internal("default image vanished"))
+    let kernel = store
+        .kernel_by_id(&image.kernel_id)?
+        .ok_or_else(|| Error::internal("the image's kernel record is missing"))?;
+    if !visible(kernel.owner_uid) {
+        return Err(Error::denied(format!(
+            "kernel {:?} of image {:?} belongs to uid {}, not to the VM's owner (uid \
+             {owner_uid}) or root: it will not boot in this VM",
+            kernel.name, image.name, kernel.owner_uid
+        )));
+    }
+    Ok(kernel)
 }
 
 pub fn info(d: &Registry, caller: &Caller, i: &ImageRow) -> Result<ImageInfo, Error> {
@@ -58,7 +94,8 @@ pub fn info(d: &Registry, caller: &Caller, i: &ImageRow) -> Result<ImageInfo, Er
         work_seed: i.work_seed.as_ref().map(|f| file_info(d, f)),
         default: default.as_deref() == Some(i.id.as_str()),
         created_at: i.created_at.clone(),
-        used_by: d.store.image_users(&i.id)?,
+        // Only the VMs the caller may see: other users' VM names are theirs.
+        used_by: d.store.image_users(&i.id, caller.uid_filter())?,
         features: i.features.clone(),
     })
 }

@@ -25,7 +25,8 @@ pub fn find(d: &Registry, caller: &Caller, name: &str) -> Result<KernelRow, Erro
     }
 }
 
-pub fn info(d: &Registry, k: &KernelRow) -> Result<KernelInfo, Error> {
+/// `used_by` lists only what `caller` may see (root: everything).
+pub fn info(d: &Registry, caller: &Caller, k: &KernelRow) -> Result<KernelInfo, Error> {
     Ok(KernelInfo {
         id: k.id.clone(),
         name: k.name.clone(),
@@ -35,7 +36,7 @@ pub fn info(d: &Registry, k: &KernelRow) -> Result<KernelInfo, Error> {
         vmlinux: file_info(d, &k.vmlinux),
         initrd: k.initrd.as_ref().map(|f| file_info(d, f)),
         created_at: k.created_at.clone(),
-        used_by: d.store.kernel_users(&k.id)?,
+        used_by: d.store.kernel_users(&k.id, caller.uid_filter())?,
     })
 }
 
@@ -119,7 +120,12 @@ pub async fn import(
     d.store.insert_kernel(&row)?;
     placed.keep();
     tracing::info!(kernel = %row.name, id = %row.id, format = %row.format, "kernel imported");
-    let info = info(&d, &row)?;
+    let owner = Caller {
+        uid: owner_uid,
+        gid: 0,
+        pid: 0,
+    };
+    let info = info(&d, &owner, &row)?;
     Ok(info)
 }
 

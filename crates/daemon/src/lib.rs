@@ -225,10 +225,14 @@ fn spawn_signal_watch(token: CancellationToken) -> anyhow::Result<()> {
 }
 
 /// State and cache are private to the daemon; the runtime dir must be
-/// traversable so socket-group members can reach the socket.
+/// traversable so socket-group members can reach the socket (itself 0660,
+/// the socket group), but the per-VM runtime dirs under `vms/` hold VMM
+/// control sockets (a VMM's API socket means code execution as root), so
+/// `vms/` and every dir in it are 0700.
 fn make_dirs(paths: &Paths) -> anyhow::Result<()> {
     for (dir, mode) in [
         (&paths.runtime_dir, 0o755),
+        (&paths.runtime_dir.join("vms"), 0o700),
         (&paths.state_dir, 0o700),
         (&paths.cache_dir, 0o700),
         (&paths.log_dir, 0o750),

@@ -35,6 +35,14 @@ use tokio_util::task::TaskTracker;
 /// Finished operations stay in memory this long (the store keeps them longer).
 const KEEP_FINISHED: Duration = Duration::from_secs(3600);
 
+/// The store keeps finished operations this long...
+const PRUNE_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// ...and at most this many finished ones per user: a user who starts
+/// operations in a loop cannot grow the table without bound. Pruned at
+/// every `begin`.
+pub const KEEP_PER_OWNER: u32 = 200;
+
 /// After a cancel, how long a body gets to clean up after itself before it
 /// is dropped. Bodies check their token between steps and undo what they
 /// made; dropping is the backstop for one that does not look.
@@ -132,6 +140,12 @@ impl Ops {
             entry: entry.clone(),
             store: self.store.clone(),
         };
+        if let Err(e) = self
+            .store
+            .prune_operations(&timefmt::ago(PRUNE_AFTER), KEEP_PER_OWNER)
+        {
+            tracing::warn!(error = %e, "cannot prune the operations table");
+        }
         handle.persist();
         {
             let mut map = lock(&self.entries);
@@ -197,7 +211,7 @@ impl Ops {
     pub fn list(&self, uid: Option<u32>, all: bool) -> anyhow::Result<Vec<OperationInfo>> {
         let since = (!all).then(|| timefmt::ago(KEEP_FINISHED));
         let mut out: Vec<OperationInfo> = Vec::new();
-        for row in self.store.list_operations(since.as_deref(), 500)? {
+        for row in self.store.list_operations(since.as_deref(), 500, uid)? {
             let info = match self.entry(&row.id) {
                 Some(e) => lock(&e.state).info.clone(),
                 None => match row_to_info(&row) {
@@ -210,6 +224,31 @@ impl Ops {
             }
         }
         Ok(out)
+    }
+
+    /// Refuses a new operation for `uid` when it already has `max` running
+    /// (`[limits] running_operations`; root is exempt).
+    pub fn check_limit(&self, uid: u32, max: u32) -> Result<(), Error> {
+        if uid == 0 {
+            return Ok(());
+        }
+        let running = lock(&self.entries)
+            .values()
+            .filter(|e| {
+                let s = lock(&e.state);
+                s.info.owner_uid == uid && s.info.state == OpState::Running
+            })
+            .count();
+        if running >= max as usize {
+            return Err(Error::Busy {
+                message: format!(
+                    "you have {running} operations running, the limit per user ([limits] \
+                     running_operations = {max}); wait for one to finish"
+                ),
+                state: None,
+            });
+        }
+        Ok(())
     }
 
     pub fn running(&self) -> usize {

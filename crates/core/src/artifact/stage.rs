@@ -283,16 +283,12 @@ fn copy_into_impl(src: &File, tmp: &Path, ctl: &Ctl, check_space: bool) -> Resul
     })
 }
 
-/// Free bytes on `f`'s filesystem for this process (root may use the
-/// reserved blocks).
+/// Free bytes on `f`'s filesystem that an unprivileged process may use
+/// (`f_bavail`), even when this process is root: the root daemon writes for
+/// its users, and must not fill the reserve the host keeps for root.
 fn free_bytes(f: &File) -> io::Result<u64> {
     let v = rustix::fs::fstatvfs(f)?;
-    let blocks = if rustix::process::geteuid().is_root() {
-        v.f_bfree
-    } else {
-        v.f_bavail
-    };
-    Ok(blocks.saturating_mul(v.f_frsize))
+    Ok(v.f_bavail.saturating_mul(v.f_frsize))
 }
 
 fn no_space(out: &File, tmp: &Path, needed: u64) -> StageError {

@@ -17,7 +17,10 @@ use super::{io_ctx, BuiltImage, ImageSpec, Result, ROOTFS_FILE, WORK_SEED_FILE};
 
 /// `<distro>-<variant>-<16 hex>`: the hex is sha256 over [`RECIPE_VERSION`],
 /// the distribution, the variant, its package list, every file the recipe
-/// writes, the masked units and the agent binary's sha256. Errors when the
+/// writes, the masked units, the agent binary's sha256 and the mirror (none
+/// means the distribution's own archive plus its security archive). Every
+/// input is in the key: a build from another mirror may hold other packages,
+/// so it must never fill the slot a default build reads. Errors when the
 /// distribution is unknown or the agent cannot be read.
 pub fn cache_key(spec: &ImageSpec) -> io::Result<String> {
     let distro = find_distro(&spec.distro).ok_or_else(|| {
@@ -48,6 +51,10 @@ pub fn cache_key(spec: &ImageSpec) -> io::Result<String> {
         h.update(format!("mask {unit}\n"));
     }
     h.update(format!("agent {agent}\n"));
+    match &spec.mirror {
+        Some(m) => h.update(format!("mirror {m}\n")),
+        None => h.update("mirror default\n"),
+    }
     let digest = hex::encode(h.finalize());
     Ok(format!(
         "{}-{}-{}",
@@ -184,12 +191,29 @@ mod tests {
         assert_eq!(k.len(), "debian-bookworm-minimal-".len() + 16);
         assert_eq!(cache_key(&s).unwrap(), k, "stable");
 
-        // The mirror is not part of the key.
+        // The mirror is part of the key (issue 9: a user's `--mirror` build
+        // must not fill the slot the next default build reads), and so is
+        // naming the default archive explicitly (then the security archive
+        // is not used, so it is another image).
         let mirrored = ImageSpec {
             mirror: Some("http://mirror.example/debian".into()),
             ..s.clone()
         };
-        assert_eq!(cache_key(&mirrored).unwrap(), k);
+        assert_ne!(cache_key(&mirrored).unwrap(), k);
+        let other_mirror = ImageSpec {
+            mirror: Some("http://other.example/debian".into()),
+            ..s.clone()
+        };
+        assert_ne!(cache_key(&other_mirror).unwrap(), k);
+        assert_ne!(
+            cache_key(&other_mirror).unwrap(),
+            cache_key(&mirrored).unwrap()
+        );
+        let explicit = ImageSpec {
+            mirror: Some("http://deb.debian.org/debian".into()),
+            ..s.clone()
+        };
+        assert_ne!(cache_key(&explicit).unwrap(), k);
 
         // The variant and the agent's bytes are.
         let full = cache_key(&spec(&agent, Variant::Full)).unwrap();

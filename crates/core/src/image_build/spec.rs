@@ -67,8 +67,9 @@ pub struct ImageSpec {
     /// A static x86-64 `banger-agent` (see the `banger-agent` crate).
     pub agent_binary: PathBuf,
     /// A Debian archive URL replacing `http://deb.debian.org/debian` (then
-    /// the security archive is not used). Not part of the cache key: the
-    /// same suite from another mirror is the same image.
+    /// the security archive is not used). Part of the cache key: another
+    /// mirror may serve other packages, and a user's mirror must never fill
+    /// the cache slot of root's default build.
     pub mirror: Option<String>,
 }
 

@@ -121,20 +121,32 @@ impl Store {
     }
 
     pub fn list_images(&self) -> Result<Vec<ImageRow>> {
+        self.list_images_visible(None)
+    }
+
+    /// The images `uid` may see (its own and root's; None: all), filtered in
+    /// the query.
+    pub fn list_images_visible(&self, uid: Option<u32>) -> Result<Vec<ImageRow>> {
         let conn = self.lock();
-        let mut st = conn.prepare(&format!("SELECT {COLUMNS} FROM images ORDER BY name"))?;
+        let mut st = conn.prepare(&format!(
+            "SELECT {COLUMNS} FROM images WHERE ?1 IS NULL OR owner_uid IN (?1, 0) ORDER BY name"
+        ))?;
         let rows = st
-            .query_map([], from_row)?
+            .query_map([uid], from_row)?
             .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
     }
 
-    /// Names of VMs that use the image.
-    pub fn image_users(&self, id: &str) -> Result<Vec<String>> {
+    /// Names of VMs that use the image; with `owner`, only that owner's VMs
+    /// (what a non-root caller may see).
+    pub fn image_users(&self, id: &str, owner: Option<u32>) -> Result<Vec<String>> {
         let conn = self.lock();
-        let mut st = conn.prepare("SELECT name FROM vms WHERE image_id = ? ORDER BY name")?;
+        let mut st = conn.prepare(
+            "SELECT name FROM vms WHERE image_id = ?1 AND (?2 IS NULL OR owner_uid = ?2) \
+             ORDER BY name",
+        )?;
         let rows = st
-            .query_map([id], |r| r.get(0))?
+            .query_map(params![id, owner], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
     }

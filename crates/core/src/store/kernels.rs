@@ -76,23 +76,34 @@ impl Store {
     }
 
     pub fn list_kernels(&self) -> Result<Vec<KernelRow>> {
+        self.list_kernels_visible(None)
+    }
+
+    /// The kernels `uid` may see (its own and root's; None: all), filtered in
+    /// the query.
+    pub fn list_kernels_visible(&self, uid: Option<u32>) -> Result<Vec<KernelRow>> {
         let conn = self.lock();
-        let mut st = conn.prepare(&format!("SELECT {COLUMNS} FROM kernels ORDER BY name"))?;
+        let mut st = conn.prepare(&format!(
+            "SELECT {COLUMNS} FROM kernels WHERE ?1 IS NULL OR owner_uid IN (?1, 0) ORDER BY name"
+        ))?;
         let rows = st
-            .query_map([], from_row)?
+            .query_map([uid], from_row)?
             .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
     }
 
-    /// Names of images (and VMs) that use the kernel.
-    pub fn kernel_users(&self, id: &str) -> Result<Vec<String>> {
+    /// Names of images (and VMs) that use the kernel; with `owner`, only the
+    /// images that owner may see and that owner's VMs.
+    pub fn kernel_users(&self, id: &str, owner: Option<u32>) -> Result<Vec<String>> {
         let conn = self.lock();
         let mut st = conn.prepare(
             "SELECT 'image ' || name FROM images WHERE kernel_id = ?1 \
-             UNION ALL SELECT 'vm ' || name FROM vms WHERE kernel_id = ?1 ORDER BY 1",
+               AND (?2 IS NULL OR owner_uid IN (?2, 0)) \
+             UNION ALL SELECT 'vm ' || name FROM vms WHERE kernel_id = ?1 \
+               AND (?2 IS NULL OR owner_uid = ?2) ORDER BY 1",
         )?;
         let rows = st
-            .query_map([id], |r| r.get(0))?
+            .query_map(params![id, owner], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
     }

@@ -82,18 +82,47 @@ impl Store {
     }
 
     /// Newest first; `since` (RFC 3339) limits to operations created after it
-    /// or still running.
-    pub fn list_operations(&self, since: Option<&str>, limit: u32) -> Result<Vec<OperationRow>> {
+    /// or still running; `owner` (None: all) to one user's. The owner filter
+    /// is in the query, before the limit, so other users' rows cannot crowd
+    /// out the caller's.
+    pub fn list_operations(
+        &self,
+        since: Option<&str>,
+        limit: u32,
+        owner: Option<u32>,
+    ) -> Result<Vec<OperationRow>> {
         let conn = self.lock();
         let mut st = conn.prepare(&format!(
             "SELECT {COLUMNS} FROM operations \
-             WHERE ?1 IS NULL OR created_at >= ?1 OR state = 'running' \
+             WHERE (?1 IS NULL OR created_at >= ?1 OR state = 'running') \
+             AND (?3 IS NULL OR owner_uid = ?3) \
              ORDER BY created_at DESC, rowid DESC LIMIT ?2"
         ))?;
         let rows = st
-            .query_map(params![since, limit], from_row)?
+            .query_map(params![since, limit, owner], from_row)?
             .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
+    }
+
+    /// Deletes finished operations created before `before` (RFC 3339), and
+    /// beyond the newest `keep_per_owner` finished ones of each owner.
+    /// Running ones always stay. Returns how many rows went.
+    pub fn prune_operations(&self, before: &str, keep_per_owner: u32) -> Result<usize> {
+        let conn = self.lock();
+        let old = conn.execute(
+            "DELETE FROM operations WHERE state != 'running' AND created_at < ?1",
+            [before],
+        )?;
+        let excess = conn.execute(
+            "DELETE FROM operations WHERE rowid IN ( \
+                 SELECT rowid FROM ( \
+                     SELECT rowid, ROW_NUMBER() OVER ( \
+                         PARTITION BY owner_uid ORDER BY created_at DESC, rowid DESC) AS n \
+                     FROM operations WHERE state != 'running') \
+                 WHERE n > ?1)",
+            [keep_per_owner],
+        )?;
+        Ok(old + excess)
     }
 
     /// Marks every operation still recorded as running as failed with `error`

@@ -404,3 +404,116 @@ fn replace_swaps_in_one_transaction_and_refuses_in_use() {
     s.replace_kernel(&k3.id, &k4).unwrap();
     assert_eq!(s.kernel_by_name("free").unwrap().unwrap().id, k4.id);
 }
+
+fn op_row(id: &str, owner: u32, state: &str, created_at: String) -> OperationRow {
+    OperationRow {
+        id: id.into(),
+        kind: "image.register".into(),
+        target: "x".into(),
+        owner_uid: owner,
+        state: state.into(),
+        stage: "copy".into(),
+        stages: "[]".into(),
+        progress: None,
+        result: None,
+        error: None,
+        created_at,
+        finished_at: None,
+        revision: 1,
+    }
+}
+
+/// Another user's rows cannot crowd out the caller's: the owner filter is in
+/// the query, before the limit.
+#[test]
+fn listings_filter_by_owner_before_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&dir.path().join("s.db")).unwrap();
+    s.put_operation(&op_row("mine", 1000, "done", timefmt::ago(std::time::Duration::from_secs(60))))
+        .unwrap();
+    for i in 0..20 {
+        s.put_operation(&op_row(&format!("theirs{i}"), 2000, "done", timefmt::now()))
+            .unwrap();
+    }
+    let mine = s.list_operations(None, 5, Some(1000)).unwrap();
+    assert_eq!(mine.len(), 1);
+    assert_eq!(mine[0].id, "mine");
+    assert_eq!(s.list_operations(None, 5, None).unwrap().len(), 5);
+
+    let k = kernel("k");
+    s.insert_kernel(&k).unwrap();
+    let mut theirs_k = kernel("theirs-k");
+    theirs_k.owner_uid = 2000;
+    s.insert_kernel(&theirs_k).unwrap();
+    let root_img = image("root-img", &k.id, 0);
+    s.insert_image(&root_img).unwrap();
+    s.insert_image(&image("their-img", &k.id, 2000)).unwrap();
+    s.insert_image(&image("my-img", &k.id, 1000)).unwrap();
+    let names = |v: Vec<ImageRow>| v.into_iter().map(|i| i.name).collect::<Vec<_>>();
+    assert_eq!(
+        names(s.list_images_visible(Some(1000)).unwrap()),
+        ["my-img", "root-img"]
+    );
+    assert_eq!(s.list_images_visible(None).unwrap().len(), 3);
+    let knames: Vec<String> = s
+        .list_kernels_visible(Some(1000))
+        .unwrap()
+        .into_iter()
+        .map(|k| k.name)
+        .collect();
+    assert_eq!(knames, ["k"]);
+
+    let mut theirs = vm("their-vm", &root_img);
+    theirs.owner_uid = 2000;
+    s.insert_vm(&theirs).unwrap();
+    let mut mine = vm("my-vm", &root_img);
+    mine.owner_uid = 1000;
+    s.insert_vm(&mine).unwrap();
+    let vms: Vec<String> = s
+        .list_vms_of(Some(1000))
+        .unwrap()
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    assert_eq!(vms, ["my-vm"]);
+    assert_eq!(s.list_vms_of(None).unwrap().len(), 2);
+    // used_by: only the caller's VMs (and images it may see).
+    assert_eq!(s.image_users(&root_img.id, Some(1000)).unwrap(), ["my-vm"]);
+    assert_eq!(
+        s.image_users(&root_img.id, None).unwrap(),
+        ["my-vm", "their-vm"]
+    );
+    assert_eq!(
+        s.kernel_users(&k.id, Some(1000)).unwrap(),
+        ["image my-img", "image root-img", "vm my-vm"]
+    );
+}
+
+#[test]
+fn finished_operations_are_pruned_by_age_and_count_per_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&dir.path().join("s.db")).unwrap();
+    let old = timefmt::ago(std::time::Duration::from_secs(30 * 24 * 3600));
+    s.put_operation(&op_row("old-done", 1000, "done", old.clone()))
+        .unwrap();
+    s.put_operation(&op_row("old-running", 1000, "running", old.clone()))
+        .unwrap();
+    for i in 0..10 {
+        let at = timefmt::ago(std::time::Duration::from_secs(100 - i));
+        s.put_operation(&op_row(&format!("a{i}"), 1000, "failed", at))
+            .unwrap();
+    }
+    s.put_operation(&op_row("b0", 2000, "done", timefmt::now()))
+        .unwrap();
+    let cutoff = timefmt::ago(std::time::Duration::from_secs(7 * 24 * 3600));
+    assert_eq!(s.prune_operations(&cutoff, 3).unwrap(), 1 + 7);
+    assert!(s.operation("old-done").unwrap().is_none());
+    assert!(s.operation("old-running").unwrap().is_some(), "running stays");
+    for i in 0..7 {
+        assert!(s.operation(&format!("a{i}")).unwrap().is_none());
+    }
+    for i in 7..10 {
+        assert!(s.operation(&format!("a{i}")).unwrap().is_some(), "newest kept");
+    }
+    assert!(s.operation("b0").unwrap().is_some(), "per owner");
+}

@@ -83,10 +83,17 @@ impl Store {
     }
 
     pub fn list_vms(&self) -> Result<Vec<VmRow>> {
+        self.list_vms_of(None)
+    }
+
+    /// The VMs of `owner` (None: all), filtered in the query.
+    pub fn list_vms_of(&self, owner: Option<u32>) -> Result<Vec<VmRow>> {
         let conn = self.lock();
-        let mut st = conn.prepare(&format!("SELECT {COLUMNS} FROM vms ORDER BY name"))?;
+        let mut st = conn.prepare(&format!(
+            "SELECT {COLUMNS} FROM vms WHERE ?1 IS NULL OR owner_uid = ?1 ORDER BY name"
+        ))?;
         let rows = st
-            .query_map([], from_row)?
+            .query_map([owner], from_row)?
             .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
     }

@@ -146,3 +146,31 @@ async fn failures_are_recorded_and_restart_fails_running_ones() {
         .iter()
         .any(|o| o.error.as_ref().unwrap().message.contains("interrupted")));
 }
+
+/// `[limits] running_operations`: a user at the limit is refused (busy), root
+/// never is, and a finished operation frees its slot.
+#[tokio::test]
+async fn running_operations_are_limited_per_user() {
+    let (_d, _store, ops) = ops();
+    let _hung = ops.begin::<TestOp, _, _>("x", 1000, |_op| std::future::pending());
+    ops.check_limit(1000, 2).unwrap();
+    ops.check_limit(2000, 1).unwrap();
+    let e = banger_proto::RpcError::from(ops.check_limit(1000, 1).unwrap_err());
+    assert!(e.is(ErrorKind::Busy), "{e:?}");
+    assert!(e.message.contains("running_operations"), "{}", e.message);
+    let _root = ops.begin::<TestOp, _, _>("y", 0, |_op| std::future::pending());
+    ops.check_limit(0, 0).unwrap();
+    let id = ops.begin::<TestOp, _, _>("z", 2000, |_op| async { Ok(json!({})) });
+    let mut rev = 0;
+    loop {
+        let info = ops
+            .wait(&id, None, rev, Duration::from_secs(5))
+            .await
+            .unwrap();
+        if info.state != OpState::Running {
+            break;
+        }
+        rev = info.revision;
+    }
+    ops.check_limit(2000, 1).unwrap();
+}

@@ -25,7 +25,7 @@ pub async fn delete(d: &Arc<Vms>, vm: Vm, force: bool) -> Result<(), Error> {
 /// Deletes the caller's own stopped VMs; returns their names.
 pub async fn prune(d: &Arc<Vms>, caller: &Caller) -> Result<Vec<String>, Error> {
     let mut deleted = Vec::new();
-    for row in d.store.list_vms()? {
+    for row in d.store.list_vms_of(Some(caller.uid))? {
         if row.owner_uid != caller.uid || row.state != VmState::Stopped.as_str() {
             continue;
         }

@@ -100,6 +100,23 @@ pub fn run_dir(paths: &Paths, id: &str) -> PathBuf {
     paths.runtime_dir.join("vms").join(id)
 }
 
+/// Makes a VM's runtime dir (and `vms/` above it) 0700, whatever the umask,
+/// and tightens one left from before: it holds the VMM's control sockets.
+pub fn make_run_dir(run_dir: &std::path::Path) -> Result<(), Error> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(run_dir)
+        .map_err(|e| Error::internal(format!("cannot create {}: {e}", run_dir.display())))?;
+    let parent = run_dir.parent().into_iter();
+    for d in parent.chain(std::iter::once(run_dir)) {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::internal(format!("cannot set mode of {}: {e}", d.display())))?;
+    }
+    Ok(())
+}
+
 pub const CONSOLE_LOG: &str = "console.log";
 pub const VMM_LOG: &str = "vmm.log";
 pub const METRICS: &str = "metrics.json";

@@ -39,11 +39,9 @@ pub async fn boot(
         .image_by_id(&vm.row.image_id)
         .map_err(Error::from)?
         .ok_or_else(|| Error::internal("the VM's image record is missing"))?;
-    let kernel = d
-        .store
-        .kernel_by_id(&image.kernel_id)
-        .map_err(Error::from)?
-        .ok_or_else(|| Error::internal("the VM's kernel record is missing"))?;
+    // Checked at every start: the kernel must still be visible to the VM's
+    // owner (root's or their own).
+    let kernel = crate::images::bootable_kernel(&d.store, vm.row.owner_uid, &image)?;
     let vmm = d.vmms.get(&vm.spec.vmm)?;
     vmm.preflight().await.map_err(Error::from)?;
     let root = vm
@@ -81,8 +79,7 @@ pub async fn boot(
 
     stages.stage("spawn");
     let run_dir = record::run_dir(&d.paths, &id);
-    std::fs::create_dir_all(&run_dir)
-        .map_err(|e| Error::internal(format!("cannot create {}: {e}", run_dir.display())))?;
+    record::make_run_dir(&run_dir)?;
     let spec = LaunchSpec {
         vm_id: id.clone(),
         vcpus: vm.spec.vcpus,

@@ -60,6 +60,8 @@ pub async fn create_begin(
         nat: p.nat,
         vmm: d.vmms.resolve(p.vmm.as_deref())?.into(),
     };
+    check_limits(d, caller, &spec)?;
+    ops.check_limit(caller.uid, d.config.limits.running_operations)?;
     if !p.no_start {
         // Fail before making anything when the VM could not start anyway.
         d.vmms
@@ -98,6 +100,48 @@ pub async fn create_begin(
         operation_id: op,
         vm: vm_info,
     })
+}
+
+/// `[limits]` for a non-root caller's new VM: how many VMs, and the totals
+/// of vCPUs, memory and work disk over their VMs with this one. Root is
+/// exempt. (Checked at create; two concurrent creates may both pass, so a
+/// limit can be overshot by the creates in flight, never by more.)
+fn check_limits(d: &Vms, caller: &Caller, spec: &Spec) -> Result<(), Error> {
+    if caller.is_root() {
+        return Ok(());
+    }
+    let l = &d.config.limits;
+    let mine = d.store.list_vms_of(Some(caller.uid))?;
+    let (mut vcpus, mut mem, mut disk) = (
+        spec.vcpus as u64,
+        spec.memory_mib,
+        spec.disk_bytes,
+    );
+    for row in mine.iter() {
+        let vm = Vm::from_row(row.clone())?;
+        vcpus += vm.spec.vcpus as u64;
+        mem += vm.spec.memory_mib;
+        disk += vm.spec.disk_bytes;
+    }
+    let over = |what: &str, key: &str, max: String| {
+        Err(Error::precondition(format!(
+            "{what} over your VMs would pass the limit per user ([limits] {key} = {max})"
+        ))
+        .hint("delete a VM you no longer need (`banger vm prune` removes your stopped ones)"))
+    };
+    if mine.len() >= l.vms as usize {
+        return over("the number of VMs", "vms", l.vms.to_string());
+    }
+    if vcpus > l.vcpus {
+        return over("the total of vCPUs", "vcpus", l.vcpus.to_string());
+    }
+    if mem > l.memory_mib {
+        return over("the total memory", "memory_mib", l.memory_mib.to_string());
+    }
+    if disk > l.disk_gib.saturating_mul(1 << 30) {
+        return over("the total work-disk size", "disk_gib", l.disk_gib.to_string());
+    }
+    Ok(())
 }
 
 fn reserve_network(
@@ -291,10 +335,8 @@ pub async fn set(d: &Arc<Vms>, caller: &Caller, p: SetParams) -> Result<VmInfo, 
 
 pub async fn list(d: &Arc<Vms>, caller: &Caller, p: ListParams) -> Result<Vec<VmInfo>, Error> {
     let mut out = Vec::new();
-    for row in d.store.list_vms()? {
-        if !caller.can_change(row.owner_uid) {
-            continue;
-        }
+    // Filtered in the query: other users' rows never reach this loop.
+    for row in d.store.list_vms_of(caller.uid_filter())? {
         let vm = Vm::from_row(row)?;
         if p.all || vm.state != VmState::Stopped {
             out.push(info::vm_info(d, &vm)?);

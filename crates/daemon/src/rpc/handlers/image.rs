@@ -15,10 +15,12 @@ use crate::{builds, kernels};
 
 pub async fn register_begin(d: Arc<App>, mut cx: Ctx, p: RegisterParams) -> Result<OpBegun, Error> {
     validate_name(&p.name).map_err(|e| Error::invalid(e.to_string()))?;
+    builds::check_reserved("image", &p.name, cx.caller.uid)?;
     if d.registry.store.image_by_name(&p.name)?.is_some() {
         return Err(Error::already_exists("image", &p.name));
     }
     let kernel = kernels::find(&d.registry, &cx.caller, &p.kernel)?;
+    builds::check_shared_kernel(cx.caller.uid, &kernel)?;
     let rootfs = images::validate_ext4(cx.fds.take(p.rootfs, "rootfs")?, "rootfs").await?;
     let work_seed = match p.work_seed {
         Some(r) => Some(images::validate_ext4(cx.fds.take(r, "work seed")?, "work seed").await?),
@@ -40,6 +42,8 @@ pub async fn register_begin(d: Arc<App>, mut cx: Ctx, p: RegisterParams) -> Resu
         rootfs,
         work_seed,
     };
+    d.ops
+        .check_limit(cx.caller.uid, d.config.limits.running_operations)?;
     let d2 = d.registry.clone();
     let id = d
         .ops
@@ -124,36 +128,57 @@ pub async fn build_begin(d: Arc<App>, cx: Ctx, p: BuildParams) -> Result<OpBegun
         if !cx.caller.can_see_shared(i.owner_uid) {
             return Err(Error::already_exists("image", &name));
         }
+        builds::check_replace(&cx.caller, "image", &name, i.owner_uid, p.replace)?;
     }
     let jobs = d.config.build.jobs as usize;
+    let default_kernel = builds::default_kernel_name();
     let kernel = match &p.kernel {
         Some(k) => {
             builds::KernelChoice::Registered(Box::new(kernels::find(&d.registry, &cx.caller, k)?))
         }
-        None => {
-            let default_kernel = builds::default_kernel_name();
-            match d.registry.store.kernel_by_name(&default_kernel)? {
-                Some(k) if cx.caller.can_see_shared(k.owner_uid) => {
-                    builds::KernelChoice::Registered(Box::new(k))
-                }
-                Some(_) => {
-                    return Err(
-                        Error::already_exists("kernel", &default_kernel).hint("pass --kernel NAME")
-                    )
-                }
-                None => builds::KernelChoice::BuildDefault { jobs },
+        None => match d.registry.store.kernel_by_name(&default_kernel)? {
+            // The default kernel is root's, or it is not the default: root's
+            // requests see every user's objects, so without this check root's
+            // first build could pick up a user's kernel under that name.
+            Some(k) if k.owner_uid == 0 => builds::KernelChoice::Registered(Box::new(k)),
+            Some(k) if cx.caller.can_see_shared(k.owner_uid) => {
+                return Err(Error::precondition(format!(
+                    "kernel {default_kernel:?} belongs to uid {}, not root: it is not banger's \
+                     default kernel",
+                    k.owner_uid
+                ))
+                .hint("pass --kernel NAME, or (root) delete it so the default can be built"))
             }
-        }
+            Some(_) => {
+                return Err(
+                    Error::already_exists("kernel", &default_kernel).hint("pass --kernel NAME")
+                )
+            }
+            None => builds::KernelChoice::BuildDefault { jobs },
+        },
     };
-    let default_inputs = p.mirror.is_none() && p.kernel.is_none();
+    // Shared only when every input is root's: the default mirror (root's
+    // config), and root's default kernel.
+    let root_kernel = match &kernel {
+        builds::KernelChoice::Registered(k) => k.owner_uid == 0 && k.name == default_kernel,
+        builds::KernelChoice::BuildDefault { .. } => true,
+    };
+    let default_inputs = p.mirror.is_none() && root_kernel;
+    let owner_uid = builds::owner_of(cx.caller.uid, default_inputs, name == default_name);
+    builds::check_reserved("image", &name, owner_uid)?;
+    if let builds::KernelChoice::Registered(k) = &kernel {
+        builds::check_shared_kernel(owner_uid, k)?;
+    }
     let job = builds::ImageJob {
-        owner_uid: builds::owner_of(cx.caller.uid, default_inputs, name == default_name),
+        owner_uid,
+        caller_uid: cx.caller.uid,
         name: name.clone(),
         spec,
         kernel,
         replace: p.replace,
-        promote_shared: p.auto,
     };
+    d.ops
+        .check_limit(cx.caller.uid, d.config.limits.running_operations)?;
     let d2 = d.registry.clone();
     let id = d
         .ops
@@ -166,9 +191,8 @@ pub async fn build_begin(d: Arc<App>, cx: Ctx, p: BuildParams) -> Result<OpBegun
 pub async fn list(d: Arc<App>, cx: Ctx, _p: Empty) -> Result<Vec<ImageInfo>, Error> {
     d.registry
         .store
-        .list_images()?
+        .list_images_visible(cx.caller.uid_filter())?
         .iter()
-        .filter(|i| cx.caller.can_see_shared(i.owner_uid))
         .map(|i| images::info(&d.registry, &cx.caller, i))
         .collect()
 }
@@ -187,8 +211,19 @@ pub async fn delete(d: Arc<App>, cx: Ctx, p: NameParams) -> Result<Empty, Error>
 }
 
 /// Root sets everyone's default; a user sets their own (over root's).
+/// Only one's own or a root-owned image may be promoted: root promoting a
+/// user's image would make it every user's fallback default while that user
+/// can still replace or delete it, so that is refused (register or build a
+/// root-owned copy instead).
 pub async fn promote(d: Arc<App>, cx: Ctx, p: NameParams) -> Result<ImageInfo, Error> {
     let img = images::find(&d.registry, &cx.caller, &p.name)?;
+    if img.owner_uid != 0 && img.owner_uid != cx.caller.uid {
+        return Err(Error::denied(format!(
+            "image {:?} belongs to uid {}; only its owner may make it a default (a default \
+             root sets is every user's, so it must be root-owned)",
+            p.name, img.owner_uid
+        )));
+    }
     d.registry.store.set_default_image(cx.caller.uid, &img.id)?;
     tracing::info!(image = %p.name, uid = cx.caller.uid, "image promoted to default");
     images::info(&d.registry, &cx.caller, &img)

@@ -14,6 +14,7 @@ use crate::{builds, caller_files, kernels};
 
 pub async fn import_begin(d: Arc<App>, mut cx: Ctx, p: ImportParams) -> Result<OpBegun, Error> {
     validate_name(&p.name).map_err(|e| Error::invalid(e.to_string()))?;
+    builds::check_reserved("kernel", &p.name, cx.caller.uid)?;
     if d.registry.store.kernel_by_name(&p.name)?.is_some() {
         return Err(Error::already_exists("kernel", &p.name));
     }
@@ -23,6 +24,8 @@ pub async fn import_begin(d: Arc<App>, mut cx: Ctx, p: ImportParams) -> Result<O
         None => None,
     };
     let owner = cx.caller.uid;
+    d.ops
+        .check_limit(owner, d.config.limits.running_operations)?;
     let name = p.name.clone();
     let d2 = d.registry.clone();
     let id = d
@@ -100,18 +103,27 @@ pub async fn build_begin(d: Arc<App>, mut cx: Ctx, p: BuildParams) -> Result<OpB
         if !cx.caller.can_see_shared(k.owner_uid) {
             return Err(Error::already_exists("kernel", &name));
         }
+        builds::check_replace(&cx.caller, "kernel", &name, k.owner_uid, p.replace)?;
     }
     let default_inputs =
         source_dir.is_none() && fragment == kernel_build::DEFAULT_FRAGMENT.as_bytes();
+    let owner_uid = builds::owner_of(cx.caller.uid, default_inputs, name == default_name);
+    builds::check_reserved("kernel", &name, owner_uid)?;
     let job = builds::KernelJob {
-        owner_uid: builds::owner_of(cx.caller.uid, default_inputs, name == default_name),
+        owner_uid,
+        caller_uid: cx.caller.uid,
         name: name.clone(),
         source,
         source_dir,
         fragment,
-        jobs: p.jobs.filter(|&j| j > 0).unwrap_or(d.config.build.jobs) as usize,
+        jobs: builds::clamp_jobs(
+            &cx.caller,
+            p.jobs.filter(|&j| j > 0).unwrap_or(d.config.build.jobs) as usize,
+        ),
         replace: p.replace,
     };
+    d.ops
+        .check_limit(cx.caller.uid, d.config.limits.running_operations)?;
     let d2 = d.registry.clone();
     let id = d
         .ops
@@ -124,16 +136,16 @@ pub async fn build_begin(d: Arc<App>, mut cx: Ctx, p: BuildParams) -> Result<OpB
 pub async fn list(d: Arc<App>, cx: Ctx, _p: Empty) -> Result<Vec<KernelInfo>, Error> {
     d.registry
         .store
-        .list_kernels()?
+        .list_kernels_visible(cx.caller.uid_filter())?
         .iter()
-        .filter(|k| cx.caller.can_see_shared(k.owner_uid))
-        .map(|k| kernels::info(&d.registry, k))
+        .map(|k| kernels::info(&d.registry, &cx.caller, k))
         .collect()
 }
 
 pub async fn show(d: Arc<App>, cx: Ctx, p: NameParams) -> Result<KernelInfo, Error> {
     kernels::info(
         &d.registry,
+        &cx.caller,
         &kernels::find(&d.registry, &cx.caller, &p.name)?,
     )
 }
