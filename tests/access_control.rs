@@ -297,7 +297,13 @@ fn a_user_cannot_take_a_default_name() {
     let k = nobody_kernel_file(&h, "mine.vmlinux");
     let (kind, msg) = nobody_fails(
         &h,
-        &["kernel", "import", k.to_str().unwrap(), "--name", "banger-6-1"],
+        &[
+            "kernel",
+            "import",
+            k.to_str().unwrap(),
+            "--name",
+            "banger-6-1",
+        ],
     );
     assert_eq!(kind, "permission_denied", "{msg}");
     assert!(msg.contains("reserved"), "{msg}");
@@ -356,7 +362,13 @@ fn a_user_cannot_take_a_default_name() {
     // Root holds the name (root may import under it).
     let rk = h.path().join("root.vmlinux");
     fixtures::write_stub_kernel(&rk);
-    h.ok(&["kernel", "import", rk.to_str().unwrap(), "--name", "banger-6-1"]);
+    h.ok(&[
+        "kernel",
+        "import",
+        rk.to_str().unwrap(),
+        "--name",
+        "banger-6-1",
+    ]);
     let (kind, msg) = nobody_fails(&h, &["kernel", "build", "--replace"]);
     assert_eq!(kind, "permission_denied", "{msg}");
     assert!(msg.contains("only its owner or root"), "{msg}");
@@ -376,7 +388,10 @@ fn a_user_cannot_take_a_default_name() {
     got.sort();
     assert_eq!(
         got,
-        [("banger-6-1".to_string(), 0), ("nk".to_string(), NOBODY as u64)]
+        [
+            ("banger-6-1".to_string(), 0),
+            ("nk".to_string(), NOBODY as u64)
+        ]
     );
     let ops = h.json(&["op", "list", "--all"]);
     assert!(
@@ -469,7 +484,8 @@ fn another_user_cannot_touch_or_see_a_vm_or_its_operations() {
     }
     let vm = h.json(&["vm", "show", "rootvm"]);
     assert_eq!(vm["state"], "stopped");
-    assert!(h.json(&["vm", "port", "list", "rootvm"])
+    assert!(h
+        .json(&["vm", "port", "list", "rootvm"])
         .as_array()
         .unwrap()
         .is_empty());
@@ -541,7 +557,13 @@ fn per_user_limits_hold_for_users_and_not_for_root() {
     let (kind, msg) = nobody_fails(&h, &args(&create("n2", "1")));
     assert_eq!(kind, "precondition_failed", "{msg}");
     assert!(msg.contains("[limits] vms"), "{msg}");
-    assert_eq!(nobody_json(&h, &["vm", "list", "-a"]).as_array().unwrap().len(), 1);
+    assert_eq!(
+        nobody_json(&h, &["vm", "list", "-a"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     // Root is exempt.
     h.json(&args(&create("r1", "8")));
     h.json(&args(&create("r2", "1")));

@@ -137,10 +137,7 @@ pub const SAFE_STRING_PUNCT: &str = "._,:=/+-@";
 /// backslashes, quotes, `#` and newlines would be interpreted by make or the
 /// shell it runs).
 fn safe_string_value(value: &str) -> bool {
-    let Some(inner) = value
-        .strip_prefix('"')
-        .and_then(|v| v.strip_suffix('"'))
-    else {
+    let Some(inner) = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) else {
         return false;
     };
     inner

@@ -429,8 +429,13 @@ fn op_row(id: &str, owner: u32, state: &str, created_at: String) -> OperationRow
 fn listings_filter_by_owner_before_the_limit() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(&dir.path().join("s.db")).unwrap();
-    s.put_operation(&op_row("mine", 1000, "done", timefmt::ago(std::time::Duration::from_secs(60))))
-        .unwrap();
+    s.put_operation(&op_row(
+        "mine",
+        1000,
+        "done",
+        timefmt::ago(std::time::Duration::from_secs(60)),
+    ))
+    .unwrap();
     for i in 0..20 {
         s.put_operation(&op_row(&format!("theirs{i}"), 2000, "done", timefmt::now()))
             .unwrap();
@@ -508,12 +513,18 @@ fn finished_operations_are_pruned_by_age_and_count_per_owner() {
     let cutoff = timefmt::ago(std::time::Duration::from_secs(7 * 24 * 3600));
     assert_eq!(s.prune_operations(&cutoff, 3).unwrap(), 1 + 7);
     assert!(s.operation("old-done").unwrap().is_none());
-    assert!(s.operation("old-running").unwrap().is_some(), "running stays");
+    assert!(
+        s.operation("old-running").unwrap().is_some(),
+        "running stays"
+    );
     for i in 0..7 {
         assert!(s.operation(&format!("a{i}")).unwrap().is_none());
     }
     for i in 7..10 {
-        assert!(s.operation(&format!("a{i}")).unwrap().is_some(), "newest kept");
+        assert!(
+            s.operation(&format!("a{i}")).unwrap().is_some(),
+            "newest kept"
+        );
     }
     assert!(s.operation("b0").unwrap().is_some(), "per owner");
 }

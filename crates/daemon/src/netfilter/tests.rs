@@ -579,6 +579,20 @@ impl Drop for Server {
 }
 
 /// Connects (1 s timeout), sends "ping", returns the whole answer.
+/// [`ask`], retried for up to 10 s: for the controls, which run right after
+/// a MAC or address change, while neighbour discovery and the bridge's
+/// forwarding table settle.
+fn ask_settled(addr: &str) -> std::io::Result<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = ask(addr);
+        if r.is_ok() || std::time::Instant::now() > deadline {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn ask(addr: &str) -> std::io::Result<String> {
     let addr: SocketAddr = addr.parse().unwrap();
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
@@ -928,7 +942,7 @@ fn end_to_end(br_netfilter: bool) {
     // 2. Another host port on the bridge address (above) and a host
     // address beyond it: the uplink address is the host's too.
     gb.run(|| assert!(ask("198.51.100.1:7000").is_err()));
-    without_tables(&|| gb.run(|| assert_eq!(ask("10.77.0.1:7000").unwrap(), "ping")));
+    without_tables(&|| gb.run(|| assert_eq!(ask_settled("10.77.0.1:7000").unwrap(), "ping")));
     apply_plan(true, vec![]);
 
     // 3. B (no NAT) forges A's source (A has NAT) to get out.
@@ -1000,7 +1014,7 @@ fn end_to_end(br_netfilter: bool) {
     gb.ip(&["link", "set", "eth0", "address", &vm_a.mac]);
     gb.ip(&["neigh", "flush", "dev", "eth0"]);
     gb.run(|| assert!(ask("10.77.0.1:53").is_err(), "a forged MAC passed"));
-    without_tables(&|| gb.run(|| assert_eq!(ask("10.77.0.1:53").unwrap(), "ping")));
+    without_tables(&|| gb.run(|| assert_eq!(ask_settled("10.77.0.1:53").unwrap(), "ping")));
     apply_plan(true, vec![]);
     gb.ip(&["link", "set", "eth0", "address", &vm_b.mac]);
     gb.ip(&["neigh", "flush", "dev", "eth0"]);
@@ -1013,7 +1027,7 @@ fn end_to_end(br_netfilter: bool) {
     ga.ip(&["-6", "addr", "add", "fd77::2/64", "dev", "eth0", "nodad"]);
     let _v6 = Server::echo(&host_ns, "[fd77::1]:7600");
     ga.run(|| assert!(ask("[fd77::1]:7600").is_err(), "IPv6 from a tap passed"));
-    without_tables(&|| ga.run(|| assert_eq!(ask("[fd77::1]:7600").unwrap(), "ping")));
+    without_tables(&|| ga.run(|| assert_eq!(ask_settled("[fd77::1]:7600").unwrap(), "ping")));
     apply_plan(true, vec![]);
 
     // 7. A reaches B through the gateway (routed, not switched): dropped
@@ -1026,7 +1040,7 @@ fn end_to_end(br_netfilter: bool) {
             "A reached B via the gateway"
         )
     });
-    without_tables(&|| ga.run(|| assert_eq!(ask("10.77.0.3:8081").unwrap(), "b")));
+    without_tables(&|| ga.run(|| assert_eq!(ask_settled("10.77.0.3:8081").unwrap(), "b")));
     apply_plan(true, vec![]);
 
     // Control: with banger's table gone, B is routed out unmasqueraded,

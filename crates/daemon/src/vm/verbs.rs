@@ -112,11 +112,7 @@ fn check_limits(d: &Vms, caller: &Caller, spec: &Spec) -> Result<(), Error> {
     }
     let l = &d.config.limits;
     let mine = d.store.list_vms_of(Some(caller.uid))?;
-    let (mut vcpus, mut mem, mut disk) = (
-        spec.vcpus as u64,
-        spec.memory_mib,
-        spec.disk_bytes,
-    );
+    let (mut vcpus, mut mem, mut disk) = (spec.vcpus as u64, spec.memory_mib, spec.disk_bytes);
     for row in mine.iter() {
         let vm = Vm::from_row(row.clone())?;
         vcpus += vm.spec.vcpus as u64;
@@ -139,7 +135,11 @@ fn check_limits(d: &Vms, caller: &Caller, spec: &Spec) -> Result<(), Error> {
         return over("the total memory", "memory_mib", l.memory_mib.to_string());
     }
     if disk > l.disk_gib.saturating_mul(1 << 30) {
-        return over("the total work-disk size", "disk_gib", l.disk_gib.to_string());
+        return over(
+            "the total work-disk size",
+            "disk_gib",
+            l.disk_gib.to_string(),
+        );
     }
     Ok(())
 }
