@@ -26,18 +26,7 @@ fn vmm() -> String {
 /// `banger ARGS` inside the test's network namespace, where the bridge and
 /// the guest are (`vm ssh` runs OpenSSH to the guest's address).
 fn banger_in_ns(h: &mut Home, args: &[&str]) -> Output {
-    let ns = h.netns();
-    let c = h.banger();
-    Command::new("ip")
-        .args(["netns", "exec", &ns])
-        .arg(common::BANGER)
-        .args(args)
-        .envs(
-            c.get_envs()
-                .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))),
-        )
-        .output()
-        .unwrap()
+    banger_in_ns_with_stdin(h, args, b"")
 }
 
 /// `banger ARGS` inside the test's namespace with `input` on stdin.

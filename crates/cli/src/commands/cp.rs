@@ -22,6 +22,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use serde::Serialize;
 
+use super::ssh::shell_quote as q;
 use super::Env;
 use crate::error::usage;
 use crate::render::{Outcome, Render};
@@ -68,11 +69,6 @@ impl Render for Copied {
     fn text(&self) -> String {
         String::new()
     }
-}
-
-/// Single-quotes a word for the guest's shell.
-fn q(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 /// The guest (or host) shell script that unpacks a tar stream of one

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
-use super::vm::{CreateArgs, ExecArgs};
+use super::vm::{CreateArgs, ExecArgs, StreamFlags};
 use super::workspace::{self, Snapshot};
 use super::Env;
 use crate::error::usage;
@@ -22,15 +22,8 @@ pub struct RunArgs {
     pub path: Option<PathBuf>,
     #[command(flatten)]
     pub create: CreateArgs,
-    /// Set an environment variable for the command (repeatable).
-    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
-    pub env: Vec<String>,
-    /// Allocate a terminal (default: when stdin and stdout are terminals).
-    #[arg(short = 't', long, conflicts_with = "no_tty")]
-    pub tty: bool,
-    /// Never allocate a terminal.
-    #[arg(short = 'T', long)]
-    pub no_tty: bool,
+    #[command(flatten)]
+    pub stream: StreamFlags,
     /// Delete the VM when the command or shell ends (a VM whose guest never
     /// became reachable is kept for a post-mortem).
     #[arg(long)]
@@ -133,7 +126,7 @@ pub fn run(env: &Env, a: RunArgs) -> anyhow::Result<Outcome> {
     // error says so and how to look at it).
     let (vm, _) = super::vm::create_vm(env, no_build, a.create.into_params()?)?;
     let name = vm.name.clone();
-    let result = in_vm(env, &name, snap.as_ref(), a.env, a.tty, a.no_tty, a.command);
+    let result = in_vm(env, &name, snap.as_ref(), a.stream, a.command);
     if a.rm {
         let mut client = env.client()?;
         let deleted = client.call::<banger_proto::methods::vm::Delete>(
@@ -158,9 +151,7 @@ fn in_vm(
     env: &Env,
     name: &str,
     snap: Option<&Snapshot>,
-    vars: Vec<String>,
-    tty: bool,
-    no_tty: bool,
+    stream: StreamFlags,
     command: Vec<String>,
 ) -> anyhow::Result<Outcome> {
     let workdir = match snap {
@@ -180,9 +171,7 @@ fn in_vm(
         ExecArgs {
             name: name.into(),
             workdir,
-            env: vars,
-            tty,
-            no_tty,
+            stream,
             user: None,
             command,
         },

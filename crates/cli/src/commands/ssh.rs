@@ -66,7 +66,9 @@ fn known_hosts_command(env: &Env) -> anyhow::Result<String> {
     Ok(cmd)
 }
 
-fn shell_quote(s: &str) -> String {
+/// Quotes a word for a POSIX shell (bare when it is plainly safe); the one
+/// quoting used for every line banger sends to a guest shell.
+pub(crate) fn shell_quote(s: &str) -> String {
     if s.bytes()
         .all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b))
     {
@@ -204,13 +206,18 @@ pub fn vm_ssh(env: &Env, name: &str, command: &[String]) -> anyhow::Result<Outco
 /// stdin is forwarded, stdout and stderr stay apart, and the exit status is
 /// the command's (a signal death is 128+N, as shells say).
 pub fn vm_exec(env: &Env, a: super::vm::ExecArgs) -> anyhow::Result<Outcome> {
-    for kv in &a.env {
+    for kv in &a.stream.env {
         check_env(kv)?;
     }
-    let line = exec_line(&a.command, a.workdir.as_deref(), &a.env, a.user.as_deref());
-    let tty = if a.tty {
+    let line = exec_line(
+        &a.command,
+        a.workdir.as_deref(),
+        &a.stream.env,
+        a.user.as_deref(),
+    );
+    let tty = if a.stream.tty {
         true
-    } else if a.no_tty || env.json {
+    } else if a.stream.no_tty || env.json {
         false
     } else {
         use std::io::IsTerminal;

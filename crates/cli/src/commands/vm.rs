@@ -142,12 +142,10 @@ pub struct SshArgs {
     command: Vec<String>,
 }
 
+/// How a guest command gets its environment and terminal: `vm exec` and
+/// `vm run` take the same flags.
 #[derive(Debug, Args)]
-pub struct ExecArgs {
-    pub name: String,
-    /// Working directory in the guest (default: the user's home).
-    #[arg(short = 'w', long, value_name = "DIR")]
-    pub workdir: Option<String>,
+pub struct StreamFlags {
     /// Set an environment variable for the command (repeatable).
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
@@ -157,6 +155,16 @@ pub struct ExecArgs {
     /// Never allocate a terminal.
     #[arg(short = 'T', long)]
     pub no_tty: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    pub name: String,
+    /// Working directory in the guest (default: the user's home).
+    #[arg(short = 'w', long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    #[command(flatten)]
+    pub stream: StreamFlags,
     /// Run as this guest user (default: root).
     #[arg(short = 'u', long, value_name = "USER")]
     pub user: Option<String>,

@@ -26,6 +26,8 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context};
 use banger_core::proc::Cmd;
 
+use super::ssh::shell_quote as q;
+
 /// A workspace ready to send.
 pub struct Snapshot {
     /// The directory name it gets under /root in the guest.
@@ -317,11 +319,6 @@ fn plain_files(dir: &Path) -> anyhow::Result<Vec<String>> {
     }
     out.sort();
     Ok(out)
-}
-
-/// Single-quotes a word for the guest's shell.
-fn q(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 /// Sends the snapshot to the guest at `/root/<name>`. `ssh` gives a fresh
