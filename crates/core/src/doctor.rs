@@ -14,12 +14,13 @@ use std::fs::OpenOptions;
 use std::io::ErrorKind;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use banger_proto::methods::daemon::{Check, CheckStatus};
 
 use crate::config::Config;
 use crate::paths::Paths;
+use crate::proc::{Cmd, Out};
 use crate::store::{migrations, Store, StoreError};
 use crate::tools;
 
@@ -425,14 +426,13 @@ fn module_state(name: &str) -> Module {
     let Some(modprobe) = tools::find_system_tool("modprobe") else {
         return Module::Unknown;
     };
-    let status = Command::new(modprobe)
-        .args(["-n", "-q", name])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    match status {
-        Ok(s) if s.success() => Module::Loadable,
+    // A dry run (`-n`): doctor only reports, it loads nothing.
+    let mut cmd = Cmd::new(modprobe);
+    cmd.args(["-n", "-q", name])
+        .timeout(Duration::from_secs(10))
+        .stdout(Out::Null);
+    match cmd.output() {
+        Ok(done) if done.status.success() => Module::Loadable,
         Ok(_) => Module::Unavailable,
         Err(_) => Module::Unknown,
     }
@@ -813,6 +813,7 @@ pub fn check_store(db: &Path) -> Check {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::process::{Command, Stdio};
 
     #[test]
     fn kvm_check_fails_on_missing_or_wrong_device() {

@@ -10,6 +10,7 @@
 //! See ARCHITECTURE.md for the lock and state rules.
 
 pub mod app;
+pub mod build_requests;
 pub mod builds;
 pub mod caller;
 pub mod caller_files;

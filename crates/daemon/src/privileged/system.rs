@@ -10,6 +10,8 @@ use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use banger_core::doctor::kernel_has_device_mapper;
+
 use super::cmd::{execute, Tool};
 use super::{DiskHost, DmTable, HostError, SystemHost};
 
@@ -51,22 +53,14 @@ fn invalid(what: &str, path: &Path, why: String) -> HostError {
     HostError::io(what, path, io::Error::new(io::ErrorKind::InvalidInput, why))
 }
 
-/// Whether the kernel's device-mapper driver is registered.
-fn kernel_has_dm() -> bool {
-    std::fs::read_to_string("/proc/misc").is_ok_and(|misc| {
-        misc.lines()
-            .any(|l| l.split_whitespace().nth(1) == Some("device-mapper"))
-    })
-}
-
 /// `dmsetup`, once device-mapper is known to be there. Never runs `dmsetup`
 /// before that: it creates `/dev/mapper/control` as a side effect even when
 /// the kernel has no driver behind it.
 fn dmsetup() -> Result<PathBuf, HostError> {
     let path = DMSETUP.locate()?;
-    if !kernel_has_dm() {
+    if !kernel_has_device_mapper() {
         try_load_dm();
-        if !kernel_has_dm() {
+        if !kernel_has_device_mapper() {
             return Err(HostError::Unavailable(
                 "device-mapper is not available: this kernel has no device-mapper driver \
                  (none in /proc/misc, and `modprobe dm_mod` did not load one); use the reflink \
@@ -479,7 +473,7 @@ mod tests {
     fn device_mapper_absent_here_is_unavailable() {
         let host = SystemHost;
         let had_control = Path::new("/dev/mapper/control").exists();
-        if kernel_has_dm() {
+        if kernel_has_device_mapper() {
             eprintln!("this kernel has device-mapper; only checking dm_available");
             assert_eq!(host.dm_available(), DMSETUP.locate().is_ok());
             return;

@@ -11,7 +11,7 @@ use banger_proto::names::validate_name;
 use crate::app::App;
 use crate::caller::Ctx;
 use crate::images::{self, RegisterJob};
-use crate::{builds, kernels};
+use crate::{build_requests, builds, kernels};
 
 pub async fn register_begin(d: Arc<App>, mut cx: Ctx, p: RegisterParams) -> Result<OpBegun, Error> {
     validate_name(&p.name).map_err(|e| Error::invalid(e.to_string()))?;
@@ -53,136 +53,16 @@ pub async fn register_begin(d: Arc<App>, mut cx: Ctx, p: RegisterParams) -> Resu
     Ok(OpBegun { operation_id: id })
 }
 
-/// Cheap checks first (distribution, variant, agent, kernel, name), then the
-/// build runs as an operation. `auto` is the first-use build `vm create`
-/// asks for: banger's defaults only, allowed unless `[build] auto = false`.
+/// Cheap checks first ([`build_requests::image_job`]), then the build runs
+/// as an operation.
 pub async fn build_begin(d: Arc<App>, cx: Ctx, p: BuildParams) -> Result<OpBegun, Error> {
-    use banger_core::image_build::{self, ImageSpec, Variant};
-    if p.auto {
-        if !d.config.build.auto {
-            return Err(Error::precondition(
-                "no image is registered, and automatic builds are off ([build] auto = false)",
-            )
-            .hint(
-                "build one with `banger image build debian-bookworm` (or register one with \
-                 `banger image register`), then retry",
-            ));
-        }
-        if p.name.is_some() || p.kernel.is_some() || p.mirror.is_some() || p.replace {
-            return Err(Error::invalid(
-                "auto builds use banger's defaults: no name, kernel, mirror or replace",
-            ));
-        }
-    }
-    let variant: Variant = p
-        .variant
-        .as_deref()
-        .unwrap_or("minimal")
-        .parse()
-        .map_err(Error::invalid)?;
-    if p.auto && variant != Variant::Minimal {
-        return Err(Error::invalid("auto builds are minimal"));
-    }
-    if !banger_proto::methods::image::DISTROS.contains(&p.distro.as_str()) {
-        return Err(Error::invalid(format!(
-            "unknown distribution {:?}: known ones are {}",
-            p.distro,
-            banger_proto::methods::image::DISTROS.join(", ")
-        )));
-    }
-    let mirror = p.mirror.clone().or_else(|| d.config.build.mirror.clone());
-    if let Some(m) = &p.mirror {
-        // apt reads a file: mirror as root: a user could read a root-only
-        // repository into their image.
-        let http = m.starts_with("http://") || m.starts_with("https://");
-        if !cx.caller.is_root() && !http {
-            return Err(Error::denied(
-                "--mirror: only root may use a file: mirror; users may give http(s) URLs",
-            ));
-        }
-    }
-    let agent = banger_core::tools::find_agent(&d.config)
-        .map_err(|e| Error::precondition(e.to_string()))?
-        .ok_or_else(|| {
-            Error::precondition(format!(
-                "no guest agent: {} is not next to bangerd and agent_bin is not set",
-                banger_core::tools::AGENT_NAME
-            ))
-            .hint(
-                "run ./install.sh (it builds the static agent and installs it next to bangerd), \
-                 or set agent_bin in the config",
-            )
-        })?;
-    let spec = ImageSpec {
-        distro: p.distro.clone(),
-        variant,
-        agent_binary: agent,
-        mirror,
-    };
-    image_build::check_spec(&spec).map_err(Error::from)?;
-
-    let default_name = builds::default_image_name(&p.distro, variant);
-    let name = p.name.clone().unwrap_or_else(|| default_name.clone());
-    validate_name(&name).map_err(|e| Error::invalid(e.to_string()))?;
-    if let Some(i) = d.registry.store.image_by_name(&name)? {
-        if !cx.caller.can_see_shared(i.owner_uid) {
-            return Err(Error::already_exists("image", &name));
-        }
-        builds::check_replace(&cx.caller, "image", &name, i.owner_uid, p.replace)?;
-    }
-    let jobs = d.config.build.jobs as usize;
-    let default_kernel = builds::default_kernel_name();
-    let kernel = match &p.kernel {
-        Some(k) => {
-            builds::KernelChoice::Registered(Box::new(kernels::find(&d.registry, &cx.caller, k)?))
-        }
-        None => match d.registry.store.kernel_by_name(&default_kernel)? {
-            // The default kernel is root's, or it is not the default: root's
-            // requests see every user's objects, so without this check root's
-            // first build could pick up a user's kernel under that name.
-            Some(k) if k.owner_uid == 0 => builds::KernelChoice::Registered(Box::new(k)),
-            Some(k) if cx.caller.can_see_shared(k.owner_uid) => {
-                return Err(Error::precondition(format!(
-                    "kernel {default_kernel:?} belongs to uid {}, not root: it is not banger's \
-                     default kernel",
-                    k.owner_uid
-                ))
-                .hint("pass --kernel NAME, or (root) delete it so the default can be built"))
-            }
-            Some(_) => {
-                return Err(
-                    Error::already_exists("kernel", &default_kernel).hint("pass --kernel NAME")
-                )
-            }
-            None => builds::KernelChoice::BuildDefault { jobs },
-        },
-    };
-    // Shared only when every input is root's: the default mirror (root's
-    // config), and root's default kernel.
-    let root_kernel = match &kernel {
-        builds::KernelChoice::Registered(k) => k.owner_uid == 0 && k.name == default_kernel,
-        builds::KernelChoice::BuildDefault { .. } => true,
-    };
-    let default_inputs = p.mirror.is_none() && root_kernel;
-    let owner_uid = builds::owner_of(cx.caller.uid, default_inputs, name == default_name);
-    builds::check_reserved("image", &name, owner_uid)?;
-    if let builds::KernelChoice::Registered(k) = &kernel {
-        builds::check_shared_kernel(owner_uid, k)?;
-    }
-    let job = builds::ImageJob {
-        owner_uid,
-        caller_uid: cx.caller.uid,
-        name: name.clone(),
-        spec,
-        kernel,
-        replace: p.replace,
-    };
+    let job = build_requests::image_job(&d.registry, &d.config, &cx.caller, &p)?;
     d.ops
         .check_limit(cx.caller.uid, d.config.limits.running_operations)?;
     let d2 = d.registry.clone();
     let id = d
         .ops
-        .begin::<ImageBuild, _, _>(&name, cx.caller.uid, move |op| {
+        .begin::<ImageBuild, _, _>(&job.name.clone(), cx.caller.uid, move |op| {
             builds::image_build_op(d2, op, job)
         });
     Ok(OpBegun { operation_id: id })
