@@ -328,6 +328,18 @@ pub async fn build_kernel(
     };
     let cache = kernel_cache(d);
     op.stage(&format!("{prefix}prepare"));
+    let key = {
+        let spec = spec.clone();
+        blocking(move || {
+            kernel_build::cache_key(&spec)
+                .map_err(|e| Error::internal(format!("cannot compute the kernel cache key: {e}")))
+        })
+        .await?
+    };
+    let _turn = d
+        .turns
+        .wait(&key, op.token(), || op.stage(&format!("{prefix}waiting")))
+        .await?;
     let built = {
         let (op, prefix, source_dir) = (op.clone(), prefix.to_owned(), job.source_dir);
         blocking(move || {
@@ -478,6 +490,18 @@ pub async fn image_build_op(
     let scratch = Scratch::new(&d.paths, &op.id())?;
     let cache = image_cache(&d);
     op.stage("prepare");
+    let key = {
+        let spec = job.spec.clone();
+        blocking(move || {
+            image_build::cache_key(&spec)
+                .map_err(|e| Error::internal(format!("cannot compute the image cache key: {e}")))
+        })
+        .await?
+    };
+    let _turn = d
+        .turns
+        .wait(&key, op.token(), || op.stage("waiting"))
+        .await?;
     let built = {
         let (op, spec) = (op.clone(), job.spec.clone());
         blocking(move || {

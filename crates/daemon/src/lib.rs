@@ -11,6 +11,7 @@
 
 pub mod app;
 pub mod build_requests;
+pub mod build_turns;
 pub mod builds;
 pub mod caller;
 pub mod caller_files;
@@ -134,6 +135,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         paths: paths.clone(),
         config: config.clone(),
         store: store.clone(),
+        turns: Default::default(),
     });
     let d = Arc::new(App {
         vms: vms.clone(),

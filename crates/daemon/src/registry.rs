@@ -10,10 +10,14 @@ use banger_core::config::Config;
 use banger_core::paths::Paths;
 use banger_core::store::Store;
 
+use crate::build_turns::BuildTurns;
+
 pub struct Registry {
     pub paths: Paths,
     pub config: Config,
     pub store: Arc<Store>,
+    /// One build per cache key at a time, waited for asynchronously.
+    pub turns: BuildTurns,
 }
 
 impl Registry {

@@ -81,6 +81,12 @@ where
 /// A tool that ran to its end.
 pub(super) struct Ran(Finished);
 
+impl From<Finished> for Ran {
+    fn from(done: Finished) -> Ran {
+        Ran(done)
+    }
+}
+
 impl Ran {
     pub(super) fn status(&self) -> ExitStatus {
         self.0.status

@@ -23,6 +23,7 @@
 //! calling thread (tests run them on a thread inside a private namespace).
 
 mod cmd;
+mod confined;
 mod net;
 mod system;
 #[cfg(test)]

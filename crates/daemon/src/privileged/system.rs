@@ -1,7 +1,7 @@
 //! The disk half of [`SystemHost`]: [`DiskHost`] done for real, by running
-//! the standard host tools (`losetup`, `dmsetup`, `mkfs.ext4`, `e2fsck`,
-//! `resize2fs`, `debugfs`) as the daemon's user (root) through
-//! [`super::cmd`]. A missing tool is [`HostError::Unavailable`] naming the
+//! the standard host tools (`losetup`, `dmsetup`, `mkfs.ext4`) as the
+//! daemon's user (root) through [`super::cmd`], and the parsers of untrusted
+//! images (`e2fsck`, `resize2fs`, `debugfs`) through [`super::confined`]. A missing tool is [`HostError::Unavailable`] naming the
 //! Debian package.
 
 use std::ffi::OsStr;
@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use banger_core::doctor::kernel_has_device_mapper;
 
 use super::cmd::{execute, Tool};
+use super::confined;
 use super::{DiskHost, DmTable, HostError, SystemHost};
 
 const LOSETUP: Tool = Tool {
@@ -236,7 +237,17 @@ impl DiskHost for SystemHost {
     fn fsck_ext4(&self, file: &Path) -> Result<(), HostError> {
         // -f: check even if marked clean; -y: fix whatever it finds, as a
         // boot-time fsck with fsck.repair=yes would (nobody is there to ask).
-        let ran = E2FSCK.output([OsStr::new("-f"), OsStr::new("-y"), file.as_os_str()])?;
+        // Confined: the image may be a user's seed or what a guest wrote.
+        let ran = confined::run(
+            E2FSCK.locate()?,
+            &[
+                OsStr::new("-f"),
+                OsStr::new("-y"),
+                OsStr::new(confined::IMAGE),
+            ],
+            file,
+            None,
+        )?;
         // e2fsck(8): exit codes are OR-ed bits. 1 = errors corrected; 2 = errors
         // corrected, reboot needed (meaningful only for a mounted root
         // filesystem, never for an image file). 4 and up: errors left
@@ -273,7 +284,8 @@ impl DiskHost for SystemHost {
         drop(f);
         self.fsck_ext4(file)?;
         // Without a size argument resize2fs fills the file.
-        execute(resize2fs, [file])?.stdout_if_success()?;
+        confined::run(resize2fs, &[OsStr::new(confined::IMAGE)], file, None)?
+            .stdout_if_success()?;
         tracing::debug!(file = %file.display(), new_size, "ext4 filesystem grown");
         Ok(())
     }
@@ -318,9 +330,9 @@ impl DiskHost for SystemHost {
             std::fs::write(&local, &f.contents)
                 .map_err(|e| HostError::io("cannot stage", &local, e))?;
             script.push_str(&format!(
-                "rm {p}\nwrite {l} {p}\nsif {p} mode 0{m:o}\nsif {p} uid {u}\nsif {p} gid {g}\n",
+                "rm {p}\nwrite {stage}/f{i} {p}\nsif {p} mode 0{m:o}\nsif {p} uid {u}\nsif {p} gid {g}\n",
                 p = f.path,
-                l = local.display(),
+                stage = confined::STAGE,
                 m = 0o100000 | (f.mode & 0o7777),
                 u = f.uid,
                 g = f.gid
@@ -328,24 +340,29 @@ impl DiskHost for SystemHost {
         }
         let cmds = tmp.path().join("script");
         std::fs::write(&cmds, script).map_err(|e| HostError::io("cannot stage", &cmds, e))?;
-        execute(
+        let script_arg = format!("{}/script", confined::STAGE);
+        confined::run(
             debugfs.clone(),
-            [
+            &[
                 OsStr::new("-w"),
                 OsStr::new("-f"),
-                cmds.as_os_str(),
-                image.as_os_str(),
+                OsStr::new(&script_arg),
+                OsStr::new(confined::IMAGE),
             ],
+            image,
+            Some(tmp.path()),
         )?
         .stdout_if_success()?;
         for f in files {
-            let out = execute(
+            let out = confined::run(
                 debugfs.clone(),
-                [
+                &[
                     OsStr::new("-R"),
                     OsStr::new(&format!("cat {}", f.path)),
-                    image.as_os_str(),
+                    OsStr::new(confined::IMAGE),
                 ],
+                image,
+                None,
             )?;
             if out.stdout_bytes() != f.contents.as_slice() {
                 return Err(invalid(
