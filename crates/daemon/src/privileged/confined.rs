@@ -211,11 +211,14 @@ impl Lent {
         let file = f
             .try_clone()
             .map_err(|e| HostError::io("cannot duplicate the descriptor of", path, e))?;
+        // Still a confined uid's: a daemon killed during a run never gave it
+        // back. It was the daemon's (root's) before.
+        let stranded = (UID_BASE..UID_BASE + UID_COUNT).contains(&meta.uid());
         let lent = Lent {
             file,
             path: path.to_path_buf(),
-            uid: meta.uid(),
-            gid: meta.gid(),
+            uid: if stranded { 0 } else { meta.uid() },
+            gid: if stranded { 0 } else { meta.gid() },
             mode: meta.permissions().mode() & 0o7777,
         };
         std::os::unix::fs::fchown(f, Some(uid), Some(uid))
