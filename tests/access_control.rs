@@ -569,3 +569,47 @@ fn per_user_limits_hold_for_users_and_not_for_root() {
     h.json(&args(&create("r2", "1")));
     h.ok(&["vm", "rm", "n1", "r1", "r2"]);
 }
+
+/// Issue 9 §2: a user's VM may not publish a privileged host port (the user
+/// could not bind one either), at create or later; root's may (tests/network.rs).
+#[test]
+fn a_user_cannot_publish_a_privileged_port() {
+    require_root();
+    let mut h = Home::new();
+    h.start_daemon();
+    common::stub_image(&h);
+    let base = [
+        "vm",
+        "create",
+        "--no-start",
+        "--disk-size",
+        "64M",
+        "--memory",
+        "128M",
+    ];
+    let with = |extra: &[&'static str]| -> Vec<&'static str> {
+        base.iter().copied().chain(extra.iter().copied()).collect()
+    };
+    let (kind, msg) = nobody_fails(&h, &with(&["--name", "np0", "-p", "22:22"]));
+    assert_eq!(kind, "precondition_failed", "{msg}");
+    assert!(msg.contains("privileged"), "{msg}");
+    assert!(
+        nobody_json(&h, &["vm", "list", "-a"])
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "a refused create leaves no VM"
+    );
+    nobody_json(&h, &with(&["--name", "np1"]));
+    for port in ["80:80", "127.0.0.1:443:8443", "1023:80/udp"] {
+        let (kind, msg) = nobody_fails(&h, &["vm", "port", "add", "np1", port]);
+        assert_eq!(kind, "precondition_failed", "{port}: {msg}");
+        assert!(msg.contains("privileged"), "{port}: {msg}");
+    }
+    nobody_json(&h, &["vm", "port", "add", "np1", "18090:80"]);
+    let ports = nobody_json(&h, &["vm", "port", "list", "np1"]);
+    let ports = ports.as_array().unwrap();
+    assert_eq!(ports.len(), 1, "{ports:?}");
+    assert_eq!(ports[0]["host_port"], 18090);
+    nobody_json(&h, &["vm", "rm", "np1"]);
+}
