@@ -1,4 +1,7 @@
 //! `banger bench rpc`: round-trip latency of `daemon.status` over the socket.
+//! `banger bench create`: the host-side cost of each create stage.
+//! `banger bench run`: `vm run PATH --rm -- true`, stage by stage, and the
+//! workspace copy against a plain `tar | ssh` of the same tree.
 
 use std::time::{Duration, Instant};
 
@@ -43,6 +46,29 @@ pub enum BenchCmd {
         #[arg(long)]
         nat: bool,
     },
+    /// Time `vm run PATH --rm -- true` N times, split into create (host side),
+    /// boot to reachable, workspace copy, command and delete (medians); then,
+    /// in the last VM, a plain `tar | ssh` of the same tree for comparison.
+    /// Without --repo: a generated 100-file repo and a 10,000-file / 200 MB one.
+    Run {
+        /// A directory (git repository or not) to copy in; default: the two
+        /// generated repos.
+        #[arg(long)]
+        repo: Option<std::path::PathBuf>,
+        #[arg(long, default_value_t = 3)]
+        count: usize,
+        /// Image (default: the config's default image).
+        #[arg(long)]
+        image: Option<String>,
+        #[arg(long)]
+        vmm: Option<String>,
+        #[arg(long, default_value_t = 1)]
+        vcpu: u32,
+        #[arg(long, default_value = "1G")]
+        memory: String,
+        #[arg(long, default_value = "2G")]
+        disk_size: String,
+    },
     /// Time daemon.status round trips (one connection per client thread).
     Rpc {
         /// Calls per client.
@@ -57,6 +83,23 @@ pub enum BenchCmd {
 pub fn run(env: &Env, cmd: BenchCmd) -> anyhow::Result<Outcome> {
     match cmd {
         BenchCmd::Rpc { count, clients } => rpc(env, count, clients),
+        BenchCmd::Run {
+            repo,
+            count,
+            image,
+            vmm,
+            vcpu,
+            memory,
+            disk_size,
+        } => {
+            let shape = Shape {
+                vmm,
+                vcpu,
+                memory_mib: banger_core::size::parse_mib(&memory).map_err(anyhow::Error::msg)?,
+                disk_bytes: banger_core::size::parse(&disk_size).map_err(anyhow::Error::msg)?,
+            };
+            super::bench_run::run(env, repo, count, image, &shape)
+        }
         BenchCmd::Create {
             count,
             image,
@@ -189,11 +232,11 @@ fn ensure_stub_image(client: &mut Client) -> anyhow::Result<()> {
 }
 
 /// What each benchmarked VM looks like.
-struct Shape {
-    vmm: Option<String>,
-    vcpu: u32,
-    memory_mib: u64,
-    disk_bytes: u64,
+pub(super) struct Shape {
+    pub(super) vmm: Option<String>,
+    pub(super) vcpu: u32,
+    pub(super) memory_mib: u64,
+    pub(super) disk_bytes: u64,
 }
 
 fn create(

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod bench;
+mod bench_run;
 pub mod completion;
 pub mod cp;
 pub mod daemon;
