@@ -5,6 +5,7 @@ pub mod completion;
 pub mod cp;
 pub mod daemon;
 pub mod doctor;
+pub mod export;
 pub mod image;
 pub mod kernel;
 pub mod logtail;

@@ -194,6 +194,26 @@ pub enum WorkspaceCmd {
         #[arg(long, value_name = "REF")]
         from: Option<String>,
     },
+    /// Bring the guest's own changes back (its commits since prepare and its
+    /// working tree, never the host's state that was sent in); checked as
+    /// hostile. Default: a patch on stdout.
+    Export {
+        name: String,
+        /// The host repository (default: the current directory).
+        #[arg(default_value = ".")]
+        path: PathBuf,
+        /// Write the changes into the host's working tree (merged with what
+        /// the host changed since; a conflict writes nothing).
+        #[arg(long, conflicts_with = "output")]
+        apply: bool,
+        /// Write a FILE.patch (git apply) or a FILE.bundle (git fetch FILE refs/banger/export).
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Take the changes from this guest commit instead of the snapshot
+        /// prepare left (refs/banger/base).
+        #[arg(long, value_name = "REV")]
+        base_commit: Option<String>,
+    },
 }
 
 #[derive(Serialize)]
@@ -234,5 +254,21 @@ pub fn workspace_cmd(env: &Env, cmd: WorkspaceCmd) -> anyhow::Result<Outcome> {
                 files: snap.files.len(),
             }))
         }
+        WorkspaceCmd::Export {
+            name,
+            path,
+            apply,
+            output,
+            base_commit,
+        } => super::export::export(
+            env,
+            super::export::ExportArgs {
+                name,
+                path,
+                apply,
+                output,
+                base_commit,
+            },
+        ),
     }
 }
