@@ -12,6 +12,7 @@ pub mod logtail;
 pub mod operation;
 pub mod run;
 pub mod ssh;
+pub mod sync;
 pub mod system;
 pub mod version;
 pub mod vm;

@@ -124,8 +124,11 @@ pub fn run(env: &Env, a: RunArgs) -> anyhow::Result<Outcome> {
     let no_build = a.create.no_build;
     // A VM whose guest never answered fails here, and create keeps it (its
     // error says so and how to look at it).
-    let (vm, _) = super::vm::create_vm(env, no_build, a.create.into_params()?)?;
+    let (vm, op) = super::vm::create_vm(env, no_build, a.create.into_params()?)?;
     let name = vm.name.clone();
+    if super::vm::reached_ssh(&op) {
+        super::sync::after_create(env, &name, a.path.as_deref());
+    }
     let result = in_vm(env, &name, snap.as_ref(), a.stream, a.command);
     if a.rm {
         let mut client = env.client()?;
