@@ -529,6 +529,38 @@ fn real_guest_boots_answers_ssh_agent_and_survives_stop_start() {
     );
     std::fs::remove_file(user_home.join(".gitconfig")).unwrap();
 
+    // Detached: `vm exec -d` returns at once with a run id; `vm attach`
+    // follows the output to its end and exits with the command's status; a
+    // finished run can be attached again (the latest by default).
+    let started = banger_in_ns(
+        &mut h,
+        &[
+            "--json",
+            "vm",
+            "exec",
+            "-d",
+            "-w",
+            "/tmp",
+            "g1",
+            "--",
+            "sh",
+            "-c",
+            "pwd; sleep 4; echo done >&2; exit 7",
+        ],
+    );
+    assert!(started.status.success(), "{started:?}");
+    let started: Value = serde_json::from_slice(&started.stdout).unwrap();
+    let run_id = started["run_id"].as_str().unwrap().to_string();
+    let attached = banger_in_ns(&mut h, &["vm", "attach", "g1", &run_id]);
+    assert_eq!(attached.status.code(), Some(7), "{attached:?}");
+    assert_eq!(String::from_utf8_lossy(&attached.stdout), "/tmp\ndone\n");
+    let again = banger_in_ns(&mut h, &["vm", "attach", "g1"]);
+    assert_eq!(again.status.code(), Some(7), "{again:?}");
+    assert_eq!(String::from_utf8_lossy(&again.stdout), "/tmp\ndone\n");
+    let missing = banger_in_ns(&mut h, &["--json", "vm", "attach", "g1", "nosuch"]);
+    let missing: Value = serde_json::from_slice(&missing.stdout).unwrap();
+    assert_eq!(missing["error"]["kind"], "not_found", "{missing}");
+
     // vm cp: a tree with an executable, a symlink and an empty directory,
     // there and back with modes, links and mtimes; a tar stream on stdout;
     // a 64 MiB file streamed intact.

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod attach;
 pub mod bench;
 pub mod completion;
 pub mod cp;

@@ -94,6 +94,11 @@ pub fn run(env: &Env, a: RunArgs) -> anyhow::Result<Outcome> {
             "an interactive shell has no JSON form: give a command (banger --json vm run ... -- CMD...)",
         ));
     }
+    if a.stream.detach && (a.command.is_empty() || a.rm) {
+        return Err(usage(
+            "-d/--detach needs a command (-- CMD...) and keeps the VM (no --rm)",
+        ));
+    }
     // The snapshot comes first: a bad PATH fails before a VM exists.
     let opts = workspace::Options {
         include_untracked: a.include_untracked,

@@ -155,6 +155,10 @@ pub struct StreamFlags {
     /// Never allocate a terminal.
     #[arg(short = 'T', long)]
     pub no_tty: bool,
+    /// Start the command and return; its output goes to a log in the guest
+    /// that `banger vm attach NAME` follows.
+    #[arg(short = 'd', long, conflicts_with = "tty")]
+    pub detach: bool,
 }
 
 #[derive(Debug, Args)]
@@ -237,6 +241,9 @@ pub enum VmCmd {
     /// Copy the config's [[file_sync]] files and your git identity into a
     /// running VM (also done at create): banger vm sync NAME
     Sync { name: String },
+    /// Follow a detached command's output (vm run -d, vm exec -d) and end
+    /// with its exit status: banger vm attach NAME [RUN_ID] (default: the latest)
+    Attach { name: String, id: Option<String> },
     /// Round trip to the VM (its guest agent, else its VMM).
     Ping { name: String },
     /// Sockets listening in the guest (from its agent), with <name>.vm endpoints.
@@ -290,6 +297,7 @@ pub fn run(env: &Env, cmd: VmCmd) -> anyhow::Result<Outcome> {
         VmCmd::Workspace(c) => super::run::workspace_cmd(env, c),
         VmCmd::Cp(a) => super::cp::cp(env, a),
         VmCmd::Sync { name } => super::sync::vm_sync(env, &name),
+        VmCmd::Attach { name, id } => super::attach::attach(env, &name, id.as_deref()),
         VmCmd::Start(a) => each(env, a.names, "started", |c, n| {
             c.call::<Start>(&NameParams { name: n.into() })
         }),
