@@ -678,7 +678,7 @@ fn inspect(s: &Scratch, bundle: &Path) -> anyhow::Result<Inspected> {
         return Err(refuse(
             ErrorKind::PermissionDenied,
             format!(
-                "the guest's export was refused by git's object checks (nothing was written): {}",
+                "the guest's bundle was refused by git (its object checks, or commits the host lacks; nothing was written): {}",
                 match e.stderr().trim() {
                     "" => e.to_string(),
                     s => s.replace('\n', "; "),
