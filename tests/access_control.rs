@@ -183,6 +183,58 @@ fn users_outside_the_socket_group_cannot_connect() {
     );
 }
 
+/// `[[file_sync]]`: the CLI reads host files with the user's rights, so a
+/// file only root can read is refused for nobody by the CLI itself, before
+/// any VM or daemon is asked (the VM named does not even exist), and the
+/// daemon never opens it.
+#[test]
+fn file_sync_of_a_root_only_file_is_refused_by_the_cli() {
+    require_root();
+    let mut h = Home::new();
+    let secret = h.path().join("secret.npmrc");
+    std::fs::write(&secret, "//registry/:_authToken=root-only\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    h.config(&format!(
+        "[[file_sync]]\nhost = \"{}\"\nguest = \"~/.npmrc\"\nmode = \"0600\"\n",
+        secret.display()
+    ));
+    h.start_daemon();
+    let (kind, msg) = nobody_fails(&h, &["vm", "sync", "no-such-vm"]);
+    assert_eq!(kind, "permission_denied", "{msg}");
+    assert!(
+        msg.contains("secret.npmrc")
+            && msg.contains("Permission denied")
+            && msg.contains("file_sync"),
+        "{msg}"
+    );
+    // Root can read it: past the file, the VM is what is missing.
+    let out = h
+        .banger()
+        .args(["--json", "vm", "sync", "no-such-vm"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error"]["kind"], "not_found", "{v}");
+    // A guest path outside /root is refused before anything is read.
+    let h2 = Home::new();
+    h2.config("[[file_sync]]\nhost = \"/etc/hostname\"\nguest = \"/etc/passwd\"\n");
+    let out = h2
+        .banger()
+        .args(["--json", "vm", "sync", "x"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error"]["kind"], "invalid_params", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("under /root"),
+        "{v}"
+    );
+}
+
 /// A raw connection whose peer credentials say nobody: SO_PEERCRED records
 /// the connecting process, so a child running as nobody connects and hands
 /// the connected socket back to us over a socketpair (SCM_RIGHTS).

@@ -360,6 +360,207 @@ fn real_guest_boots_answers_ssh_agent_and_survives_stop_start() {
         "status parity, tracked only"
     );
 
+    // Workspace export: the guest's commits and working tree come back, the
+    // host's dirty state sent in does not; over host changes elsewhere it
+    // merges; over the same lines it conflicts and writes nothing; each
+    // hostile change is refused.
+    let ex = fx.join("exp");
+    std::fs::create_dir_all(&ex).unwrap();
+    let shx = |script: &str| -> String {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(&ex)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{script}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    shx(
+        "git init -q -b main && git config user.email t@t && git config user.name t \
+         && for f in a b c d; do printf '%s1\\n%s2\\n%s3\\n' $f $f $f > $f.txt; done \
+         && git add -A && git commit -qm one && echo host-dirty >> a.txt",
+    );
+    let exs = ex.to_str().unwrap();
+    let prepared = banger_in_ns(&mut h, &["vm", "workspace", "prepare", "g1", exs]);
+    assert!(prepared.status.success(), "{prepared:?}");
+    ssh(
+        &mut h,
+        "g1",
+        &["sh", "-c", "cd /root/exp && echo guest-commit >> b.txt \
+          && git -c user.name=g -c user.email=g@g commit -qam 'guest: b' \
+          && echo guest-wt >> c.txt && echo new > n.txt && printf '#!/bin/sh\\n' > tool.sh && chmod +x tool.sh"],
+    );
+    let export = |h: &mut Home, extra: &[&str]| {
+        let mut args = vec!["vm", "workspace", "export", "g1", exs];
+        args.extend_from_slice(extra);
+        banger_in_ns(h, &args)
+    };
+    let patch = fx.join("exp.patch");
+    let out = export(&mut h, &["-o", patch.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        summary.contains("1 guest commit") && summary.contains("flagged: tool.sh: new executable"),
+        "{summary}"
+    );
+    let text = std::fs::read_to_string(&patch).unwrap();
+    for want in ["+guest-commit", "+guest-wt", "b/n.txt", "b/tool.sh"] {
+        assert!(text.contains(want), "{want} in {text}");
+    }
+    assert!(
+        !text.contains("host-dirty") && !text.contains("a.txt"),
+        "{text}"
+    );
+    let stdout = export(&mut h, &[]);
+    assert!(stdout.status.success(), "{stdout:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&stdout.stdout),
+        text,
+        "the patch on stdout"
+    );
+    // The host moved on elsewhere: merged.
+    shx("echo host-later >> d.txt");
+    let out = export(&mut h, &["--apply"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("merged with the host's changes"),
+        "{out:?}"
+    );
+    assert_eq!(
+        shx("cat a.txt b.txt c.txt d.txt n.txt; test -x tool.sh && git log --format=%s"),
+        "a1\na2\na3\nhost-dirty\nb1\nb2\nb3\nguest-commit\nc1\nc2\nc3\nguest-wt\nd1\nd2\nd3\nhost-later\nnew\none\n"
+    );
+    // The same lines changed on the host: a conflict, the host untouched.
+    shx("sed -i s/guest-wt/host-other/ c.txt");
+    let host_state = "sha256sum *.txt tool.sh; git status --porcelain";
+    let before = shx(host_state);
+    let out = export(&mut h, &["--apply"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(err.contains("conflict") && err.contains("c.txt"), "{err}");
+    assert_eq!(shx(host_state), before, "a conflict writes nothing");
+    // Hostile changes, one at a time: refused, nothing written. The .git
+    // path needs a guest that lies (porcelain git never writes one): a `git`
+    // in the guest's PATH that sends a crafted bundle.
+    let hostile: [(&str, &str, &str); 5] = [
+        ("ln -s /etc/passwd evil", "absolute symlink", "rm evil"),
+        ("mkdir sub && ln -s ../../outside sub/evil", "outside the repository", "rm -r sub"),
+        (
+            "git init -q inner && git -C inner -c user.name=g -c user.email=g@g commit -q --allow-empty -m x",
+            "gitlink",
+            "rm -rf inner",
+        ),
+        (
+            "printf '[submodule \"x\"]\\n\\tpath = x\\n\\turl = https://example.invalid/x\\n' > .gitmodules",
+            ".gitmodules",
+            "rm .gitmodules",
+        ),
+        (
+            "b=$(echo x | git hash-object -w --stdin) \
+             && sub=$(printf '100644 blob %s\\tpost-checkout\\n' $b | git mktree) \
+             && hooks=$(printf '040000 tree %s\\thooks\\n' $sub | git mktree) \
+             && tree=$(printf '040000 tree %s\\t.git\\n' $hooks | git mktree) \
+             && base=$(git rev-parse refs/banger/base) \
+             && e=$(git -c user.name=g -c user.email=g@g commit-tree $tree -p $base -m evil) \
+             && git update-ref refs/banger/export $e && git update-ref refs/banger/export-base $base \
+             && git bundle create -q /root/evil.bundle refs/banger/export refs/banger/export-base ^$base^ \
+             && git update-ref -d refs/banger/export && git update-ref -d refs/banger/export-base \
+             && printf '#!/bin/sh\\nif [ \"$1\" = bundle ]; then cat /root/evil.bundle; exit 0; fi\\nexec /usr/bin/git \"$@\"\\n' > /usr/local/bin/git \
+             && chmod +x /usr/local/bin/git",
+            ".git",
+            "rm -f /usr/local/bin/git /root/evil.bundle",
+        ),
+    ];
+    let before = shx(host_state);
+    let refused = fx.join("refused.patch");
+    for (make, want, undo) in hostile {
+        ssh(
+            &mut h,
+            "g1",
+            &["sh", "-c", &format!("cd /root/exp && {make}")],
+        );
+        let out = export(&mut h, &["-o", refused.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{want}: accepted: {out:?}");
+        assert!(
+            err.contains("refused") && err.contains(want),
+            "{want}: {err}"
+        );
+        assert!(!refused.exists(), "{want}: a refused export writes nothing");
+        ssh(
+            &mut h,
+            "g1",
+            &["sh", "-c", &format!("cd /root/exp && {undo}")],
+        );
+    }
+    assert_eq!(shx(host_state), before, "refusals write nothing");
+
+    // file_sync and the git identity: `vm sync` copies the config's files
+    // (read by the CLI as the user) under /root with their mode, and sets
+    // the host user's git identity in the guest.
+    let npmrc = fx.join("npmrc");
+    std::fs::write(&npmrc, "//registry.example.invalid/:_authToken=t0k3n\n").unwrap();
+    h.config(&format!(
+        "[[file_sync]]\nhost = \"{}\"\nguest = \"~/.config/npm/npmrc\"\nmode = \"0600\"\n",
+        npmrc.display()
+    ));
+    let user_home = h.path().join("user-home");
+    std::fs::create_dir_all(&user_home).unwrap();
+    std::fs::write(
+        user_home.join(".gitconfig"),
+        "[user]\n\tname = Ada Tester\n\temail = ada@example.invalid\n",
+    )
+    .unwrap();
+    let synced = banger_in_ns(&mut h, &["vm", "sync", "g1"]);
+    assert!(synced.status.success(), "{synced:?}");
+    assert_eq!(
+        ssh(
+            &mut h,
+            "g1",
+            &[
+                "sh",
+                "-c",
+                "stat -c %a /root/.config/npm/npmrc && cat /root/.config/npm/npmrc \
+              && git config --global user.name && git config --global user.email"
+            ]
+        ),
+        "600\n//registry.example.invalid/:_authToken=t0k3n\nAda Tester\nada@example.invalid\n"
+    );
+    std::fs::remove_file(user_home.join(".gitconfig")).unwrap();
+
+    // Detached: `vm exec -d` returns at once with a run id; `vm attach`
+    // follows the output to its end and exits with the command's status; a
+    // finished run can be attached again (the latest by default).
+    let started = banger_in_ns(
+        &mut h,
+        &[
+            "--json",
+            "vm",
+            "exec",
+            "-d",
+            "-w",
+            "/tmp",
+            "g1",
+            "--",
+            "sh",
+            "-c",
+            "pwd; sleep 4; echo done >&2; exit 7",
+        ],
+    );
+    assert!(started.status.success(), "{started:?}");
+    let started: Value = serde_json::from_slice(&started.stdout).unwrap();
+    let run_id = started["run_id"].as_str().unwrap().to_string();
+    let attached = banger_in_ns(&mut h, &["vm", "attach", "g1", &run_id]);
+    assert_eq!(attached.status.code(), Some(7), "{attached:?}");
+    assert_eq!(String::from_utf8_lossy(&attached.stdout), "/tmp\ndone\n");
+    let again = banger_in_ns(&mut h, &["vm", "attach", "g1"]);
+    assert_eq!(again.status.code(), Some(7), "{again:?}");
+    assert_eq!(String::from_utf8_lossy(&again.stdout), "/tmp\ndone\n");
+    let missing = banger_in_ns(&mut h, &["--json", "vm", "attach", "g1", "nosuch"]);
+    let missing: Value = serde_json::from_slice(&missing.stdout).unwrap();
+    assert_eq!(missing["error"]["kind"], "not_found", "{missing}");
+
     // vm cp: a tree with an executable, a symlink and an empty directory,
     // there and back with modes, links and mtimes; a tar stream on stdout;
     // a 64 MiB file streamed intact.

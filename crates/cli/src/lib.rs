@@ -238,6 +238,36 @@ mod tests {
         assert!(matches!(parse(&["vm", "run"]).command, Command::Vm(_)));
         // exec needs a command.
         assert!(Cli::try_parse_from(["banger", "exec", "a"]).is_err());
+        // -d detaches (not with -t); attach takes an optional run id.
+        match parse(&["exec", "-d", "a", "--", "sleep", "9"]).command {
+            Command::Exec(e) => assert!(e.stream.detach),
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["banger", "exec", "-d", "-t", "a", "--", "x"]).is_err());
+        assert!(matches!(
+            parse(&["vm", "attach", "a"]).command,
+            Command::Vm(_)
+        ));
+        assert!(matches!(
+            parse(&["vm", "attach", "a", "r1"]).command,
+            Command::Vm(_)
+        ));
+        // export: -o and --apply go apart.
+        assert!(matches!(
+            parse(&["vm", "workspace", "export", "a", "-o", "x.patch"]).command,
+            Command::Vm(_)
+        ));
+        assert!(Cli::try_parse_from([
+            "banger",
+            "vm",
+            "workspace",
+            "export",
+            "a",
+            "--apply",
+            "-o",
+            "x.patch"
+        ])
+        .is_err());
         // --json is global: before or after the command.
         assert!(parse(&["ps", "--json"]).json);
         assert!(parse(&["--json", "vm", "ls"]).json);

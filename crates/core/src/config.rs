@@ -28,6 +28,83 @@ pub struct Config {
     pub build: BuildConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// `[[file_sync]]`: host files the CLI copies into each new VM (and on
+    /// `banger vm sync`). Only the CLI reads these, with the user's rights.
+    #[serde(default)]
+    pub file_sync: Vec<FileSync>,
+}
+
+/// One `[[file_sync]]` entry: `host = "~/.npmrc"`, `guest = "~/.npmrc"`,
+/// `mode = "0600"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSync {
+    /// A file on the host: absolute, or `~/...` in the user's home.
+    pub host: String,
+    /// Where it goes in the guest: under /root (`~/...` is /root/...).
+    pub guest: String,
+    /// Octal mode in the guest; default: the host file's permission bits.
+    #[serde(default)]
+    pub mode: Option<String>,
+}
+
+impl FileSync {
+    /// The host path, `~/` expanded with `home`.
+    pub fn host_path(&self, home: Option<&Path>) -> Result<PathBuf, String> {
+        let h = &self.host;
+        let p = match h.strip_prefix("~/") {
+            Some(rest) => home
+                .ok_or_else(|| format!("file_sync host {h:?}: HOME is not set"))?
+                .join(rest),
+            None => PathBuf::from(h),
+        };
+        if !p.is_absolute() {
+            return Err(format!(
+                "file_sync host {h:?}: give an absolute path or ~/..."
+            ));
+        }
+        Ok(p)
+    }
+
+    /// The guest path: absolute, under /root, no `.` or `..` components.
+    pub fn guest_path(&self) -> Result<String, String> {
+        let g = &self.guest;
+        let p = match g.strip_prefix("~/") {
+            Some(rest) => format!("/root/{rest}"),
+            None => g.clone(),
+        };
+        let Some(rest) = p.strip_prefix("/root/") else {
+            return Err(format!(
+                "file_sync guest {g:?}: only paths under /root (or ~/) are allowed"
+            ));
+        };
+        let parts: Vec<&str> = rest.split('/').collect();
+        if parts
+            .iter()
+            .any(|c| c.is_empty() || *c == "." || *c == "..")
+        {
+            return Err(format!(
+                "file_sync guest {g:?}: no empty, . or .. components (and a file name, not a directory)"
+            ));
+        }
+        if p.bytes().any(|b| b.is_ascii_control()) {
+            return Err(format!("file_sync guest {g:?}: control characters"));
+        }
+        Ok(p)
+    }
+
+    /// The mode, parsed (octal, at most 0o7777).
+    pub fn mode_bits(&self) -> Result<Option<u32>, String> {
+        self.mode
+            .as_deref()
+            .map(|m| {
+                u32::from_str_radix(m.trim_start_matches("0o"), 8)
+                    .ok()
+                    .filter(|v| *v <= 0o7777)
+                    .ok_or_else(|| format!("file_sync mode {m:?}: an octal mode such as \"0600\""))
+            })
+            .transpose()
+    }
 }
 
 /// `[limits]`: what one non-root user may hold at once (root is exempt), so
@@ -361,6 +438,53 @@ mod tests {
         );
         assert_eq!(c.agent_bin.as_deref(), Some(Path::new("/opt/banger-agent")));
         assert!(Config::parse("[build]\nautomatic = true\n").is_err());
+    }
+
+    #[test]
+    fn file_sync_entries_and_their_checks() {
+        let c = Config::parse(
+            "[[file_sync]]\nhost = \"~/.npmrc\"\nguest = \"~/.npmrc\"\nmode = \"0600\"\n\
+             [[file_sync]]\nhost = \"/etc/x\"\nguest = \"/root/a/b\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.file_sync.len(), 2);
+        let f = &c.file_sync[0];
+        assert_eq!(
+            f.host_path(Some(Path::new("/home/u"))).unwrap(),
+            Path::new("/home/u/.npmrc")
+        );
+        assert_eq!(f.guest_path().unwrap(), "/root/.npmrc");
+        assert_eq!(f.mode_bits().unwrap(), Some(0o600));
+        assert_eq!(c.file_sync[1].guest_path().unwrap(), "/root/a/b");
+        assert_eq!(c.file_sync[1].mode_bits().unwrap(), None);
+        let e = |host: &str, guest: &str, mode: Option<&str>| FileSync {
+            host: host.into(),
+            guest: guest.into(),
+            mode: mode.map(String::from),
+        };
+        for bad in [
+            "/etc/passwd",
+            "/root",
+            "/root/",
+            "~/../etc/x",
+            "/root/a/../../etc/x",
+            "/root/./x",
+            "/root/a/",
+            "/rootx/y",
+            "relative",
+            "~",
+        ] {
+            assert!(e("/x", bad, None).guest_path().is_err(), "{bad}");
+        }
+        assert!(e("rel/x", "~/x", None).host_path(None).is_err());
+        assert!(e("~/x", "~/x", None).host_path(None).is_err());
+        for bad in ["rw", "0800", "17777", "-1"] {
+            assert!(e("/x", "~/x", Some(bad)).mode_bits().is_err(), "{bad}");
+        }
+        assert!(Config::parse("[[file_sync]]\nhost = \"/x\"\n").is_err());
+        assert!(
+            Config::parse("[[file_sync]]\nhost = \"/x\"\nguest = \"~/x\"\nmod = \"1\"\n").is_err()
+        );
     }
 
     #[test]

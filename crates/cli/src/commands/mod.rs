@@ -1,17 +1,20 @@
 //! One module per subcommand.
 
+pub mod attach;
 pub mod bench;
 mod bench_run;
 pub mod completion;
 pub mod cp;
 pub mod daemon;
 pub mod doctor;
+pub mod export;
 pub mod image;
 pub mod kernel;
 pub mod logtail;
 pub mod operation;
 pub mod run;
 pub mod ssh;
+pub mod sync;
 pub mod system;
 pub mod version;
 pub mod vm;

@@ -94,6 +94,11 @@ pub fn run(env: &Env, a: RunArgs) -> anyhow::Result<Outcome> {
             "an interactive shell has no JSON form: give a command (banger --json vm run ... -- CMD...)",
         ));
     }
+    if a.stream.detach && (a.command.is_empty() || a.rm) {
+        return Err(usage(
+            "-d/--detach needs a command (-- CMD...) and keeps the VM (no --rm)",
+        ));
+    }
     // The snapshot comes first: a bad PATH fails before a VM exists.
     let opts = workspace::Options {
         include_untracked: a.include_untracked,
@@ -124,8 +129,11 @@ pub fn run(env: &Env, a: RunArgs) -> anyhow::Result<Outcome> {
     let no_build = a.create.no_build;
     // A VM whose guest never answered fails here, and create keeps it (its
     // error says so and how to look at it).
-    let (vm, _) = super::vm::create_vm(env, no_build, a.create.into_params()?)?;
+    let (vm, op) = super::vm::create_vm(env, no_build, a.create.into_params()?)?;
     let name = vm.name.clone();
+    if super::vm::reached_ssh(&op) {
+        super::sync::after_create(env, &name, a.path.as_deref());
+    }
     let result = in_vm(env, &name, snap.as_ref(), a.stream, a.command);
     if a.rm {
         let mut client = env.client()?;
@@ -194,6 +202,26 @@ pub enum WorkspaceCmd {
         #[arg(long, value_name = "REF")]
         from: Option<String>,
     },
+    /// Bring the guest's own changes back (its commits since prepare and its
+    /// working tree, never the host's state that was sent in); checked as
+    /// hostile. Default: a patch on stdout.
+    Export {
+        name: String,
+        /// The host repository (default: the current directory).
+        #[arg(default_value = ".")]
+        path: PathBuf,
+        /// Write the changes into the host's working tree (merged with what
+        /// the host changed since; a conflict writes nothing).
+        #[arg(long, conflicts_with = "output")]
+        apply: bool,
+        /// Write a FILE.patch (git apply) or a FILE.bundle (git fetch FILE refs/banger/export).
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Take the changes from this guest commit instead of the snapshot
+        /// prepare left (refs/banger/base).
+        #[arg(long, value_name = "REV")]
+        base_commit: Option<String>,
+    },
 }
 
 #[derive(Serialize)]
@@ -234,5 +262,21 @@ pub fn workspace_cmd(env: &Env, cmd: WorkspaceCmd) -> anyhow::Result<Outcome> {
                 files: snap.files.len(),
             }))
         }
+        WorkspaceCmd::Export {
+            name,
+            path,
+            apply,
+            output,
+            base_commit,
+        } => super::export::export(
+            env,
+            super::export::ExportArgs {
+                name,
+                path,
+                apply,
+                output,
+                base_commit,
+            },
+        ),
     }
 }

@@ -215,6 +215,9 @@ pub fn vm_exec(env: &Env, a: super::vm::ExecArgs) -> anyhow::Result<Outcome> {
         &a.stream.env,
         a.user.as_deref(),
     );
+    if a.stream.detach {
+        return super::attach::start(env, &a.name, &line);
+    }
     let tty = if a.stream.tty {
         true
     } else if a.stream.no_tty || env.json {

@@ -155,6 +155,10 @@ pub struct StreamFlags {
     /// Never allocate a terminal.
     #[arg(short = 'T', long)]
     pub no_tty: bool,
+    /// Start the command and return; its output goes to a log in the guest
+    /// that `banger vm attach NAME` follows.
+    #[arg(short = 'd', long, conflicts_with = "tty")]
+    pub detach: bool,
 }
 
 #[derive(Debug, Args)]
@@ -234,6 +238,12 @@ pub enum VmCmd {
     /// Run a program in a running VM with its stdin, stdout, stderr and exit
     /// status: banger vm exec NAME [-w DIR] [-e K=V]... -- CMD ARGS...
     Exec(ExecArgs),
+    /// Copy the config's [[file_sync]] files and your git identity into a
+    /// running VM (also done at create): banger vm sync NAME
+    Sync { name: String },
+    /// Follow a detached command's output (vm run -d, vm exec -d) and end
+    /// with its exit status: banger vm attach NAME [RUN_ID] (default: the latest)
+    Attach { name: String, id: Option<String> },
     /// Round trip to the VM (its guest agent, else its VMM).
     Ping { name: String },
     /// Sockets listening in the guest (from its agent), with <name>.vm endpoints.
@@ -286,6 +296,8 @@ pub fn run(env: &Env, cmd: VmCmd) -> anyhow::Result<Outcome> {
         VmCmd::Run(a) => super::run::run(env, a),
         VmCmd::Workspace(c) => super::run::workspace_cmd(env, c),
         VmCmd::Cp(a) => super::cp::cp(env, a),
+        VmCmd::Sync { name } => super::sync::vm_sync(env, &name),
+        VmCmd::Attach { name, id } => super::attach::attach(env, &name, id.as_deref()),
         VmCmd::Start(a) => each(env, a.names, "started", |c, n| {
             c.call::<Start>(&NameParams { name: n.into() })
         }),
@@ -441,7 +453,16 @@ impl Render for Created {
 
 fn create(env: &Env, no_build: bool, params: CreateParams) -> anyhow::Result<Outcome> {
     let (vm, operation) = create_vm(env, no_build, params)?;
+    if reached_ssh(&operation) {
+        super::sync::after_create(env, &vm.name, None);
+    }
     Ok(Outcome::of(Created { vm, operation }))
+}
+
+/// Whether a create waited for (and got) the guest's sshd: then
+/// `[[file_sync]]` can go in.
+pub(crate) fn reached_ssh(op: &progress::OpSummary) -> bool {
+    op.stages.iter().any(|s| s.name == "ssh")
 }
 
 /// Creates (and by default starts) a VM, following the operation's progress

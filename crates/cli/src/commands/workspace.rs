@@ -88,6 +88,20 @@ fn git_opt(dir: &Path, args: &[&str]) -> Option<String> {
     git(dir, args, &[]).ok().filter(|s| !s.is_empty())
 }
 
+/// The directory name a workspace at `path` (canonical) gets under /root.
+pub(crate) fn workspace_name(path: &Path) -> String {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| !n.is_empty() && !n.starts_with('.'))
+        .unwrap_or("workspace")
+        .to_string()
+}
+
+/// The top directory of the git repository `path` is in, if any.
+pub(crate) fn git_toplevel(path: &Path) -> Option<PathBuf> {
+    git_opt(path, &["rev-parse", "--show-toplevel"]).map(PathBuf::from)
+}
+
 /// Snapshots the directory at `path` (see the module doc).
 pub fn snapshot(path: &Path, opts: &Options) -> anyhow::Result<Snapshot> {
     let include_untracked = opts.include_untracked;
@@ -97,14 +111,8 @@ pub fn snapshot(path: &Path, opts: &Options) -> anyhow::Result<Snapshot> {
     if !path.is_dir() {
         bail!("workspace {} is not a directory", path.display());
     }
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .filter(|n| !n.is_empty() && !n.starts_with('.'))
-        .unwrap_or("workspace")
-        .to_string();
-    let top = git_opt(&path, &["rev-parse", "--show-toplevel"]);
-    let Some(top) = top.map(PathBuf::from) else {
+    let name = workspace_name(&path);
+    let Some(top) = git_toplevel(&path) else {
         eprintln!(
             "{} is not a git repository: copying the directory as it is",
             path.display()
@@ -377,6 +385,8 @@ pub fn push(snap: &Snapshot, ssh: &dyn Fn() -> anyhow::Result<Command>) -> anyho
                 "git checkout-index -a -f".to_string(),
                 "git read-tree refs/banger/index".to_string(),
                 "git update-index -q --refresh || true".to_string(),
+                // What `workspace export` takes the guest's changes from.
+                "git update-ref refs/banger/base refs/banger/worktree".to_string(),
                 "git update-ref -d refs/banger/index".to_string(),
                 "git update-ref -d refs/banger/worktree".to_string(),
                 format!("rm -f {}", q(&tmp_bundle)),
