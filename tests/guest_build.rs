@@ -384,7 +384,18 @@ fn ctrl_c_cancels_a_build_and_leaves_nothing() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| !n.ends_with(".lock"))
         .collect();
-    assert!(entries.is_empty(), "left in the cache: {entries:?}");
+    if !entries.is_empty() {
+        // What is left says why: a whole tree (removal never ran) or a few
+        // files (writers outlived the removal).
+        let listing = Command::new("find")
+            .arg(cache.join("kernels"))
+            .args(["-maxdepth", "3"])
+            .output()
+            .unwrap();
+        let listing = String::from_utf8_lossy(&listing.stdout);
+        let head: Vec<&str> = listing.lines().take(30).collect();
+        panic!("left in the cache: {entries:?}:\n{}", head.join("\n"));
+    }
     assert!(h.json(&["kernel", "list"]).as_array().unwrap().is_empty());
     assert_eq!(h.staged_files(), Vec::<PathBuf>::new());
 }

@@ -1,7 +1,9 @@
-//! What an `image.build` or `kernel.build` request becomes: the cheap checks
-//! (inputs, names, ownership, reserved names, `--replace` rights) done before
-//! any work starts, and the job the operation then runs. The RPC handlers only
-//! adapt: params → [`image_job`] / [`kernel_job`] → an operation.
+//! What an `image.build`, `image.register`, `kernel.build` or `kernel.import`
+//! request becomes: the cheap checks (inputs, names, ownership, reserved
+//! names, `--replace` rights, the caller's descriptors) done before any work
+//! starts, and the job the operation then runs. The RPC handlers only adapt:
+//! params → [`image_job`] / [`register_job`] / [`kernel_job`] /
+//! [`import_job`] → an operation.
 
 use banger_core::config::Config;
 use banger_proto::methods::{image, kernel};
@@ -14,8 +16,74 @@ use crate::builds::{
 };
 use crate::caller::{Caller, Fds};
 use crate::error::Error;
+use crate::images::{self, RegisterJob};
+use crate::kernels::ImportJob;
 use crate::registry::Registry;
 use crate::{caller_files, kernels};
+
+/// `image register`: a name of the caller's (never a reserved one), a kernel
+/// the caller may use, and ext4 images as descriptors.
+pub async fn register_job(
+    registry: &Registry,
+    caller: &Caller,
+    fds: &mut Fds,
+    p: image::RegisterParams,
+) -> Result<RegisterJob, Error> {
+    validate_name(&p.name).map_err(|e| Error::invalid(e.to_string()))?;
+    check_reserved("image", &p.name, caller.uid)?;
+    if registry.store.image_by_name(&p.name)?.is_some() {
+        return Err(Error::already_exists("image", &p.name));
+    }
+    let kernel = kernels::find(registry, caller, &p.kernel)?;
+    check_shared_kernel(caller.uid, &kernel)?;
+    for f in &p.features {
+        if !image::FEATURES.contains(&f.as_str()) {
+            return Err(Error::invalid(format!(
+                "unknown image feature {f:?}: known ones are {}",
+                image::FEATURES.join(", ")
+            )));
+        }
+    }
+    let rootfs = images::validate_ext4(fds.take(p.rootfs, "rootfs")?, "rootfs").await?;
+    let work_seed = match p.work_seed {
+        Some(r) => Some(images::validate_ext4(fds.take(r, "work seed")?, "work seed").await?),
+        None => None,
+    };
+    Ok(RegisterJob {
+        features: p.features,
+        owner_uid: caller.uid,
+        name: p.name,
+        kernel_id: kernel.id,
+        rootfs,
+        work_seed,
+    })
+}
+
+/// `kernel import`: a name of the caller's (never a reserved one), and the
+/// kernel (and initrd) as regular-file descriptors.
+pub async fn import_job(
+    registry: &Registry,
+    caller: &Caller,
+    fds: &mut Fds,
+    p: kernel::ImportParams,
+) -> Result<ImportJob, Error> {
+    validate_name(&p.name).map_err(|e| Error::invalid(e.to_string()))?;
+    check_reserved("kernel", &p.name, caller.uid)?;
+    if registry.store.kernel_by_name(&p.name)?.is_some() {
+        return Err(Error::already_exists("kernel", &p.name));
+    }
+    let kernel = caller_files::regular(fds.take(p.kernel, "kernel")?, "kernel").await?;
+    let initrd = match p.initrd {
+        Some(r) => Some(caller_files::regular(fds.take(r, "initrd")?, "initrd").await?),
+        None => None,
+    };
+    Ok(ImportJob {
+        owner_uid: caller.uid,
+        name: p.name,
+        kernel,
+        initrd,
+    })
+}
 
 /// `auto` is the first-use build `vm create` asks for: banger's defaults
 /// only, allowed unless `[build] auto = false`.

@@ -412,7 +412,7 @@ pub async fn build_kernel(
             Ok(()) => {
                 placed.keep();
                 if let Some(old) = &existing {
-                    crate::staging::remove_dir(&d.paths.kernels_dir().join(&old.id));
+                    crate::staging::remove_dir_blocking(d.paths.kernels_dir().join(&old.id)).await;
                 }
                 tracing::info!(kernel = %row.name, id = %row.id, cached = built.cached, "kernel built");
                 return Ok(KernelOutcome {
@@ -604,7 +604,7 @@ pub async fn image_build_op(
             }
             placed.keep();
             if let Some(old) = &existing {
-                crate::staging::remove_dir(&d.paths.images_dir().join(&old.id));
+                crate::staging::remove_dir_blocking(d.paths.images_dir().join(&old.id)).await;
             }
             tracing::info!(image = %row.name, id = %row.id, cached = built.cached, "image built");
             (row, false)

@@ -19,6 +19,12 @@ impl Caller {
         self.uid == 0
     }
 
+    /// Root, or the user the daemon itself runs as (a per-user daemon): who
+    /// may stop the daemon or read its log.
+    pub fn is_admin(&self) -> bool {
+        self.is_root() || self.uid == rustix::process::geteuid().as_raw()
+    }
+
     /// `None` for root (sees everything), else the uid to filter on.
     pub fn uid_filter(&self) -> Option<u32> {
         (!self.is_root()).then_some(self.uid)

@@ -180,7 +180,7 @@ pub async fn register(
 }
 
 /// Deletes the image row (refused while VMs use it), then its files.
-pub fn delete(d: &Registry, caller: &Caller, name: &str) -> Result<(), Error> {
+pub async fn delete(d: &Registry, caller: &Caller, name: &str) -> Result<(), Error> {
     let i = find(d, caller, name)?;
     if !caller.can_change(i.owner_uid) {
         return Err(Error::denied(format!(
@@ -189,7 +189,26 @@ pub fn delete(d: &Registry, caller: &Caller, name: &str) -> Result<(), Error> {
         )));
     }
     d.store.delete_image(&i.id)?;
-    crate::staging::remove_dir(&d.paths.images_dir().join(&i.id));
+    crate::staging::remove_dir_blocking(d.paths.images_dir().join(&i.id)).await;
     tracing::info!(image = %name, uid = caller.uid, "image deleted");
     Ok(())
+}
+
+/// Root sets everyone's default; a user sets their own (over root's).
+/// Only one's own or a root-owned image may be promoted: root promoting a
+/// user's image would make it every user's fallback default while that user
+/// can still replace or delete it, so that is refused (register or build a
+/// root-owned copy instead).
+pub fn promote(d: &Registry, caller: &Caller, name: &str) -> Result<ImageInfo, Error> {
+    let img = find(d, caller, name)?;
+    if img.owner_uid != 0 && img.owner_uid != caller.uid {
+        return Err(Error::denied(format!(
+            "image {name:?} belongs to uid {}; only its owner may make it a default (a default \
+             root sets is every user's, so it must be root-owned)",
+            img.owner_uid
+        )));
+    }
+    d.store.set_default_image(caller.uid, &img.id)?;
+    tracing::info!(image = %name, uid = caller.uid, "image promoted to default");
+    info(d, caller, &img)
 }

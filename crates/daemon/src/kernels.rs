@@ -48,15 +48,22 @@ pub fn file_info(d: &Registry, f: &StoredFile) -> FileInfo {
     }
 }
 
+/// What a `kernel.import` registers: the caller's checked descriptors.
+pub struct ImportJob {
+    pub owner_uid: u32,
+    pub name: String,
+    pub kernel: File,
+    pub initrd: Option<File>,
+}
+
 /// The body of a `kernel.import` operation.
-pub async fn import(
-    d: Arc<Registry>,
-    op: OpHandle,
-    owner_uid: u32,
-    name: String,
-    kernel: File,
-    initrd: Option<File>,
-) -> Result<KernelInfo, Error> {
+pub async fn import(d: Arc<Registry>, op: OpHandle, job: ImportJob) -> Result<KernelInfo, Error> {
+    let ImportJob {
+        owner_uid,
+        name,
+        kernel,
+        initrd,
+    } = job;
     let scratch = Scratch::new(&d.paths, &op.id())?;
     op.stage("extract");
     let vmlinux_tmp = scratch.path("vmlinux");
@@ -130,7 +137,7 @@ pub async fn import(
 }
 
 /// Deletes the kernel row (refused while images or VMs use it), then its files.
-pub fn delete(d: &Registry, caller: &Caller, name: &str) -> Result<(), Error> {
+pub async fn delete(d: &Registry, caller: &Caller, name: &str) -> Result<(), Error> {
     let k = find(d, caller, name)?;
     if !caller.can_change(k.owner_uid) {
         return Err(Error::denied(format!(
@@ -139,7 +146,7 @@ pub fn delete(d: &Registry, caller: &Caller, name: &str) -> Result<(), Error> {
         )));
     }
     d.store.delete_kernel(&k.id)?;
-    crate::staging::remove_dir(&d.paths.kernels_dir().join(&k.id));
+    crate::staging::remove_dir_blocking(d.paths.kernels_dir().join(&k.id)).await;
     tracing::info!(kernel = %name, uid = caller.uid, "kernel deleted");
     Ok(())
 }

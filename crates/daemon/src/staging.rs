@@ -78,6 +78,16 @@ pub fn remove_dir(dir: &Path) {
     }
 }
 
+/// [`remove_dir`] on a blocking thread: a registered image or kernel is
+/// gigabytes of files.
+pub async fn remove_dir_blocking(dir: PathBuf) {
+    let _ = blocking(move || {
+        remove_dir(&dir);
+        Ok(())
+    })
+    .await;
+}
+
 /// Runs blocking work off the async threads.
 pub async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Error> + Send + 'static,

@@ -96,7 +96,12 @@ pub fn run(
             ("total", med(|r| r.total)),
         ];
         let copy = med(|r| r.snapshot + r.copy);
-        let rate = |ms: f64| (r.bytes as f64 / 1e6 / (ms / 1000.0), r.files as f64 / (ms / 1000.0));
+        let rate = |ms: f64| {
+            (
+                r.bytes as f64 / 1e6 / (ms / 1000.0),
+                r.files as f64 / (ms / 1000.0),
+            )
+        };
         let (ws_mbs, ws_fps) = rate(copy);
         let (tar_mbs, tar_fps) = rate(tar_ms);
         let mut t = output::Table::new(&["STAGE", "MEDIAN"]);
@@ -163,8 +168,14 @@ fn rounds(
         })?;
         let created = crate::progress::follow(&mut client, &begun.operation_id, true, &interrupt);
         let body = created.and_then(|op| {
-            let guest = |s: &&banger_proto::methods::op::StageInfo| s.name == "boot" || s.name == "ssh";
-            round.boot_to_reachable = op.stages.iter().filter(guest).filter_map(|s| s.duration_ms).sum();
+            let guest =
+                |s: &&banger_proto::methods::op::StageInfo| s.name == "boot" || s.name == "ssh";
+            round.boot_to_reachable = op
+                .stages
+                .iter()
+                .filter(guest)
+                .filter_map(|s| s.duration_ms)
+                .sum();
             round.create_host = op
                 .stages
                 .iter()

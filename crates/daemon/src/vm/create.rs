@@ -57,7 +57,12 @@ async fn make(
     let vm_dir = record::vm_dir(&d.paths, id);
     std::fs::create_dir_all(&vm_dir)
         .map_err(|e| Error::internal(format!("cannot create {}: {e}", vm_dir.display())))?;
-    let backend = super::disks::backend(d)?;
+    // Probes the host (reflink, device-mapper, maybe `modprobe`): off the
+    // async threads.
+    let backend = {
+        let d = d.clone();
+        blocking(move || super::disks::backend(&d)).await?
+    };
 
     stages.stage("disk-root");
     let origin = d.state_path(&image.rootfs.rel_path);

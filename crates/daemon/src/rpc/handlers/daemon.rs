@@ -44,8 +44,7 @@ pub async fn status(d: Arc<App>, _cx: Ctx, _p: Empty) -> Result<StatusInfo, Erro
 }
 
 pub async fn shutdown(d: Arc<App>, cx: Ctx, _p: Empty) -> Result<Empty, Error> {
-    let me = rustix::process::geteuid().as_raw();
-    if !(cx.caller.is_root() || cx.caller.uid == me) {
+    if !cx.caller.is_admin() {
         return Err(Error::denied(
             "only root can stop the daemon (try: sudo banger daemon stop)",
         ));
@@ -62,8 +61,7 @@ pub async fn shutdown(d: Arc<App>, cx: Ctx, _p: Empty) -> Result<Empty, Error> {
 /// The daemon's log names every user's VMs, images and operations, so only
 /// root (or the user a per-user daemon runs as) may read it.
 pub async fn logs(d: Arc<App>, cx: Ctx, p: LogsParams) -> Result<LogChunk, Error> {
-    let me = rustix::process::geteuid().as_raw();
-    if !(cx.caller.is_root() || cx.caller.uid == me) {
+    if !cx.caller.is_admin() {
         return Err(Error::denied(
             "the daemon log covers every user's VMs; only root can read it \
              (try: sudo banger daemon logs)",

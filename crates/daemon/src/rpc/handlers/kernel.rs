@@ -6,32 +6,22 @@ use crate::error::Error;
 use banger_proto::methods::kernel::{BuildParams, ImportParams, KernelInfo};
 use banger_proto::methods::op::{KernelBuild, KernelImport};
 use banger_proto::methods::{Empty, NameParams, OpBegun};
-use banger_proto::names::validate_name;
 
 use crate::app::App;
 use crate::caller::Ctx;
-use crate::{build_requests, builds, caller_files, kernels};
+use crate::{build_requests, builds, kernels};
 
+/// Cheap checks first ([`build_requests::import_job`]), then the import
+/// runs as an operation.
 pub async fn import_begin(d: Arc<App>, mut cx: Ctx, p: ImportParams) -> Result<OpBegun, Error> {
-    validate_name(&p.name).map_err(|e| Error::invalid(e.to_string()))?;
-    builds::check_reserved("kernel", &p.name, cx.caller.uid)?;
-    if d.registry.store.kernel_by_name(&p.name)?.is_some() {
-        return Err(Error::already_exists("kernel", &p.name));
-    }
-    let kernel = caller_files::regular(cx.fds.take(p.kernel, "kernel")?, "kernel").await?;
-    let initrd = match p.initrd {
-        Some(r) => Some(caller_files::regular(cx.fds.take(r, "initrd")?, "initrd").await?),
-        None => None,
-    };
-    let owner = cx.caller.uid;
+    let job = build_requests::import_job(&d.registry, &cx.caller, &mut cx.fds, p).await?;
     d.ops
-        .check_limit(owner, d.config.limits.running_operations)?;
-    let name = p.name.clone();
+        .check_limit(cx.caller.uid, d.config.limits.running_operations)?;
     let d2 = d.registry.clone();
     let id = d
         .ops
-        .begin::<KernelImport, _, _>(&p.name, owner, move |op| {
-            kernels::import(d2, op, owner, name, kernel, initrd)
+        .begin::<KernelImport, _, _>(&job.name.clone(), cx.caller.uid, move |op| {
+            kernels::import(d2, op, job)
         });
     Ok(OpBegun { operation_id: id })
 }
@@ -70,6 +60,6 @@ pub async fn show(d: Arc<App>, cx: Ctx, p: NameParams) -> Result<KernelInfo, Err
 }
 
 pub async fn delete(d: Arc<App>, cx: Ctx, p: NameParams) -> Result<Empty, Error> {
-    kernels::delete(&d.registry, &cx.caller, &p.name)?;
+    kernels::delete(&d.registry, &cx.caller, &p.name).await?;
     Ok(Empty {})
 }
