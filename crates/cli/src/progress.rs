@@ -14,11 +14,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use banger_proto::methods::op::{
-    Cancel, OpIdParams, OpState, OperationInfo, Progress, StageInfo, Wait, WaitParams,
+    Cancel, OpIdParams, OpState, Operation, OperationInfo, Progress, StageInfo, Wait, WaitParams,
 };
 use banger_proto::{ErrorKind, RpcError};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::client::{Client, ClientError};
@@ -65,15 +64,24 @@ impl OpSummary {
     }
 }
 
-/// The typed result of a succeeded operation.
+/// The typed result of a succeeded operation: its type comes from the
+/// operation ([`Operation::Output`]), not from the caller's guess.
 pub trait OpResult {
-    fn result_as<T: DeserializeOwned>(&self, what: &str) -> anyhow::Result<T>;
+    fn result_of<O: Operation>(&self) -> anyhow::Result<O::Output>;
 }
 
 impl OpResult for OperationInfo {
-    fn result_as<T: DeserializeOwned>(&self, what: &str) -> anyhow::Result<T> {
+    fn result_of<O: Operation>(&self) -> anyhow::Result<O::Output> {
+        if self.kind != O::KIND {
+            bail!(
+                "operation {} is a {}, not a {}",
+                self.id,
+                self.kind,
+                O::KIND
+            );
+        }
         serde_json::from_value(self.result.clone().unwrap_or_default())
-            .with_context(|| format!("unexpected {what} result"))
+            .with_context(|| format!("unexpected {} result", O::KIND))
     }
 }
 

@@ -114,7 +114,7 @@ pub fn run(env: &Env, cmd: ImageCmd) -> anyhow::Result<Outcome> {
             )?;
             let op = progress::follow(&mut client, &begun.operation_id, env.json, &interrupt)?;
             Outcome::of(Registered {
-                image: op.result_as("register")?,
+                image: op.result_of::<banger_proto::methods::op::ImageRegister>()?,
                 operation: OpSummary::of(&op),
             })
         }
@@ -278,7 +278,7 @@ fn build(
 ) -> anyhow::Result<Built> {
     let begun = client.call::<BuildBegin>(params)?;
     let op = progress::follow(client, &begun.operation_id, env.json, interrupt)?;
-    let r: BuildResult = op.result_as("image build")?;
+    let r: BuildResult = op.result_of::<banger_proto::methods::op::ImageBuild>()?;
     Ok(Built {
         image: r.image,
         cached: r.cached,

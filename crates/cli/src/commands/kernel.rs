@@ -92,7 +92,7 @@ pub fn run(env: &Env, cmd: KernelCmd) -> anyhow::Result<Outcome> {
             )?;
             let op = progress::follow(&mut client, &begun.operation_id, env.json, &interrupt)?;
             Outcome::of(Imported {
-                kernel: op.result_as("kernel import")?,
+                kernel: op.result_of::<banger_proto::methods::op::KernelImport>()?,
                 operation: OpSummary::of(&op),
             })
         }
@@ -132,7 +132,7 @@ pub fn run(env: &Env, cmd: KernelCmd) -> anyhow::Result<Outcome> {
             };
             let begun = client.call_with_fds::<BuildBegin>(&params, &fds)?;
             let op = progress::follow(&mut client, &begun.operation_id, env.json, &interrupt)?;
-            let r: BuildResult = op.result_as("kernel build")?;
+            let r: BuildResult = op.result_of::<banger_proto::methods::op::KernelBuild>()?;
             Outcome::of(Built {
                 kernel: r.kernel,
                 cached: r.cached,

@@ -486,7 +486,10 @@ pub(crate) fn create_vm(
         eprintln!("spec: {}", spec_line(&begun.vm));
     }
     let op = progress::follow(&mut client, &begun.operation_id, env.json, &interrupt)?;
-    Ok((op.result_as("create")?, progress::OpSummary::of(&op)))
+    Ok((
+        op.result_of::<banger_proto::methods::op::VmCreate>()?,
+        progress::OpSummary::of(&op),
+    ))
 }
 
 /// One entry per VM named, in the order given: its result or its failure.

@@ -118,7 +118,10 @@ pub async fn boot(
 /// client::gateway:netmask:hostname:device:off:dns) — the gateway also
 /// answers DNS, so the guest resolves `<name>.vm` with no DHCP involved.
 pub fn boot_args(base: &str, name: &str, net: Option<&NetAttach>) -> String {
-    let mut args = format!("{base} root=/dev/vda rw systemd.hostname={name}");
+    let mut args = format!(
+        "{base} root={} rw systemd.hostname={name}",
+        banger_proto::guest::ROOT_DEVICE
+    );
     if let Some(n) = net {
         let mask = banger_core::net_alloc::Subnet {
             network: n.gateway,

@@ -46,7 +46,7 @@ pub const AGENT_SOCKET: &str = "agent.sock";
 
 /// The guest agent's virtio-serial port name: the guest sees it as
 /// `/dev/virtio-ports/org.banger.agent.0`.
-pub const AGENT_PORT_NAME: &str = "org.banger.agent.0";
+pub const AGENT_PORT_NAME: &str = banger_proto::guest::AGENT_SERIAL_NAME;
 
 /// How long QEMU may take from exec to answering QMP (TCG: ~50 ms here);
 /// callers may pass more.
