@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use crate::error::Error;
-use banger_proto::methods::image::{BuildParams, ImageInfo, RegisterParams};
-use banger_proto::methods::op::{ImageBuild, ImageRegister};
+use banger_proto::methods::image::{BuildParams, ImageInfo, PullParams, RegisterParams};
+use banger_proto::methods::op::{ImageBuild, ImagePull, ImageRegister};
 use banger_proto::methods::{Empty, NameParams, OpBegun};
 use banger_proto::names::validate_name;
 
@@ -101,18 +101,7 @@ pub async fn build_begin(d: Arc<App>, cx: Ctx, p: BuildParams) -> Result<OpBegun
             ));
         }
     }
-    let agent = banger_core::tools::find_agent(&d.config)
-        .map_err(|e| Error::precondition(e.to_string()))?
-        .ok_or_else(|| {
-            Error::precondition(format!(
-                "no guest agent: {} is not next to bangerd and agent_bin is not set",
-                banger_core::tools::AGENT_NAME
-            ))
-            .hint(
-                "run ./install.sh (it builds the static agent and installs it next to bangerd), \
-                 or set agent_bin in the config",
-            )
-        })?;
+    let agent = builds::find_agent(&d.config)?;
     let spec = ImageSpec {
         distro: p.distro.clone(),
         variant,
@@ -184,6 +173,67 @@ pub async fn build_begin(d: Arc<App>, cx: Ctx, p: BuildParams) -> Result<OpBegun
         .ops
         .begin::<ImageBuild, _, _>(&name, cx.caller.uid, move |op| {
             builds::image_build_op(d2, op, job)
+        });
+    Ok(OpBegun { operation_id: id })
+}
+
+/// Cheap checks first (reference, platform, name, kernel, agent, size), then
+/// the pull runs as an operation ([`crate::pull`]). The image is the
+/// caller's; a reserved default name is refused for non-root callers.
+pub async fn pull_begin(d: Arc<App>, cx: Ctx, p: PullParams) -> Result<OpBegun, Error> {
+    match p.platform.as_deref() {
+        None | Some("linux/amd64") => {}
+        Some(other) => {
+            return Err(Error::invalid(format!(
+            "platform {other:?}: banger's guests are x86-64 Linux, so only linux/amd64 is pulled"
+        )))
+        }
+    }
+    crate::pull::registry::parse_reference(&p.reference)?;
+    let name = match &p.name {
+        Some(n) => n.clone(),
+        None => crate::pull::default_name(&p.reference)?,
+    };
+    validate_name(&name).map_err(|e| {
+        Error::invalid(format!("image name {name:?}: {e}")).hint("pass --name NAME")
+    })?;
+    let owner_uid = cx.caller.uid;
+    builds::check_reserved("image", &name, owner_uid)?;
+    if d.registry.store.image_by_name(&name)?.is_some() {
+        return Err(Error::already_exists("image", &name).hint("pass --name NAME"));
+    }
+    let kernel_name = p.kernel.clone().unwrap_or_else(builds::default_kernel_name);
+    let kernel = kernels::find(&d.registry, &cx.caller, &kernel_name).map_err(|e| {
+        if p.kernel.is_none() {
+            e.hint("build the default kernel with `banger kernel build`, or pass --kernel NAME")
+        } else {
+            e
+        }
+    })?;
+    builds::check_shared_kernel(owner_uid, &kernel)?;
+    if let Some(s) = p.size {
+        if s < 64 << 20 {
+            return Err(Error::invalid("--size: at least 64 MiB"));
+        }
+    }
+    let agent = builds::find_agent(&d.config)?;
+    let job = crate::pull::PullJob {
+        owner_uid,
+        name: name.clone(),
+        kernel_id: kernel.id,
+        reference: p.reference.clone(),
+        insecure: p.insecure,
+        auth: p.auth.clone(),
+        size: p.size,
+        agent,
+    };
+    d.ops
+        .check_limit(cx.caller.uid, d.config.limits.running_operations)?;
+    let d2 = d.registry.clone();
+    let id = d
+        .ops
+        .begin::<ImagePull, _, _>(&name, cx.caller.uid, move |op| {
+            crate::pull::pull_op(d2, op, job)
         });
     Ok(OpBegun { operation_id: id })
 }
