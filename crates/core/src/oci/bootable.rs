@@ -162,3 +162,60 @@ pub fn make_image(
         features,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::symlink;
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+
+    /// An image whose `/etc` (and `/var/log/apt`, which the setup empties) are
+    /// symlinks to host directories: the setup, confined to the tree, writes
+    /// and removes only inside it.
+    #[test]
+    fn the_guest_setup_never_leaves_the_tree() {
+        if !rustix::process::geteuid().is_root() {
+            panic!("needs root (chroot, file owners)");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let host = dir.path().join("host");
+        fs::create_dir_all(host.join("etc")).unwrap();
+        fs::write(host.join("etc/hostname"), "host\n").unwrap();
+        fs::create_dir_all(host.join("log")).unwrap();
+        fs::write(host.join("log/keep"), "keep\n").unwrap();
+        let tree = dir.path().join("tree");
+        fs::create_dir_all(tree.join("sbin")).unwrap();
+        fs::write(tree.join("sbin/init"), "#!/bin/sh\n").unwrap();
+        symlink(host.join("etc"), tree.join("etc")).unwrap();
+        fs::create_dir_all(tree.join("var/log")).unwrap();
+        symlink(host.join("log"), tree.join("var/log/apt")).unwrap();
+        fs::create_dir_all(tree.join("root")).unwrap();
+        let agent = dir.path().join("agent");
+        fs::write(&agent, b"\x7fELF agent").unwrap();
+        let out = dir.path().join("out");
+        fs::create_dir(&out).unwrap();
+
+        let r = make_image(
+            &tree,
+            &out,
+            &agent,
+            None,
+            &AtomicBool::new(false),
+            &mut |_| {},
+        );
+        assert_eq!(
+            fs::read_to_string(host.join("etc/hostname")).unwrap(),
+            "host\n"
+        );
+        assert_eq!(fs::read_to_string(host.join("log/keep")).unwrap(), "keep\n");
+        let host_entries: Vec<_> = fs::read_dir(host.join("etc")).unwrap().collect();
+        assert_eq!(host_entries.len(), 1, "nothing written into the host's etc");
+        // The setup may fail on a tree this odd (its /etc leads nowhere in the
+        // tree); whether it did or not, nothing outside changed.
+        if let Ok(p) = r {
+            assert!(p.rootfs.exists() && p.work_seed.exists());
+            assert_eq!(p.features, vec!["agent".to_string()]);
+        }
+    }
+}
