@@ -495,8 +495,10 @@ struct Proxy {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq)]
 enum Tamper {
+    /// Nothing changed.
+    None,
     /// One byte more than the descriptor says.
     Append,
     /// The first byte changed.
@@ -505,20 +507,30 @@ enum Tamper {
 
 impl Proxy {
     fn start(upstream: u16, blob: String, tamper: Tamper) -> Proxy {
+        Proxy::start_gated(upstream, blob, tamper, None)
+    }
+
+    /// With `gate`, the proxy is also a Bearer-token registry front: every
+    /// registry request needs `Authorization: Bearer <token>` (else a 401
+    /// naming the realm `/token` on this proxy), and `/token` hands out the
+    /// token, to anyone or only for the given Basic credentials. Each token
+    /// request's query is recorded.
+    fn start_gated(upstream: u16, blob: String, tamper: Tamper, gate: Option<Gate>) -> Proxy {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         l.set_nonblocking(true).unwrap();
         let port = l.local_addr().unwrap().port();
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let served = Arc::new(Mutex::new(0usize));
+        let gate = gate.map(Arc::new);
         let thread = std::thread::spawn(move || {
             while !stop2.load(Ordering::Relaxed) {
                 match l.accept() {
                     Ok((c, _)) => {
                         c.set_nonblocking(false).unwrap();
-                        let (blob, served) = (blob.clone(), served.clone());
+                        let (blob, served, gate) = (blob.clone(), served.clone(), gate.clone());
                         std::thread::spawn(move || {
-                            let _ = proxy_one(c, upstream, &blob, tamper);
+                            let _ = proxy_one(c, upstream, &blob, tamper, gate.as_ref(), port);
                             *served.lock().unwrap() += 1;
                         });
                     }
@@ -543,7 +555,35 @@ impl Drop for Proxy {
     }
 }
 
-fn proxy_one(mut c: TcpStream, upstream: u16, blob: &str, tamper: Tamper) -> std::io::Result<()> {
+struct Gate {
+    token: String,
+    /// `Authorization: Basic ...` the token server wants, if any.
+    basic: Option<String>,
+    queries: Mutex<Vec<String>>,
+}
+
+fn respond(c: &mut TcpStream, status: &str, headers: &[String], body: &str) -> std::io::Result<()> {
+    let mut r = format!(
+        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for h in headers {
+        r.push_str(h);
+        r.push_str("\r\n");
+    }
+    r.push_str("\r\n");
+    r.push_str(body);
+    c.write_all(r.as_bytes())
+}
+
+fn proxy_one(
+    mut c: TcpStream,
+    upstream: u16,
+    blob: &str,
+    tamper: Tamper,
+    gate: Option<&Arc<Gate>>,
+    port: u16,
+) -> std::io::Result<()> {
     c.set_read_timeout(Some(Duration::from_secs(10)))?;
     // The request head (GET/HEAD only: no body).
     let mut head = Vec::new();
@@ -555,9 +595,39 @@ fn proxy_one(mut c: TcpStream, upstream: u16, blob: &str, tamper: Tamper) -> std
         head.push(byte[0]);
     }
     let text = String::from_utf8_lossy(&head).to_string();
-    let is_blob = text.starts_with("GET ") && text.lines().next().unwrap_or("").contains(blob);
+    let first = text.lines().next().unwrap_or("").to_string();
+    let path = first.split_whitespace().nth(1).unwrap_or("").to_string();
+    let authz = text
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("authorization:"))
+        .map(|l| l["authorization:".len()..].trim().to_string());
+    if let Some(g) = gate {
+        if let Some(q) = path.strip_prefix("/token") {
+            g.queries.lock().unwrap().push(q.to_string());
+            if g.basic.is_some() && authz != g.basic {
+                return respond(&mut c, "401 Unauthorized", &[], "{}");
+            }
+            let body = format!(r#"{{"token":"{0}","access_token":"{0}"}}"#, g.token);
+            return respond(
+                &mut c,
+                "200 OK",
+                &["Content-Type: application/json".into()],
+                &body,
+            );
+        }
+        if authz.as_deref() != Some(format!("Bearer {}", g.token).as_str()) {
+            let challenge = format!(
+                r#"WWW-Authenticate: Bearer realm="http://127.0.0.1:{port}/token",service="test-registry""#
+            );
+            return respond(&mut c, "401 Unauthorized", &[challenge], "{}");
+        }
+    }
+    let is_blob = tamper != Tamper::None && text.starts_with("GET ") && first.contains(blob);
     let mut lines: Vec<&str> = text.split("\r\n").filter(|l| !l.is_empty()).collect();
-    lines.retain(|l| !l.to_ascii_lowercase().starts_with("connection:"));
+    lines.retain(|l| {
+        let l = l.to_ascii_lowercase();
+        !l.starts_with("connection:") && !l.starts_with("authorization:")
+    });
     let req = format!("{}\r\nConnection: close\r\n\r\n", lines.join("\r\n"));
     let mut up = TcpStream::connect(("127.0.0.1", upstream))?;
     up.write_all(req.as_bytes())?;
@@ -570,6 +640,7 @@ fn proxy_one(mut c: TcpStream, upstream: u16, blob: &str, tamper: Tamper) -> std
         match tamper {
             Tamper::Append => body.push(b'!'),
             Tamper::Flip => body[0] ^= 0xff,
+            Tamper::None => {}
         }
         let h = String::from_utf8_lossy(h)
             .split("\r\n")
@@ -622,4 +693,70 @@ fn tampered_blobs_are_refused_and_leave_nothing() {
         "no tampered blob cached: {:?}",
         common::walk(&layers)
     );
+}
+
+#[test]
+fn bearer_tokens_and_docker_config_credentials() {
+    require_root();
+    let reg = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let base = base_layer();
+    oci_layout(&work.path().join("t"), "1", &[&base]);
+    push(&work.path().join("t"), "1", reg.port, "test/t");
+    let h = home_with_kernel();
+
+    // Anonymous: the challenge's realm hands out a token to anyone.
+    let anon = Proxy::start_gated(
+        reg.port,
+        String::new(),
+        Tamper::None,
+        Some(Gate {
+            token: "anon-token".into(),
+            basic: None,
+            queries: Mutex::new(Vec::new()),
+        }),
+    );
+    let r = h.json(&[
+        "image",
+        "pull",
+        &format!("127.0.0.1:{}/test/t:1", anon.port),
+        "--kernel",
+        "stub",
+        "--name",
+        "anon",
+    ]);
+    assert_eq!(r["image"]["name"], "anon");
+    drop(anon);
+
+    // Private: the token server wants the user's credentials, which the CLI
+    // reads from their docker config and the daemon gets in the request.
+    let gate = Gate {
+        token: "private-token".into(),
+        basic: Some("Basic dXNlcjpzM2NyZXQ=".into()), // user:s3cret
+        queries: Mutex::new(Vec::new()),
+    };
+    let private = Proxy::start_gated(reg.port, String::new(), Tamper::None, Some(gate));
+    let reference = format!("127.0.0.1:{}/test/t:1", private.port);
+    let e = h.fails(&[
+        "image", "pull", &reference, "--kernel", "stub", "--name", "priv",
+    ]);
+    assert!(e.contains("credentials") || e.contains("authoriz"), "{e}");
+    let docker = h.path().join("user-home/.docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    std::fs::write(
+        docker.join("config.json"),
+        serde_json::to_vec(&json!({"auths": {format!("127.0.0.1:{}", private.port): {"auth": "dXNlcjpzM2NyZXQ="}}}))
+            .unwrap(),
+    )
+    .unwrap();
+    let r = h.json(&[
+        "image", "pull", &reference, "--kernel", "stub", "--name", "priv",
+    ]);
+    assert_eq!(r["image"]["name"], "priv");
+    assert_eq!(
+        r["layers_cached"], 1,
+        "the layer cache is shared across registries"
+    );
+    drop(private);
+    assert!(scratch_left(&h).is_empty(), "{:?}", scratch_left(&h));
 }
