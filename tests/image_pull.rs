@@ -165,6 +165,15 @@ fn layer(entries: &[Entry]) -> (Vec<u8>, Vec<u8>) {
 /// Writes an OCI layout of one image (`layers`: (tar, tar.gz)) tagged `tag`
 /// into `dir`; returns the layers' blob digests.
 fn oci_layout(dir: &Path, tag: &str, layers: &[&(Vec<u8>, Vec<u8>)]) -> Vec<String> {
+    oci_layout_for(dir, tag, layers, "amd64")
+}
+
+fn oci_layout_for(
+    dir: &Path,
+    tag: &str,
+    layers: &[&(Vec<u8>, Vec<u8>)],
+    arch: &str,
+) -> Vec<String> {
     let blobs = dir.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).unwrap();
     let put = |b: &[u8]| {
@@ -183,7 +192,7 @@ fn oci_layout(dir: &Path, tag: &str, layers: &[&(Vec<u8>, Vec<u8>)]) -> Vec<Stri
         }));
     }
     let config = serde_json::to_vec(&json!({
-        "architecture": "amd64", "os": "linux", "config": {},
+        "architecture": arch, "os": "linux", "config": {},
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
     }))
     .unwrap();
@@ -424,6 +433,8 @@ fn refused_pulls_register_nothing_and_leave_nothing() {
     oci_layout(&work.path().join("bomb"), "1", &[&base, &bomb]);
     push(&work.path().join("bomb"), "1", reg.port, "test/bomb");
     drop(bomb_data);
+    oci_layout_for(&work.path().join("arm"), "1", &[&base], "arm64");
+    push(&work.path().join("arm"), "1", reg.port, "test/arm");
 
     let h = home_with_kernel();
     let state_before = common::walk(&h.state().join("images"));
@@ -446,6 +457,17 @@ fn refused_pulls_register_nothing_and_leave_nothing() {
         "100M",
     ]);
     assert!(e.contains("more than") && e.contains("--size"), "{e}");
+    let e = h.fails(&[
+        "image",
+        "pull",
+        &format!("127.0.0.1:{}/test/arm:1", reg.port),
+        "--kernel",
+        "stub",
+    ]);
+    assert!(
+        e.contains("linux/arm64") && e.contains("linux/amd64"),
+        "{e}"
+    );
     // Not found; a platform banger does not run; a reserved name.
     let e = h.fails(&[
         "image",

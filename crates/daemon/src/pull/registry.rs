@@ -24,6 +24,41 @@ use super::PullError;
 use crate::ops::OpHandle;
 
 const ATTEMPTS: u32 = 5;
+/// The image config's bound (real ones are a few KiB).
+pub const MAX_CONFIG: u64 = 1 << 20;
+
+/// A buffer that refuses to grow past [`MAX_CONFIG`].
+struct Bounded(Vec<u8>);
+
+impl tokio::io::AsyncWrite for Bounded {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.0.len() as u64 + buf.len() as u64 > MAX_CONFIG {
+            return std::task::Poll::Ready(Err(std::io::Error::other(
+                "the image config is longer than its bound",
+            )));
+        }
+        self.0.extend_from_slice(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
 
 /// Whether `registry` (`host[:port]`) is on loopback: only then is plain
 /// HTTP used without `--insecure`.
@@ -113,7 +148,44 @@ impl Remote {
             }
             e => e,
         })?;
+        self.check_config(op, &pinned, &manifest).await?;
         Ok(Resolved { digest, manifest })
+    }
+
+    /// The image config (at most [`MAX_CONFIG`] bytes, digest checked) must
+    /// say linux/amd64: a single-platform image has no index to choose from.
+    async fn check_config(
+        &self,
+        op: &OpHandle,
+        pinned: &Reference,
+        manifest: &OciImageManifest,
+    ) -> Result<(), PullError> {
+        if manifest.config.size < 0 || manifest.config.size as u64 > MAX_CONFIG {
+            return Err(PullError::Refused(format!(
+                "the image config is {} bytes (at most {MAX_CONFIG} accepted)",
+                manifest.config.size
+            )));
+        }
+        let config = retry(op, "fetching the image config", || async {
+            let mut buf = Bounded(Vec::new());
+            self.client
+                .pull_blob(pinned, &manifest.config, &mut buf)
+                .await
+                .map(|()| buf.0)
+        })
+        .await?;
+        let v: serde_json::Value = serde_json::from_slice(&config)
+            .map_err(|e| PullError::Refused(format!("the image config is not JSON: {e}")))?;
+        let (os, arch) = (
+            v["os"].as_str().unwrap_or("?"),
+            v["architecture"].as_str().unwrap_or("?"),
+        );
+        if (os, arch) != ("linux", "amd64") {
+            return Err(PullError::Refused(format!(
+                "the image is for {os}/{arch}; banger's guests are linux/amd64"
+            )));
+        }
+        Ok(())
     }
 
     /// Streams `layer` into the cache (`tmp` is its scratch file), counting
