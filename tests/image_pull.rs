@@ -521,6 +521,8 @@ struct Proxy {
 enum Tamper {
     /// Nothing changed.
     None,
+    /// The first two requests for the blob answered `429`, then `503`.
+    Busy,
     /// One byte more than the descriptor says.
     Append,
     /// The first byte changed.
@@ -645,6 +647,21 @@ fn proxy_one(
         }
     }
     let is_blob = tamper != Tamper::None && text.starts_with("GET ") && first.contains(blob);
+    if is_blob && tamper == Tamper::Busy {
+        static BUSY: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        match BUSY.fetch_add(1, Ordering::SeqCst) {
+            0 => {
+                return respond(
+                    &mut c,
+                    "429 Too Many Requests",
+                    &["Retry-After: 1".into()],
+                    "{}",
+                )
+            }
+            1 => return respond(&mut c, "503 Service Unavailable", &[], "{}"),
+            _ => {}
+        }
+    }
     let mut lines: Vec<&str> = text.split("\r\n").filter(|l| !l.is_empty()).collect();
     lines.retain(|l| {
         let l = l.to_ascii_lowercase();
@@ -662,7 +679,7 @@ fn proxy_one(
         match tamper {
             Tamper::Append => body.push(b'!'),
             Tamper::Flip => body[0] ^= 0xff,
-            Tamper::None => {}
+            Tamper::None | Tamper::Busy => {}
         }
         let h = String::from_utf8_lossy(h)
             .split("\r\n")
@@ -715,6 +732,23 @@ fn tampered_blobs_are_refused_and_leave_nothing() {
         "no tampered blob cached: {:?}",
         common::walk(&layers)
     );
+
+    // 429, then 503: retried with backoff, then the pull succeeds.
+    let proxy = Proxy::start(reg.port, digests[0].clone(), Tamper::Busy);
+    let r = h.json(&[
+        "image",
+        "pull",
+        &format!("127.0.0.1:{}/test/t:1", proxy.port),
+        "--kernel",
+        "stub",
+    ]);
+    assert_eq!(r["layers_cached"], 0);
+    assert_eq!(
+        common::walk(&layers).len(),
+        1,
+        "the layer is cached once verified"
+    );
+    drop(proxy);
 }
 
 #[test]
