@@ -816,3 +816,172 @@ fn bearer_tokens_and_docker_config_credentials() {
     drop(private);
     assert!(scratch_left(&h).is_empty(), "{:?}", scratch_left(&h));
 }
+
+/// `banger ARGS` inside the test's network namespace (where the VM's bridge
+/// and the daemon started by `start_daemon` are).
+fn banger_in_ns(h: &mut Home, args: &[&str]) -> std::process::Output {
+    let ns = h.netns();
+    let c = h.banger();
+    Command::new("ip")
+        .args(["netns", "exec", &ns])
+        .arg(common::BANGER)
+        .args(args)
+        .envs(
+            c.get_envs()
+                .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))),
+        )
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// A tar writer that hashes what it writes.
+struct Hashing<W: Write> {
+    inner: W,
+    hasher: Sha256,
+    len: u64,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(b)?;
+        self.hasher.update(&b[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The minimal Debian image's tree (from `image build`, dumped with
+/// debugfs), pushed as a one-layer OCI image, pulled, booted under QEMU
+/// (TCG here), and answering `vm exec` through SSH.
+#[test]
+fn a_pulled_debian_image_boots() {
+    require_root();
+    let mut h = common::guest::build_home();
+    h.ok(&["kernel", "build", "--name", "e2e-kernel"]);
+    h.ok(&[
+        "image",
+        "build",
+        "debian-bookworm",
+        "--variant",
+        "minimal",
+        "--name",
+        "src",
+        "--kernel",
+        "e2e-kernel",
+    ]);
+    let src = h.json(&["image", "show", "src"]);
+    let rootfs = src["rootfs"]["path"].as_str().unwrap().to_string();
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    let out = Command::new("debugfs")
+        .args(["-R", &format!("rdump / {}", tree.display()), &rootfs])
+        .output()
+        .unwrap();
+    common::assert_success(&out, &["debugfs", "rdump"]);
+    let _ = std::fs::remove_dir(tree.join("lost+found"));
+
+    // One uncompressed layer, streamed to its blob file while hashing.
+    let layout = work.path().join("layout");
+    let blobs = layout.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let tmp = blobs.join("layer.tmp");
+    let mut w = Hashing {
+        inner: std::io::BufWriter::new(std::fs::File::create(&tmp).unwrap()),
+        hasher: Sha256::new(),
+        len: 0,
+    };
+    {
+        let mut b = tar::Builder::new(&mut w);
+        b.follow_symlinks(false);
+        b.append_dir_all(".", &tree).unwrap();
+        b.finish().unwrap();
+    }
+    w.flush().unwrap();
+    let (hex_digest, len) = (hex::encode(w.hasher.clone().finalize()), w.len);
+    drop(w);
+    std::fs::rename(&tmp, blobs.join(&hex_digest)).unwrap();
+    let put = |b: &[u8]| {
+        let h = sha256_hex(b);
+        std::fs::write(blobs.join(&h), b).unwrap();
+        format!("sha256:{h}")
+    };
+    let config = serde_json::to_vec(&json!({
+        "architecture": "amd64", "os": "linux", "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{hex_digest}")]},
+    }))
+    .unwrap();
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": put(&config), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": format!("sha256:{hex_digest}"), "size": len}],
+    }))
+    .unwrap();
+    let m = put(&manifest);
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&json!({"schemaVersion": 2, "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": m,
+            "size": manifest.len(), "annotations": {"org.opencontainers.image.ref.name": "bookworm"}}]}))
+        .unwrap(),
+    )
+    .unwrap();
+    std::fs::remove_dir_all(&tree).unwrap();
+
+    let reg = Registry::start();
+    push(&layout, "bookworm", reg.port, "test/debian");
+    let r = h.json(&[
+        "image",
+        "pull",
+        &format!("127.0.0.1:{}/test/debian:bookworm", reg.port),
+        "--name",
+        "pulled",
+        "--kernel",
+        "e2e-kernel",
+    ]);
+    assert_eq!(r["image"]["features"], json!(["ssh", "agent"]), "{r}");
+    drop(reg);
+
+    h.ok(&["daemon", "stop"]);
+    h.start_daemon();
+    let out = banger_in_ns(
+        &mut h,
+        &[
+            "--json",
+            "vm",
+            "create",
+            "--name",
+            "p1",
+            "--image",
+            "pulled",
+            "--vmm",
+            "qemu",
+            "--vcpu",
+            "2",
+            "--memory",
+            "1G",
+            "--disk-size",
+            "1G",
+        ],
+    );
+    common::assert_success(&out, &["vm", "create"]);
+    let out = banger_in_ns(
+        &mut h,
+        &["vm", "exec", "p1", "--", "cat", "/etc/os-release"],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let del = banger_in_ns(&mut h, &["vm", "delete", "--force", "p1"]);
+    common::assert_success(&out, &["vm", "exec"]);
+    assert!(text.contains("bookworm"), "{text}");
+    common::assert_success(&del, &["vm", "delete"]);
+}
