@@ -523,6 +523,8 @@ enum Tamper {
     None,
     /// The first two requests for the blob answered `429`, then `503`.
     Busy,
+    /// Half the blob, then nothing for a minute.
+    Stall,
     /// One byte more than the descriptor says.
     Append,
     /// The first byte changed.
@@ -679,6 +681,15 @@ fn proxy_one(
         match tamper {
             Tamper::Append => body.push(b'!'),
             Tamper::Flip => body[0] ^= 0xff,
+            Tamper::Stall => {
+                let half = body.len() / 2;
+                let h = String::from_utf8_lossy(h).to_string();
+                c.write_all(h.as_bytes())?;
+                c.write_all(&body[..half])?;
+                c.flush()?;
+                std::thread::sleep(Duration::from_secs(60));
+                return Ok(());
+            }
             Tamper::None | Tamper::Busy => {}
         }
         let h = String::from_utf8_lossy(h)
@@ -984,4 +995,69 @@ fn a_pulled_debian_image_boots() {
     common::assert_success(&out, &["vm", "exec"]);
     assert!(text.contains("bookworm"), "{text}");
     common::assert_success(&del, &["vm", "delete"]);
+}
+
+/// Cancelling a pull in the middle of a download ends it as `cancelled` and
+/// leaves no image, no scratch file and no partial blob.
+#[test]
+fn a_cancelled_pull_leaves_nothing() {
+    require_root();
+    let reg = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    // Incompressible enough that half the blob passes the 1 MiB progress step.
+    let mut big = String::with_capacity(8 << 20);
+    let mut seed = Sha256::digest(b"seed");
+    while big.len() < 8 << 20 {
+        seed = Sha256::digest(seed);
+        big.push_str(&hex::encode(seed));
+    }
+    let base = layer(&[
+        Entry::Dir("sbin"),
+        Entry::File("sbin/init", "#!/bin/sh\n"),
+        Entry::File("big", &big),
+    ]);
+    let digests = oci_layout(&work.path().join("s"), "1", &[&base]);
+    push(&work.path().join("s"), "1", reg.port, "test/s");
+    let h = home_with_kernel();
+    let proxy = Proxy::start(reg.port, digests[0].clone(), Tamper::Stall);
+    let mut pull = h
+        .banger()
+        .args([
+            "image",
+            "pull",
+            &format!("127.0.0.1:{}/test/s:1", proxy.port),
+            "--kernel",
+            "stub",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let id = loop {
+        let ops = h.json(&["operation", "list"]);
+        let running = ops.as_array().unwrap().iter().find(|o| {
+            o["kind"] == "image.pull" && o["state"] == "running" && o["stage"] == "download"
+        });
+        if let Some(o) = running {
+            if o["progress"]["done"].as_u64().unwrap_or(0) > 0 {
+                break o["id"].as_str().unwrap().to_string();
+            }
+        }
+        assert!(Instant::now() < deadline, "no download seen: {ops}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        !common::walk(&h.state().join("tmp")).is_empty(),
+        "the download is under way in the scratch dir"
+    );
+    h.ok(&["operation", "cancel", &id]);
+    let status = common::wait_timeout(&mut pull, Duration::from_secs(30)).expect("the CLI ends");
+    assert!(!status.success());
+    let op = h.json(&["operation", "show", &id]);
+    assert_eq!(op["state"], "cancelled", "{op}");
+    assert_eq!(h.json(&["image", "list"]), json!([]));
+    assert!(scratch_left(&h).is_empty(), "{:?}", scratch_left(&h));
+    assert!(common::walk(&h.state().join("layers/sha256")).is_empty());
+    drop(proxy);
 }
