@@ -14,6 +14,7 @@ pub mod ids;
 pub mod image_build;
 pub mod kernel_build;
 pub mod net_alloc;
+pub mod oci;
 pub mod paths;
 pub mod proc;
 pub mod size;

@@ -89,6 +89,12 @@ impl Paths {
         self.state_dir.join("vms")
     }
 
+    /// The OCI layer cache: `sha256/<hex>`, each a verified, complete blob
+    /// (downloads are written under [`Paths::staging_dir`] and renamed in).
+    pub fn layers_dir(&self) -> PathBuf {
+        self.state_dir.join("layers")
+    }
+
     /// Half-made files live here until they are renamed into place; the daemon
     /// empties it at start, so a crash never leaves staged files behind.
     pub fn staging_dir(&self) -> PathBuf {

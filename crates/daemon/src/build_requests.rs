@@ -1,9 +1,9 @@
 //! What an `image.build`, `image.register`, `kernel.build` or `kernel.import`
-//! request becomes: the cheap checks (inputs, names, ownership, reserved
+//! (or `image.pull`) request becomes: the cheap checks (inputs, names, ownership, reserved
 //! names, `--replace` rights, the caller's descriptors) done before any work
 //! starts, and the job the operation then runs. The RPC handlers only adapt:
 //! params → [`image_job`] / [`register_job`] / [`kernel_job`] /
-//! [`import_job`] → an operation.
+//! [`import_job`] / [`pull_job`] → an operation.
 
 use banger_core::config::Config;
 use banger_proto::methods::{image, kernel};
@@ -11,8 +11,8 @@ use banger_proto::names::validate_name;
 
 use crate::builds::{
     check_fragment, check_replace, check_reserved, check_shared_kernel, clamp_jobs, debian_source,
-    default_image_name, default_kernel_name, owner_of, read_fragment, ImageJob, KernelChoice,
-    KernelJob,
+    default_image_name, default_kernel_name, find_agent, owner_of, read_fragment, ImageJob,
+    KernelChoice, KernelJob,
 };
 use crate::caller::{Caller, Fds};
 use crate::error::Error;
@@ -137,18 +137,7 @@ pub fn image_job(
             ));
         }
     }
-    let agent = banger_core::tools::find_agent(config)
-        .map_err(|e| Error::precondition(e.to_string()))?
-        .ok_or_else(|| {
-            Error::precondition(format!(
-                "no guest agent: {} is not next to bangerd and agent_bin is not set",
-                banger_core::tools::AGENT_NAME
-            ))
-            .hint(
-                "run ./install.sh (it builds the static agent and installs it next to bangerd), \
-                 or set agent_bin in the config",
-            )
-        })?;
+    let agent = find_agent(config)?;
     let spec = ImageSpec {
         distro: p.distro.clone(),
         variant,
@@ -304,5 +293,62 @@ pub async fn kernel_job(
             p.jobs.filter(|&j| j > 0).unwrap_or(config.build.jobs) as usize,
         ),
         replace: p.replace,
+    })
+}
+
+/// `image pull`: the reference and platform, a name of the caller's (never a
+/// reserved one), a kernel the caller may use, the size bound. The image is
+/// the caller's.
+pub fn pull_job(
+    registry: &Registry,
+    config: &Config,
+    caller: &Caller,
+    p: image::PullParams,
+) -> Result<crate::pull::PullJob, Error> {
+    match p.platform.as_deref() {
+        None | Some("linux/amd64") => {}
+        Some(other) => {
+            return Err(Error::invalid(format!(
+            "platform {other:?}: banger's guests are x86-64 Linux, so only linux/amd64 is pulled"
+        )))
+        }
+    }
+    crate::pull::registry::parse_reference(&p.reference)?;
+    let name = match &p.name {
+        Some(n) => n.clone(),
+        None => crate::pull::default_name(&p.reference)?,
+    };
+    validate_name(&name).map_err(|e| {
+        Error::invalid(format!("image name {name:?}: {e}")).hint("pass --name NAME")
+    })?;
+    let owner_uid = caller.uid;
+    check_reserved("image", &name, owner_uid)?;
+    if registry.store.image_by_name(&name)?.is_some() {
+        return Err(Error::already_exists("image", &name).hint("pass --name NAME"));
+    }
+    let kernel_name = p.kernel.clone().unwrap_or_else(default_kernel_name);
+    let kernel = kernels::find(registry, caller, &kernel_name).map_err(|e| {
+        if p.kernel.is_none() {
+            e.hint("build the default kernel with `banger kernel build`, or pass --kernel NAME")
+        } else {
+            e
+        }
+    })?;
+    check_shared_kernel(owner_uid, &kernel)?;
+    if let Some(s) = p.size {
+        if s < 64 << 20 {
+            return Err(Error::invalid("--size: at least 64 MiB"));
+        }
+    }
+    let agent = find_agent(config)?;
+    Ok(crate::pull::PullJob {
+        owner_uid,
+        name: name.clone(),
+        kernel_id: kernel.id,
+        reference: p.reference.clone(),
+        insecure: p.insecure,
+        auth: p.auth.clone(),
+        size: p.size,
+        agent,
     })
 }

@@ -146,6 +146,22 @@ fn safe_string_value(value: &str) -> bool {
 }
 
 /// The build cache root: `[build] cache_dir`, else the daemon's cache dir.
+/// The static guest agent images get (`agent_bin`, else next to bangerd).
+pub fn find_agent(config: &banger_core::config::Config) -> Result<PathBuf, Error> {
+    banger_core::tools::find_agent(config)
+        .map_err(|e| Error::precondition(e.to_string()))?
+        .ok_or_else(|| {
+            Error::precondition(format!(
+                "no guest agent: {} is not next to bangerd and agent_bin is not set",
+                banger_core::tools::AGENT_NAME
+            ))
+            .hint(
+                "run ./install.sh (it builds the static agent and installs it next to bangerd), \
+                 or set agent_bin in the config",
+            )
+        })
+}
+
 pub fn cache_root(d: &Registry) -> PathBuf {
     d.config
         .build

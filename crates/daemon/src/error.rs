@@ -137,6 +137,8 @@ pub enum Error {
     KernelBuild(#[from] KernelBuildError),
     #[error(transparent)]
     ImageBuild(#[from] ImageBuildError),
+    #[error(transparent)]
+    Pull(#[from] crate::pull::PullError),
     /// A bug or an unexpected host failure; the message is for the log.
     #[error("{0}")]
     Internal(String),
@@ -242,6 +244,7 @@ impl Error {
             | Error::KernelImage(KernelImageError::Cancelled)
             | Error::KernelBuild(KernelBuildError::Cancelled)
             | Error::ImageBuild(ImageBuildError::Cancelled) => true,
+            Error::Pull(e) => e.is_cancelled(),
             _ => false,
         }
     }

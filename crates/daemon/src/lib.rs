@@ -27,6 +27,7 @@ pub mod netfilter;
 mod notify;
 pub mod ops;
 pub mod privileged;
+pub mod pull;
 pub mod reconcile;
 pub mod registry;
 pub mod rpc;

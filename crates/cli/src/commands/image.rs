@@ -1,12 +1,12 @@
-//! `banger image register|build|list|show|delete|promote`, and the
+//! `banger image register|build|pull|list|show|delete|promote`, and the
 //! first-use build `vm create` runs when no image is registered.
 
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 
 use banger_proto::methods::image::{
-    BuildBegin, BuildParams, BuildResult, Delete, ImageInfo, List, Promote, RegisterBegin,
-    RegisterParams, Show,
+    BuildBegin, BuildParams, BuildResult, Delete, ImageInfo, List, Promote, PullBegin, PullParams,
+    PullResult, RegisterBegin, RegisterParams, RegistryAuth, Show,
 };
 use banger_proto::methods::{Empty, NameParams};
 use banger_proto::FdRef;
@@ -67,6 +67,32 @@ pub enum ImageCmd {
         /// (refused while VMs use it) instead of failing.
         #[arg(long)]
         replace: bool,
+    },
+    /// Pull an OCI image (docker.io/library/debian:bookworm,
+    /// ghcr.io/org/img:1.4, localhost:5000/team/img@sha256:...), make it
+    /// bootable (banger's guest setup and agent, as `image build` does) and
+    /// register it. Credentials for its registry come from your
+    /// ~/.docker/config.json (`docker login`). Layers are cached.
+    Pull {
+        /// `[registry/]repository[:tag|@sha256:...]`.
+        reference: String,
+        /// Name to register it under (default: the repository's last
+        /// component, plus the tag unless it is latest).
+        #[arg(long)]
+        name: Option<String>,
+        /// A registered kernel (default: banger-6-1).
+        #[arg(long)]
+        kernel: Option<String>,
+        /// The root filesystem's size (e.g. 2G), also the bound on the
+        /// unpacked content (default: content + 25% + 64 MiB, at most 16 GiB of content).
+        #[arg(long)]
+        size: Option<String>,
+        /// The platform to pull from a multi-platform image.
+        #[arg(long, default_value = "linux/amd64", value_parser = ["linux/amd64"])]
+        platform: String,
+        /// Plain HTTP to a registry that is not on loopback (loopback always is).
+        #[arg(long)]
+        insecure: bool,
     },
     /// List images.
     #[command(visible_alias = "ls")]
@@ -138,6 +164,35 @@ pub fn run(env: &Env, cmd: ImageCmd) -> anyhow::Result<Outcome> {
             };
             Outcome::of(build(&mut client, env, &params, &interrupt)?)
         }
+        ImageCmd::Pull {
+            reference,
+            name,
+            kernel,
+            size,
+            platform,
+            insecure,
+        } => {
+            let interrupt = progress::Interrupt::install()?;
+            let size = size
+                .map(|s| banger_core::size::parse(&s).map_err(anyhow::Error::msg))
+                .transpose()?;
+            let params = PullParams {
+                auth: docker_auth(&registry_of(&reference)),
+                reference,
+                name,
+                kernel,
+                size,
+                platform: Some(platform),
+                insecure,
+            };
+            let begun = client.call::<PullBegin>(&params)?;
+            let op = progress::follow(&mut client, &begun.operation_id, env.json, &interrupt)?;
+            let r: PullResult = op.result_of::<banger_proto::methods::op::ImagePull>()?;
+            Outcome::of(Pulled {
+                result: r,
+                operation: OpSummary::of(&op),
+            })
+        }
         ImageCmd::List => Outcome::of(ImageTable(client.call::<List>(&Empty {})?)),
         ImageCmd::Show { name } => {
             Outcome::of(ImageShow(client.call::<Show>(&NameParams { name })?))
@@ -172,6 +227,98 @@ impl Render for Registered {
             progress::stage_summary(&self.operation.stages)
         )
     }
+}
+
+/// `image pull`.
+#[derive(Serialize)]
+struct Pulled {
+    #[serde(flatten)]
+    result: PullResult,
+    operation: OpSummary,
+}
+
+impl Render for Pulled {
+    fn text(&self) -> String {
+        let r = &self.result;
+        format!(
+            "pulled image {} ({}; {} layers, {} from the cache, {} downloaded; rootfs {}, kernel \
+             {}, features {}) in {}\n",
+            r.image.name,
+            r.digest,
+            r.layers,
+            r.layers_cached,
+            output::size(r.downloaded),
+            output::size(r.image.rootfs.size),
+            r.image.kernel,
+            list_or_dash(&r.image.features),
+            progress::stage_summary(&self.operation.stages)
+        )
+    }
+}
+
+/// The registry host of an image reference, as docker names it: the first
+/// component when it looks like a host (has `.` or `:`, or is localhost),
+/// else docker.io.
+pub fn registry_of(reference: &str) -> String {
+    match reference.split_once('/') {
+        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
+            first.to_string()
+        }
+        _ => "docker.io".to_string(),
+    }
+}
+
+/// Credentials for `registry` from the user's docker config
+/// (`$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`): the
+/// `auths` entry's `auth` (base64 `user:password`) or `username` and
+/// `password`. Credential helpers are not run (a note says so). Read by the
+/// CLI, as the user; the daemon reads no home.
+fn docker_auth(registry: &str) -> Option<RegistryAuth> {
+    let path = match std::env::var_os("DOCKER_CONFIG") {
+        Some(d) => PathBuf::from(d).join("config.json"),
+        None => PathBuf::from(std::env::var_os("HOME")?).join(".docker/config.json"),
+    };
+    let text = std::fs::read_to_string(&path).ok()?;
+    let config: serde_json::Value = serde_json::from_str(&text).ok()?;
+    auth_from_config(&config, registry).or_else(|| {
+        if config.get("credsStore").is_some() || config["credHelpers"].get(registry).is_some() {
+            eprintln!(
+                "note: {} names a credential helper for {registry}; banger does not run \
+                 helpers, so the pull is anonymous",
+                path.display()
+            );
+        }
+        None
+    })
+}
+
+pub fn auth_from_config(config: &serde_json::Value, registry: &str) -> Option<RegistryAuth> {
+    use base64::Engine;
+    let docker = ["docker.io", "index.docker.io", "registry-1.docker.io"];
+    let host = |key: &str| {
+        let k = key
+            .trim_start_matches("https://")
+            .trim_start_matches("http://");
+        k.split('/').next().unwrap_or(k).to_string()
+    };
+    let same = |h: &str| h == registry || (docker.contains(&h) && docker.contains(&registry));
+    let auths = config.get("auths")?.as_object()?;
+    let entry = auths.iter().find(|(k, _)| same(&host(k)))?.1;
+    if let Some(a) = entry.get("auth").and_then(|a| a.as_str()) {
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(a.trim())
+            .ok()?;
+        let text = String::from_utf8(raw).ok()?;
+        let (u, p) = text.split_once(':')?;
+        return Some(RegistryAuth {
+            username: u.to_string(),
+            password: p.to_string(),
+        });
+    }
+    Some(RegistryAuth {
+        username: entry.get("username")?.as_str()?.to_string(),
+        password: entry.get("password")?.as_str()?.to_string(),
+    })
 }
 
 /// `image list`.
@@ -359,5 +506,28 @@ mod tests {
         assert_eq!(auto_build_decision(false, 2, true), AutoBuild::No);
         assert_eq!(auto_build_decision(true, 0, false), AutoBuild::No);
         assert_eq!(auto_build_decision(true, 0, true), AutoBuild::No);
+    }
+}
+
+#[cfg(test)]
+mod pull_tests {
+    use super::{auth_from_config, registry_of};
+
+    #[test]
+    fn registries_and_docker_config_credentials() {
+        assert_eq!(registry_of("debian:bookworm"), "docker.io");
+        assert_eq!(registry_of("library/debian"), "docker.io");
+        assert_eq!(registry_of("ghcr.io/org/x:1"), "ghcr.io");
+        assert_eq!(registry_of("localhost:5000/x"), "localhost:5000");
+        assert_eq!(registry_of("localhost/x"), "localhost");
+        let c = serde_json::json!({"auths": {
+            "https://index.docker.io/v1/": {"auth": "dTpwOnc="},
+            "127.0.0.1:5000": {"username": "a", "password": "b"},
+        }});
+        let a = auth_from_config(&c, "docker.io").unwrap();
+        assert_eq!((a.username.as_str(), a.password.as_str()), ("u", "p:w"));
+        let a = auth_from_config(&c, "127.0.0.1:5000").unwrap();
+        assert_eq!((a.username.as_str(), a.password.as_str()), ("a", "b"));
+        assert!(auth_from_config(&c, "ghcr.io").is_none());
     }
 }

@@ -131,7 +131,7 @@ pub enum ImageBuildError {
 
 type Result<T, E = ImageBuildError> = std::result::Result<T, E>;
 
-fn io_ctx(context: impl Into<String>) -> impl FnOnce(io::Error) -> ImageBuildError {
+pub(crate) fn io_ctx(context: impl Into<String>) -> impl FnOnce(io::Error) -> ImageBuildError {
     let context = context.into();
     move |source| ImageBuildError::Io { context, source }
 }
@@ -187,9 +187,9 @@ pub fn build(
     progress("pack", 0, total);
     let rootfs_tmp = tmp.join(ROOTFS_FILE);
     let seed_tmp = tmp.join(WORK_SEED_FILE);
-    let size_rootfs = pack::pack(&mkfs, &tree, &rootfs_tmp, ROOT_LABEL, "8192", cancel)?;
+    let size_rootfs = pack::pack(&mkfs, &tree, &rootfs_tmp, ROOT_LABEL, "8192", None, cancel)?;
     progress("pack", 1, total);
-    let size_seed = pack::pack(&mkfs, &seed, &seed_tmp, WORK_LABEL, "16384", cancel)?;
+    let size_seed = pack::pack(&mkfs, &seed, &seed_tmp, WORK_LABEL, "16384", None, cancel)?;
     pack::set_root_mode(&debugfs, &seed_tmp, 0o700, cancel)?;
     progress("pack", 2, total);
 
@@ -228,7 +228,7 @@ pub fn build(
     })
 }
 
-fn require_tool(tool: &str, package: &str) -> Result<PathBuf> {
+pub(crate) fn require_tool(tool: &str, package: &str) -> Result<PathBuf> {
     find_system_tool(tool).ok_or_else(|| ImageBuildError::MissingTool {
         tool: tool.to_string(),
         package: package.to_string(),

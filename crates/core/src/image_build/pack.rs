@@ -58,18 +58,30 @@ pub fn image_size(content: u64) -> u64 {
     raw.div_ceil(MIB) * MIB
 }
 
-/// `mkfs.ext4 -d tree` into a new sparse file of [`image_size`], labelled
+/// `mkfs.ext4 -d tree` into a new sparse file of [`image_size`] (or `size`
+/// when given: it must hold the content with a tenth to spare), labelled
 /// `label`, one inode per `inode_ratio` bytes. Returns the file's size.
-pub(super) fn pack(
+pub(crate) fn pack(
     mkfs: &Path,
     tree: &Path,
     out: &Path,
     label: &str,
     inode_ratio: &str,
+    size: Option<u64>,
     cancel: &AtomicBool,
 ) -> Result<u64> {
     let content = tree_size(tree).map_err(io_ctx(format!("cannot measure {}", tree.display())))?;
-    let size = image_size(content.bytes);
+    let size = match size {
+        None => image_size(content.bytes),
+        Some(s) if s >= content.bytes + content.bytes / 10 + HEADROOM / 4 => s.div_ceil(MIB) * MIB,
+        Some(s) => {
+            return Err(ImageBuildError::Invalid(format!(
+                "a size of {s} bytes cannot hold the image's {} bytes of content (with room for \
+                 the filesystem); give a larger --size",
+                content.bytes
+            )))
+        }
+    };
     let f = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -106,7 +118,7 @@ pub(super) fn pack(
 
 /// Sets the mode of the image's root directory: `mkfs -d` gives it 0755,
 /// and a work seed's root is `/root` (0700).
-pub(super) fn set_root_mode(
+pub(crate) fn set_root_mode(
     debugfs: &Path,
     image: &Path,
     mode: u32,
@@ -121,6 +133,13 @@ pub(super) fn set_root_mode(
         image.as_os_str(),
     ]);
     run_quiet(cmd, "debugfs", cancel)
+}
+
+/// `e2fsck -fn`: a full check that changes nothing; any finding fails.
+pub(crate) fn fsck(e2fsck: &Path, image: &Path, cancel: &AtomicBool) -> Result<()> {
+    let mut cmd = Command::new(e2fsck);
+    cmd.args([OsStr::new("-f"), OsStr::new("-n"), image.as_os_str()]);
+    run_quiet(cmd, "e2fsck", cancel)
 }
 
 /// Runs a tool that should succeed; its output only matters when it fails.

@@ -96,6 +96,28 @@ pub fn to_rpc(e: Error) -> RpcError {
         },
         Error::KernelBuild(e) => from_kernel_build(e),
         Error::ImageBuild(e) => from_image_build(e),
+        Error::Pull(e) => from_pull(e),
+    }
+}
+
+fn from_pull(e: crate::pull::PullError) -> RpcError {
+    use crate::pull::PullError as P;
+    use banger_core::oci::cache::BlobError;
+    use banger_core::oci::unpack::UnpackError;
+    let message = e.to_string();
+    match e {
+        _ if e.is_cancelled() => cancelled(),
+        P::Refused(_)
+        | P::Blob(
+            BlobError::TooLong { .. } | BlobError::TooShort { .. } | BlobError::Mismatch { .. },
+        )
+        | P::Unpack(UnpackError::Refused { .. } | UnpackError::TooBig { .. }) => {
+            RpcError::invalid_params(message)
+        }
+        P::NotFound(_) => RpcError::new(ErrorKind::NotFound, message),
+        P::Unauthorized(_) => RpcError::new(ErrorKind::PermissionDenied, message),
+        P::Registry(_) | P::Transient(_) => RpcError::new(ErrorKind::PreconditionFailed, message),
+        _ => RpcError::internal(message),
     }
 }
 

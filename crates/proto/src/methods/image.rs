@@ -15,6 +15,10 @@ method!(
     BuildBegin = "image.build.begin", BuildParams => OpBegun
 );
 method!(
+    /// Pulls an OCI image from a registry, makes it bootable and registers it.
+    PullBegin = "image.pull.begin", PullParams => OpBegun
+);
+method!(
     /// Images visible to the caller.
     List = "image.list", Empty => Vec<ImageInfo>
 );
@@ -97,6 +101,71 @@ pub struct BuildResult {
     /// The kernel was built (or taken from the build cache) by this operation.
     pub kernel_built: bool,
     pub cache_key: String,
+}
+
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PullParams {
+    /// `[registry/]repository[:tag|@sha256:...]`; no registry: docker.io.
+    pub reference: String,
+    /// Absent: the repository's last component (and the tag, unless `latest`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// A registered kernel. Absent: the default kernel (`banger-6-1`), which
+    /// must be registered.
+    #[serde(default)]
+    pub kernel: Option<String>,
+    /// The root filesystem's size in bytes; also the bound on the unpacked
+    /// content. Absent: content + 25% + 64 MiB, content at most 16 GiB.
+    #[serde(default)]
+    pub size: Option<u64>,
+    /// `linux/amd64` (the only platform banger's guests run).
+    #[serde(default)]
+    pub platform: Option<String>,
+    /// Plain HTTP to a registry that is not on loopback.
+    #[serde(default)]
+    pub insecure: bool,
+    /// Credentials for the reference's registry, read by the CLI (as the
+    /// user) from their `~/.docker/config.json`. The daemon reads no home.
+    #[serde(default)]
+    pub auth: Option<RegistryAuth>,
+}
+
+/// `Debug` leaves the password out.
+impl std::fmt::Debug for PullParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PullParams")
+            .field("reference", &self.reference)
+            .field("name", &self.name)
+            .field("kernel", &self.kernel)
+            .field("size", &self.size)
+            .field("platform", &self.platform)
+            .field("insecure", &self.insecure)
+            .field("auth", &self.auth.as_ref().map(|a| &a.username))
+            .finish()
+    }
+}
+
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryAuth {
+    pub username: String,
+    pub password: String,
+}
+
+/// The result of `image.pull` (the operation's `result`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PullResult {
+    pub image: ImageInfo,
+    /// The manifest's digest (the tag resolved).
+    pub digest: String,
+    pub layers: u32,
+    /// Layers found in the layer cache (not downloaded).
+    pub layers_cached: u32,
+    /// Bytes downloaded by this pull.
+    pub downloaded: u64,
+    /// Device nodes in the layers, skipped.
+    pub devices_skipped: u64,
 }
 
 /// The image features banger knows.

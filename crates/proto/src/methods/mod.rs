@@ -77,6 +77,7 @@ pub const ALL: &[&str] = &[
     kernel::Delete::NAME,
     image::RegisterBegin::NAME,
     image::BuildBegin::NAME,
+    image::PullBegin::NAME,
     image::List::NAME,
     image::Show::NAME,
     image::Delete::NAME,

@@ -156,6 +156,10 @@ operation!(
     ImageBuild = "image.build" => super::image::BuildResult
 );
 operation!(
+    /// Started by `image.pull.begin`.
+    ImagePull = "image.pull" => super::image::PullResult
+);
+operation!(
     /// Started by `vm.create.begin`.
     VmCreate = "vm.create" => super::vm::VmInfo
 );

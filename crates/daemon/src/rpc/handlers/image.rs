@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use crate::error::Error;
-use banger_proto::methods::image::{BuildParams, ImageInfo, RegisterParams};
-use banger_proto::methods::op::{ImageBuild, ImageRegister};
+use banger_proto::methods::image::{BuildParams, ImageInfo, PullParams, RegisterParams};
+use banger_proto::methods::op::{ImageBuild, ImagePull, ImageRegister};
 use banger_proto::methods::{Empty, NameParams, OpBegun};
 
 use crate::app::App;
@@ -38,6 +38,21 @@ pub async fn build_begin(d: Arc<App>, cx: Ctx, p: BuildParams) -> Result<OpBegun
         .ops
         .begin::<ImageBuild, _, _>(&job.name.clone(), cx.caller.uid, move |op| {
             builds::image_build_op(d2, op, job)
+        });
+    Ok(OpBegun { operation_id: id })
+}
+
+/// Cheap checks first ([`build_requests::pull_job`]), then the pull runs as
+/// an operation ([`crate::pull`]).
+pub async fn pull_begin(d: Arc<App>, cx: Ctx, p: PullParams) -> Result<OpBegun, Error> {
+    let job = build_requests::pull_job(&d.registry, &d.config, &cx.caller, p)?;
+    d.ops
+        .check_limit(cx.caller.uid, d.config.limits.running_operations)?;
+    let d2 = d.registry.clone();
+    let id = d
+        .ops
+        .begin::<ImagePull, _, _>(&job.name.clone(), cx.caller.uid, move |op| {
+            crate::pull::pull_op(d2, op, job)
         });
     Ok(OpBegun { operation_id: id })
 }

@@ -29,6 +29,7 @@ pub fn table() -> Table {
     t.add::<k::Delete, _, _>(kernel::delete);
     t.add::<i::RegisterBegin, _, _>(image::register_begin);
     t.add::<i::BuildBegin, _, _>(image::build_begin);
+    t.add::<i::PullBegin, _, _>(image::pull_begin);
     t.add::<i::List, _, _>(image::list);
     t.add::<i::Show, _, _>(image::show);
     t.add::<i::Delete, _, _>(image::delete);
