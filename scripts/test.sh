@@ -45,6 +45,10 @@ bash "$script_dir/fetch-test-assets.sh"
 missing=()
 [[ -x /usr/sbin/sshd ]] || missing+=(openssh-server)
 command -v dig >/dev/null || missing+=(bind9-dnsutils)
+# tests/image_pull.rs runs a real OCI registry (Debian's docker-registry, on loopback with its own config) and
+# pushes to it with skopeo.
+[[ -x /usr/bin/docker-registry ]] || missing+=(docker-registry)
+command -v skopeo >/dev/null || missing+=(skopeo)
 # What the real kernel and image builds need (tests/guest_build.rs, kernel_build, image_build); install.sh --deps-only
 # installs them too. Checked by package, so a partial install is completed.
 for p in linux-source-6.1 flex bison bc libelf-dev libssl-dev mmdebstrap gcc libc6-dev make; do
@@ -54,6 +58,10 @@ if ((${#missing[@]} > 0)); then
     printf 'test.sh: installing test-only packages: %s\n' "${missing[*]}"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
         die "cannot install ${missing[*]} (apt-get install ${missing[*]})"
+    # The package starts a registry on :5000 for the host; the tests start their own.
+    if [[ " ${missing[*]} " == *" docker-registry "* ]] && command -v systemctl >/dev/null; then
+        systemctl disable --now docker-registry.service >/dev/null 2>&1 || true
+    fi
 fi
 
 command -v firecracker >/dev/null || die "firecracker is not on PATH; install it with: sudo scripts/install-firecracker.sh"
