@@ -168,6 +168,12 @@ fn from_vmm(e: VmmError) -> RpcError {
                 "run `banger doctor`; ./install.sh installs a supported Firecracker",
             ),
         e @ VmmError::Unsupported(_) => RpcError::new(ErrorKind::PreconditionFailed, e.to_string()),
+        e @ (VmmError::FirecrackerLaunch(_) | VmmError::QemuLaunch(_) | VmmError::Launch(_)) => {
+            RpcError::internal(e.to_string()).with(
+                "hint",
+                "the VMM's own output is in `banger vm logs NAME`; `banger doctor` checks the host",
+            )
+        }
         e => RpcError::internal(e.to_string()),
     }
 }

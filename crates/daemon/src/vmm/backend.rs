@@ -65,15 +65,41 @@ pub struct VmmHandle {
     pub accel: Option<String>,
 }
 
+/// Why a VMM operation failed. The backends' own errors are kept typed (the
+/// launch, API and QMP failures with their sources), so the one mapping to
+/// protocol errors (`rpc/errors.rs`) and logs see what happened, not a string.
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
     /// The VMM binary is missing or unusable; the message says how to fix it.
     #[error("{0}")]
     Unavailable(String),
-    /// The VMM process did not come up.
+    /// Firecracker did not come up.
+    #[error(transparent)]
+    FirecrackerLaunch(#[from] super::firecracker::launch::LaunchError),
+    /// QEMU did not come up.
+    #[error(transparent)]
+    QemuLaunch(#[from] super::qemu::launch::LaunchError),
+    /// Firecracker's API refused or failed a request.
+    #[error(transparent)]
+    FirecrackerApi(#[from] super::firecracker::api::ApiError),
+    /// QEMU's QMP refused or failed a command.
+    #[error(transparent)]
+    Qmp(#[from] super::qemu::qmp::QmpError),
+    /// Firecracker's vsock socket refused the agent's port.
+    #[error(transparent)]
+    Vsock(#[from] super::firecracker::vsock::VsockError),
+    /// A file of the VMM's could not be read or removed.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The VMM process did not come up for another reason (the fake's spawn).
     #[error("{0}")]
     Launch(String),
-    /// The VMM refused or failed a request.
+    /// A request banger could not make: the VMM process is gone, or the spec
+    /// does not fit what the VMM takes.
     #[error("{0}")]
     Api(String),
     /// The operation is not supported by this VMM.

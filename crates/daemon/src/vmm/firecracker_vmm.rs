@@ -69,10 +69,6 @@ fn api(h: &VmmHandle) -> ApiClient {
     ApiClient::new(&h.api_socket)
 }
 
-fn api_err(e: impl std::fmt::Display) -> VmmError {
-    VmmError::Api(e.to_string())
-}
-
 #[async_trait]
 impl Vmm for FirecrackerVmm {
     fn kind(&self) -> &'static str {
@@ -95,13 +91,12 @@ impl Vmm for FirecrackerVmm {
     async fn spawn(&self, spec: &LaunchSpec) -> Result<(VmmHandle, OwnedFd), VmmError> {
         let bin = self.binary()?;
         let paths = Self::paths(&spec.run_dir, &spec.vm_dir);
-        let spawned = launch::launch(&bin, &spec.vm_id, &paths)
-            .map_err(|e| VmmError::Launch(e.to_string()))?;
+        let spawned = launch::launch(&bin, &spec.vm_id, &paths)?;
         if let Err(e) = launch::wait_api_ready(&paths, &spawned.pidfd, API_READY_TIMEOUT).await {
             // Nobody else knows this process yet: end and reap it here.
             let _ = process::signal(&spawned.pidfd, rustix::process::Signal::Kill);
             process::wait_exit(&spawned.pidfd).await;
-            return Err(VmmError::Launch(e.to_string()));
+            return Err(e.into());
         }
         let handle = VmmHandle {
             kind: KIND.into(),
@@ -126,14 +121,14 @@ impl Vmm for FirecrackerVmm {
             track_dirty_pages: None,
         })
         .await
-        .map_err(api_err)?;
+        .map_err(VmmError::from)?;
         api.put_boot_source(&BootSource {
             kernel_image_path: spec.kernel.clone(),
             boot_args: Some(spec.boot_args.clone()),
             initrd_path: spec.initrd.clone(),
         })
         .await
-        .map_err(api_err)?;
+        .map_err(VmmError::from)?;
         for (id, path, root) in [
             ("rootfs", &spec.root_disk, true),
             ("work", &spec.work_disk, false),
@@ -147,7 +142,7 @@ impl Vmm for FirecrackerVmm {
                 io_engine: None,
             })
             .await
-            .map_err(api_err)?;
+            .map_err(VmmError::from)?;
         }
         if let Some(net) = &spec.net {
             api.put_network_interface(&NetworkInterface {
@@ -156,7 +151,7 @@ impl Vmm for FirecrackerVmm {
                 guest_mac: Some(net.mac.clone()),
             })
             .await
-            .map_err(api_err)?;
+            .map_err(VmmError::from)?;
         }
         // The guest agent's channel. Firecracker binds the socket here and
         // refuses a path that exists: a previous boot's is stale.
@@ -164,47 +159,64 @@ impl Vmm for FirecrackerVmm {
         match std::fs::remove_file(&uds) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(VmmError::Api(format!("{}: {e}", uds.display()))),
+            Err(e) => {
+                return Err(VmmError::Io {
+                    context: format!("cannot remove the stale vsock socket {}", uds.display()),
+                    source: e,
+                })
+            }
         }
         api.put_vsock(&Vsock {
             guest_cid: GUEST_CID,
             uds_path: uds,
         })
         .await
-        .map_err(api_err)?;
+        .map_err(VmmError::from)?;
         Ok(())
     }
 
     async fn boot(&self, h: &VmmHandle) -> Result<(), VmmError> {
-        api(h).action(Action::InstanceStart).await.map_err(api_err)
+        api(h)
+            .action(Action::InstanceStart)
+            .await
+            .map_err(VmmError::from)
     }
 
     async fn request_shutdown(&self, h: &VmmHandle) -> Result<(), VmmError> {
-        api(h).action(Action::SendCtrlAltDel).await.map_err(api_err)
+        api(h)
+            .action(Action::SendCtrlAltDel)
+            .await
+            .map_err(VmmError::from)
     }
 
     async fn pause(&self, h: &VmmHandle) -> Result<(), VmmError> {
-        api(h).pause().await.map_err(api_err)
+        api(h).pause().await.map_err(VmmError::from)
     }
 
     async fn resume(&self, h: &VmmHandle) -> Result<(), VmmError> {
-        api(h).resume().await.map_err(api_err)
+        api(h).resume().await.map_err(VmmError::from)
     }
 
     async fn status(&self, h: &VmmHandle) -> Result<String, VmmError> {
-        Ok(api(h).instance_info().await.map_err(api_err)?.state)
+        Ok(api(h).instance_info().await.map_err(VmmError::from)?.state)
     }
 
     async fn metrics(&self, h: &VmmHandle) -> Result<Option<serde_json::Value>, VmmError> {
         let Some(path) = &h.metrics else {
             return Ok(None);
         };
-        api(h).action(Action::FlushMetrics).await.map_err(api_err)?;
+        api(h)
+            .action(Action::FlushMetrics)
+            .await
+            .map_err(VmmError::from)?;
         // Firecracker appends a line per flush: the file grows with the VM's
         // age, so it is read off the runtime.
         let text = tokio::fs::read_to_string(path)
             .await
-            .map_err(|e| VmmError::Api(e.to_string()))?;
+            .map_err(|e| VmmError::Io {
+                context: format!("cannot read the metrics file {}", path.display()),
+                source: e,
+            })?;
         Ok(text
             .lines()
             .rev()
@@ -212,7 +224,7 @@ impl Vmm for FirecrackerVmm {
     }
 
     async fn effective_config(&self, h: &VmmHandle) -> Result<serde_json::Value, VmmError> {
-        api(h).vm_config().await.map_err(api_err)
+        api(h).vm_config().await.map_err(VmmError::from)
     }
 
     async fn agent_connect(
@@ -227,6 +239,6 @@ impl Vmm for FirecrackerVmm {
         })?;
         super::firecracker::vsock::connect(uds, AGENT_VSOCK_PORT, timeout)
             .await
-            .map_err(|e| VmmError::AgentChannel(e.to_string()))
+            .map_err(VmmError::from)
     }
 }

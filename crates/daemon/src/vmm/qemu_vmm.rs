@@ -214,11 +214,7 @@ pub fn status_word(status: &qmp::StatusInfo) -> String {
 async fn connect(h: &VmmHandle) -> Result<Qmp, VmmError> {
     Qmp::connect(&h.api_socket, qmp::DEFAULT_TIMEOUT)
         .await
-        .map_err(api_err)
-}
-
-fn api_err(e: impl std::fmt::Display) -> VmmError {
-    VmmError::Api(e.to_string())
+        .map_err(VmmError::from)
 }
 
 #[async_trait]
@@ -239,13 +235,12 @@ impl Vmm for QemuVmm {
         let features = self.check(&bin).await?;
         let accel = self.decide_accel(&bin).await;
         let paths = LaunchPaths::new(&spec.run_dir, &spec.vm_dir);
-        let spawned = launch::launch(&bin, spec, accel, features, &paths)
-            .map_err(|e| VmmError::Launch(e.to_string()))?;
+        let spawned = launch::launch(&bin, spec, accel, features, &paths)?;
         if let Err(e) = launch::wait_qmp_ready(&paths, &spawned.pidfd, QMP_READY_TIMEOUT).await {
             // Nobody else knows this process yet: end and reap it here.
             let _ = process::signal(&spawned.pidfd, rustix::process::Signal::Kill);
             process::wait_exit(&spawned.pidfd).await;
-            return Err(VmmError::Launch(e.to_string()));
+            return Err(e.into());
         }
         let handle = VmmHandle {
             kind: KIND.into(),
@@ -265,13 +260,17 @@ impl Vmm for QemuVmm {
     }
 
     async fn boot(&self, h: &VmmHandle) -> Result<(), VmmError> {
-        connect(h).await?.cont().await.map_err(api_err)
+        connect(h).await?.cont().await.map_err(VmmError::from)
     }
 
     /// `system_powerdown`; a no-op in a microvm guest (no ACPI): see the
     /// module documentation.
     async fn request_shutdown(&self, h: &VmmHandle) -> Result<(), VmmError> {
-        connect(h).await?.system_powerdown().await.map_err(api_err)
+        connect(h)
+            .await?
+            .system_powerdown()
+            .await
+            .map_err(VmmError::from)
     }
 
     fn shutdown_reaches_guest(&self) -> bool {
@@ -305,15 +304,19 @@ impl Vmm for QemuVmm {
     }
 
     async fn pause(&self, h: &VmmHandle) -> Result<(), VmmError> {
-        connect(h).await?.stop().await.map_err(api_err)
+        connect(h).await?.stop().await.map_err(VmmError::from)
     }
 
     async fn resume(&self, h: &VmmHandle) -> Result<(), VmmError> {
-        connect(h).await?.cont().await.map_err(api_err)
+        connect(h).await?.cont().await.map_err(VmmError::from)
     }
 
     async fn status(&self, h: &VmmHandle) -> Result<String, VmmError> {
-        let status = connect(h).await?.query_status().await.map_err(api_err)?;
+        let status = connect(h)
+            .await?
+            .query_status()
+            .await
+            .map_err(VmmError::from)?;
         Ok(status_word(&status))
     }
 
@@ -335,7 +338,7 @@ impl Vmm for QemuVmm {
             .find(|w| w[0] == "-accel")
             .map(|w| w[1].clone());
         let mut q = connect(h).await?;
-        let status = q.query_status().await.map_err(api_err)?;
+        let status = q.query_status().await.map_err(VmmError::from)?;
         let version = q.greeting().version.clone();
         Ok(json!({
             "argv": argv,
@@ -593,7 +596,7 @@ mod tests {
         let err = vmm.spawn(&spec).await.unwrap_err();
         let took = t.elapsed();
         eprintln!("missing kernel: failed in {took:?}: {err}");
-        assert!(matches!(err, VmmError::Launch(_)), "{err:?}");
+        assert!(matches!(err, VmmError::QemuLaunch(_)), "{err:?}");
         let msg = err.to_string();
         assert!(msg.contains("no-such-vmlinux"), "{msg}");
         assert!(msg.contains("exited with code 1"), "{msg}");
