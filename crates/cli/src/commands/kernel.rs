@@ -45,7 +45,7 @@ pub enum KernelCmd {
         /// Debian's linux-source-6.1 package (the default).
         #[arg(long)]
         debian_source: bool,
-        /// A Kconfig fragment merged onto x86_64_defconfig + kvm_guest.config
+        /// A Kconfig fragment merged onto allnoconfig
         /// (default: banger's own, built into bangerd).
         #[arg(long = "config", value_name = "FRAGMENT")]
         config: Option<PathBuf>,
