@@ -16,8 +16,15 @@ use banger_core::config::Config;
 use banger_core::paths::Paths;
 use tokio_util::sync::CancellationToken;
 
+use std::future::Future;
+
+use banger_proto::methods::op::Operation;
+use banger_proto::methods::OpBegun;
+
+use crate::caller::Caller;
+use crate::error::Error;
 use crate::logging::LogTarget;
-use crate::ops::Ops;
+use crate::ops::{OpHandle, Ops};
 use crate::registry::Registry;
 use crate::vm::Vms;
 
@@ -32,4 +39,29 @@ pub struct App {
     /// Tripped by SIGTERM/SIGINT or `daemon.shutdown`.
     pub shutdown: CancellationToken,
     pub log_target: LogTarget,
+}
+
+impl App {
+    /// Begins a registry operation (a build, import, register or pull) for
+    /// `caller` on `target`, refused when the caller already runs
+    /// `[limits] running_operations` of them. The body gets the registry.
+    pub fn begin_registry_op<O, F, Fut>(
+        &self,
+        caller: &Caller,
+        target: &str,
+        body: F,
+    ) -> Result<OpBegun, Error>
+    where
+        O: Operation,
+        F: FnOnce(Arc<Registry>, OpHandle) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<O::Output, Error>> + Send + 'static,
+    {
+        self.ops
+            .check_limit(caller.uid, self.config.limits.running_operations)?;
+        let registry = self.registry.clone();
+        let id = self
+            .ops
+            .begin::<O, _, _>(target, caller.uid, move |op| body(registry, op));
+        Ok(OpBegun { operation_id: id })
+    }
 }

@@ -92,12 +92,7 @@ pub fn run(env: &Env, cmd: BenchCmd) -> anyhow::Result<Outcome> {
             memory,
             disk_size,
         } => {
-            let shape = Shape {
-                vmm,
-                vcpu,
-                memory_mib: banger_core::size::parse_mib(&memory).map_err(anyhow::Error::msg)?,
-                disk_bytes: banger_core::size::parse(&disk_size).map_err(anyhow::Error::msg)?,
-            };
+            let shape = Shape::parse(vmm, vcpu, &memory, &disk_size)?;
             super::bench_run::run(env, repo, count, image, &shape)
         }
         BenchCmd::Create {
@@ -110,12 +105,7 @@ pub fn run(env: &Env, cmd: BenchCmd) -> anyhow::Result<Outcome> {
             keep,
             nat,
         } => {
-            let shape = Shape {
-                vmm,
-                vcpu,
-                memory_mib: banger_core::size::parse_mib(&memory).map_err(anyhow::Error::msg)?,
-                disk_bytes: banger_core::size::parse(&disk_size).map_err(anyhow::Error::msg)?,
-            };
+            let shape = Shape::parse(vmm, vcpu, &memory, &disk_size)?;
             create(env, count, image, &shape, keep, nat)
         }
     }
@@ -237,6 +227,22 @@ pub(super) struct Shape {
     pub(super) vcpu: u32,
     pub(super) memory_mib: u64,
     pub(super) disk_bytes: u64,
+}
+
+impl Shape {
+    fn parse(
+        vmm: Option<String>,
+        vcpu: u32,
+        memory: &str,
+        disk_size: &str,
+    ) -> anyhow::Result<Shape> {
+        Ok(Shape {
+            vmm,
+            vcpu,
+            memory_mib: banger_core::size::parse_mib(memory).map_err(anyhow::Error::msg)?,
+            disk_bytes: banger_core::size::parse(disk_size).map_err(anyhow::Error::msg)?,
+        })
+    }
 }
 
 fn create(

@@ -16,45 +16,30 @@ use crate::{build_requests, builds};
 /// runs as an operation.
 pub async fn register_begin(d: Arc<App>, mut cx: Ctx, p: RegisterParams) -> Result<OpBegun, Error> {
     let job = build_requests::register_job(&d.registry, &cx.caller, &mut cx.fds, p).await?;
-    d.ops
-        .check_limit(cx.caller.uid, d.config.limits.running_operations)?;
-    let d2 = d.registry.clone();
-    let id = d
-        .ops
-        .begin::<ImageRegister, _, _>(&job.name.clone(), cx.caller.uid, move |op| {
-            images::register(d2, op, job)
-        });
-    Ok(OpBegun { operation_id: id })
+    let target = job.name.clone();
+    d.begin_registry_op::<ImageRegister, _, _>(&cx.caller, &target, move |r, op| {
+        images::register(r, op, job)
+    })
 }
 
 /// Cheap checks first ([`build_requests::image_job`]), then the build runs
 /// as an operation.
 pub async fn build_begin(d: Arc<App>, cx: Ctx, p: BuildParams) -> Result<OpBegun, Error> {
     let job = build_requests::image_job(&d.registry, &d.config, &cx.caller, &p)?;
-    d.ops
-        .check_limit(cx.caller.uid, d.config.limits.running_operations)?;
-    let d2 = d.registry.clone();
-    let id = d
-        .ops
-        .begin::<ImageBuild, _, _>(&job.name.clone(), cx.caller.uid, move |op| {
-            builds::image_build_op(d2, op, job)
-        });
-    Ok(OpBegun { operation_id: id })
+    let target = job.name.clone();
+    d.begin_registry_op::<ImageBuild, _, _>(&cx.caller, &target, move |r, op| {
+        builds::image_build_op(r, op, job)
+    })
 }
 
 /// Cheap checks first ([`build_requests::pull_job`]), then the pull runs as
 /// an operation ([`crate::pull`]).
 pub async fn pull_begin(d: Arc<App>, cx: Ctx, p: PullParams) -> Result<OpBegun, Error> {
     let job = build_requests::pull_job(&d.registry, &d.config, &cx.caller, p)?;
-    d.ops
-        .check_limit(cx.caller.uid, d.config.limits.running_operations)?;
-    let d2 = d.registry.clone();
-    let id = d
-        .ops
-        .begin::<ImagePull, _, _>(&job.name.clone(), cx.caller.uid, move |op| {
-            crate::pull::pull_op(d2, op, job)
-        });
-    Ok(OpBegun { operation_id: id })
+    let target = job.name.clone();
+    d.begin_registry_op::<ImagePull, _, _>(&cx.caller, &target, move |r, op| {
+        crate::pull::pull_op(r, op, job)
+    })
 }
 
 pub async fn list(d: Arc<App>, cx: Ctx, _p: Empty) -> Result<Vec<ImageInfo>, Error> {

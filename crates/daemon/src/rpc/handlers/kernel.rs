@@ -15,15 +15,10 @@ use crate::{build_requests, builds, kernels};
 /// runs as an operation.
 pub async fn import_begin(d: Arc<App>, mut cx: Ctx, p: ImportParams) -> Result<OpBegun, Error> {
     let job = build_requests::import_job(&d.registry, &cx.caller, &mut cx.fds, p).await?;
-    d.ops
-        .check_limit(cx.caller.uid, d.config.limits.running_operations)?;
-    let d2 = d.registry.clone();
-    let id = d
-        .ops
-        .begin::<KernelImport, _, _>(&job.name.clone(), cx.caller.uid, move |op| {
-            kernels::import(d2, op, job)
-        });
-    Ok(OpBegun { operation_id: id })
+    let target = job.name.clone();
+    d.begin_registry_op::<KernelImport, _, _>(&cx.caller, &target, move |r, op| {
+        kernels::import(r, op, job)
+    })
 }
 
 /// Cheap checks first ([`build_requests::kernel_job`]), then the build runs
@@ -31,15 +26,10 @@ pub async fn import_begin(d: Arc<App>, mut cx: Ctx, p: ImportParams) -> Result<O
 pub async fn build_begin(d: Arc<App>, mut cx: Ctx, p: BuildParams) -> Result<OpBegun, Error> {
     let job =
         build_requests::kernel_job(&d.registry, &d.config, &cx.caller, &mut cx.fds, p).await?;
-    d.ops
-        .check_limit(cx.caller.uid, d.config.limits.running_operations)?;
-    let d2 = d.registry.clone();
-    let id = d
-        .ops
-        .begin::<KernelBuild, _, _>(&job.name.clone(), cx.caller.uid, move |op| {
-            builds::kernel_build_op(d2, op, job)
-        });
-    Ok(OpBegun { operation_id: id })
+    let target = job.name.clone();
+    d.begin_registry_op::<KernelBuild, _, _>(&cx.caller, &target, move |r, op| {
+        builds::kernel_build_op(r, op, job)
+    })
 }
 
 pub async fn list(d: Arc<App>, cx: Ctx, _p: Empty) -> Result<Vec<KernelInfo>, Error> {
