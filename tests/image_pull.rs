@@ -831,16 +831,9 @@ fn bearer_tokens_and_docker_config_credentials() {
 /// `banger ARGS` inside the test's network namespace (where the VM's bridge
 /// and the daemon started by `start_daemon` are).
 fn banger_in_ns(h: &mut Home, args: &[&str]) -> std::process::Output {
-    let ns = h.netns();
-    let c = h.banger();
-    Command::new("ip")
-        .args(["netns", "exec", &ns])
-        .arg(common::BANGER)
+    h.netns();
+    h.banger_in_netns()
         .args(args)
-        .envs(
-            c.get_envs()
-                .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))),
-        )
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap()

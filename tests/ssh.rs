@@ -187,20 +187,11 @@ fn vm_ssh_uses_pinned_keys_written_at_create() {
     assert!(stages.contains(&"ssh"), "{stages:?}");
 
     let ssh = |args: &[&str]| {
-        let mut c = h.banger();
-        let out = Command::new("ip")
-            .args(["netns", "exec", &ns])
-            .arg(common::BANGER)
+        h.banger_in_netns()
             .args(["vm", "ssh", "s1", "--"])
             .args(args)
-            .envs(
-                c.get_envs()
-                    .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))),
-            )
             .output()
-            .unwrap();
-        let _ = &mut c;
-        out
+            .unwrap()
     };
     let out = ssh(&["echo", "hello-from-guest"]);
     assert!(
@@ -220,16 +211,10 @@ fn vm_ssh_uses_pinned_keys_written_at_create() {
     );
     // With --json the guest command's output and status are captured, and
     // the status is still ours.
-    let out = Command::new("ip")
-        .args(["netns", "exec", &ns])
-        .arg(common::BANGER)
+    let out = h
+        .banger_in_netns()
         .args(["--json", "vm", "ssh", "s1", "--"])
         .args(["sh", "-c", "echo out; echo err >&2; exit 4"])
-        .envs(
-            h.banger()
-                .get_envs()
-                .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))),
-        )
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(4), "{out:?}");

@@ -120,6 +120,25 @@ impl Home {
         c
     }
 
+    /// `banger` run inside the test's network namespace (where the bridge,
+    /// the guests and a daemon started by `start_daemon` are), with this
+    /// home's environment: `vm ssh`/`vm exec` reach guest addresses from there.
+    /// The namespace must exist already ([`Home::netns`] makes it).
+    pub fn banger_in_netns(&self) -> Command {
+        let ns = self
+            .netns
+            .clone()
+            .expect("Home::netns() makes the namespace before banger runs in it");
+        let env: Vec<_> = self
+            .banger()
+            .get_envs()
+            .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned())))
+            .collect();
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &ns, BANGER]).envs(env);
+        c
+    }
+
     /// `banger` as another uid/gid.
     pub fn banger_as(&self, uid: u32, gid: u32) -> Command {
         let mut c = self.banger();
