@@ -51,6 +51,48 @@ fn banger_in_ns_with_stdin(h: &mut Home, args: &[&str], input: &[u8]) -> Output 
     child.wait_with_output().unwrap()
 }
 
+/// `banger vm exec -T g1 -- sh -c SCRIPT` in its own process group, with
+/// Ctrl-C (SIGINT to the group, as a terminal sends it) pressed `presses`
+/// times once SCRIPT has printed its first line: (exit code, stdout, stderr).
+fn ctrl_c_exec(h: &Home, script: &str, presses: usize) -> (i32, String, String) {
+    use std::io::{BufRead, Read};
+    use std::os::unix::process::CommandExt;
+    let mut child = h
+        .banger_in_netns()
+        .args(["vm", "exec", "-T", "g1", "--", "sh", "-c", script])
+        .process_group(0)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut out = String::new();
+    stdout.read_line(&mut out).unwrap();
+    assert_eq!(out, "ready\n", "the guest command started");
+    for _ in 0..presses {
+        common::kill(-(child.id() as i32), libc::SIGINT);
+        std::thread::sleep(std::time::Duration::from_secs(3));
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("banger vm exec did not end after {presses} Ctrl-C");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    stdout.read_to_string(&mut out).unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (child.wait().unwrap().code().unwrap_or(-1), out, err)
+}
+
 /// `banger vm exec ARGS...` in the namespace: (exit code, stdout, stderr).
 fn exec(h: &mut Home, args: &[&str], input: &[u8]) -> (i32, String, String) {
     let mut all = vec!["vm", "exec"];
@@ -232,6 +274,41 @@ fn real_guest_boots_answers_ssh_agent_and_survives_stop_start() {
     let (code, _, err) = exec(&mut h, &["-w", "/no/such/dir", "g1", "--", "true"], b"");
     assert_ne!(code, 0, "cd into a missing directory fails");
     assert!(err.contains("/no/such/dir"), "{err}");
+
+    // Ctrl-C without a terminal (-T): the first reaches the guest command
+    // (its INT handler runs and chooses the status); a command that ignores
+    // it is left running by a second Ctrl-C, which detaches.
+    let (code, out, err) = ctrl_c_exec(
+        &h,
+        "trap 'echo got-int; exit 7' INT; echo ready; while :; do sleep 1; done",
+        1,
+    );
+    assert_eq!((code, out.as_str()), (7, "ready\ngot-int\n"), "{err}");
+    assert!(err.contains("sending SIGINT"), "{err}");
+    let (code, out, err) = ctrl_c_exec(
+        &h,
+        "trap '' INT; echo ready; exec sleep 3600 # banger-detach-probe",
+        2,
+    );
+    assert_eq!((code, out.as_str()), (130, "ready\n"), "{err}");
+    assert!(err.contains("detached"), "{err}");
+    // (`vm ssh` runs its line as given, without exec's marker.)
+    let out = ssh(
+        &mut h,
+        "g1",
+        &["pgrep -f '^sleep 3600' >/dev/null && echo left-running; pkill -f '^sleep 3600'; ls /run | grep -c banger-exec"],
+    );
+    assert_eq!(
+        out, "left-running\n1\n",
+        "the detached command still runs, its marker with it"
+    );
+    // The next exec sweeps markers whose process is gone.
+    assert_eq!(exec(&mut h, &["g1", "--", "true"], b"").0, 0);
+    let out = ssh(&mut h, "g1", &["ls /run | grep -c banger-exec; true"]);
+    assert_eq!(
+        out, "0\n",
+        "no marker is left once the detached command ended"
+    );
 
     // Workspaces: the guest's `git status` equals the host's, for staged and
     // unstaged changes of one file, deletions, a staged rename, a mode

@@ -36,6 +36,11 @@ impl Interrupt {
         let sig = signal_hook::flag::register(signal_hook::consts::SIGINT, flag.clone())?;
         Ok(Interrupt { flag, sig })
     }
+
+    /// Whether Ctrl-C was pressed since the last call.
+    pub fn take(&self) -> bool {
+        self.flag.swap(false, Ordering::SeqCst)
+    }
 }
 
 impl Drop for Interrupt {

@@ -8,6 +8,7 @@ pub mod cp;
 pub mod daemon;
 pub mod doctor;
 pub mod export;
+mod guest_interrupt;
 pub mod image;
 pub mod kernel;
 pub mod logtail;

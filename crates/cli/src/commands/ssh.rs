@@ -16,7 +16,7 @@ use banger_proto::methods::{Empty, NameParams};
 use banger_proto::ErrorKind;
 use serde::Serialize;
 
-use super::Env;
+use super::{guest_interrupt, Env};
 use crate::client::Client;
 use crate::error::{refuse, usage};
 use crate::render::{self, Outcome, Render};
@@ -162,7 +162,7 @@ pub(crate) fn ssh_to(env: &Env, name: &str) -> anyhow::Result<Command> {
     Ok(ssh)
 }
 
-const CANNOT_RUN_SSH: &str = "cannot run ssh (install openssh-client)";
+pub(super) const CANNOT_RUN_SSH: &str = "cannot run ssh (install openssh-client)";
 
 /// Runs `ssh` (stdio inherited, or captured for `--json`) and returns the
 /// outcome: the remote command's exit status, unchanged.
@@ -209,14 +209,14 @@ pub fn vm_exec(env: &Env, a: super::vm::ExecArgs) -> anyhow::Result<Outcome> {
     for kv in &a.stream.env {
         check_env(kv)?;
     }
-    let line = exec_line(
+    let body = exec_body(
         &a.command,
         a.workdir.as_deref(),
         &a.stream.env,
         a.user.as_deref(),
     );
     if a.stream.detach {
-        return super::attach::start(env, &a.name, &line);
+        return super::attach::start(env, &a.name, &exec_line(&body));
     }
     let tty = if a.stream.tty {
         true
@@ -227,10 +227,21 @@ pub fn vm_exec(env: &Env, a: super::vm::ExecArgs) -> anyhow::Result<Outcome> {
         std::io::stdin().is_terminal() && std::io::stdout().is_terminal()
     };
     let mut ssh = ssh_to(env, &a.name)?;
-    // -tt: a terminal even when ssh's own stdin is not one (`-t` forced).
-    ssh.arg(if tty { "-tt" } else { "-T" });
-    ssh.arg("--").arg(line);
-    run_ssh(env, ssh, &a.name, &a.command)
+    if tty || env.json {
+        // -tt: a terminal even when ssh's own stdin is not one (`-t`
+        // forced); Ctrl-C then reaches the guest through its pty.
+        ssh.arg(if tty { "-tt" } else { "-T" });
+        ssh.arg("--").arg(exec_line(&body));
+        return run_ssh(env, ssh, &a.name, &a.command);
+    }
+    let marker = guest_interrupt::Marker::new();
+    ssh.args(["-T", "--"]).arg(marker.wrap(&body));
+    let interrupt = || -> anyhow::Result<Command> {
+        let mut c = ssh_to(env, &a.name)?;
+        c.args(["-T", "--"]).arg(marker.interrupt_line());
+        Ok(c)
+    };
+    guest_interrupt::run(ssh, &interrupt, &a.name)
 }
 
 /// `KEY=VALUE` with a shell-variable name.
@@ -254,7 +265,12 @@ fn check_env(kv: &str) -> anyhow::Result<()> {
 /// nothing is re-split or expanded there. The command does not replace the
 /// shell (`; exit $?` after it), so a signal death comes back as 128+N
 /// rather than as ssh's 255.
-fn exec_line(
+fn exec_line(body: &str) -> String {
+    format!("{body}; exit $?")
+}
+
+/// [`exec_line`] without its final `exit`.
+fn exec_body(
     command: &[String],
     workdir: Option<&str>,
     env: &[String],
@@ -271,8 +287,8 @@ fn exec_line(
     words.extend(command.iter().map(|w| shell_quote(w)));
     let run = words.join(" ");
     match workdir {
-        Some(dir) => format!("cd -- {} && {run}; exit $?", shell_quote(dir)),
-        None => format!("{run}; exit $?"),
+        Some(dir) => format!("cd -- {} && {run}", shell_quote(dir)),
+        None => run,
     }
 }
 
@@ -382,17 +398,17 @@ mod exec_tests {
 
     #[test]
     fn exec_line_quotes_every_word() {
-        let line = exec_line(
+        let line = exec_line(&exec_body(
             &words(&["printf", "%s\\n", "a b", "it's", "$HOME", "-x"]),
             Some("/root/my repo"),
             &words(&["FOO=a b"]),
             None,
-        );
+        ));
         assert_eq!(
             line,
             "cd -- '/root/my repo' && env -- 'FOO=a b' printf '%s\\n' 'a b' 'it'\\''s' '$HOME' -x; exit $?"
         );
-        let line = exec_line(&words(&["id"]), None, &[], Some("nobody"));
+        let line = exec_line(&exec_body(&words(&["id"]), None, &[], Some("nobody")));
         assert_eq!(line, "runuser -u nobody -- env -- id; exit $?");
     }
 
