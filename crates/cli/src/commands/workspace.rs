@@ -18,7 +18,13 @@
 //!
 //! Not a git repository: the directory is copied as it is, with tar (said
 //! on stderr). Submodules are refused (their contents would not come
-//! along); LFS pointers come as pointers.
+//! along). Git LFS files come as their pointers (`git add` runs LFS's clean
+//! filter), and the CLI says so with what to run in the guest (`git lfs
+//! pull`, which needs git-lfs and network there). A worktree of `git
+//! worktree add` is snapshotted like the main one (its own HEAD, branch and
+//! index; objects from the common directory). A sparse checkout comes in
+//! full: the files outside the sparse set are taken from the index, and the
+//! guest's checkout is not sparse.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -95,6 +101,16 @@ pub(crate) fn workspace_name(path: &Path) -> String {
         .filter(|n| !n.is_empty() && !n.starts_with('.'))
         .unwrap_or("workspace")
         .to_string()
+}
+
+/// The tracked files of the repository at `path` that Git LFS filters.
+fn lfs_files(path: &Path) -> anyhow::Result<Vec<String>> {
+    let out = git(path, &["ls-files", "-z", "--", ":(attr:filter=lfs)"], &[])?;
+    Ok(out
+        .split('\0')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect())
 }
 
 /// The top directory of the git repository `path` is in, if any.
@@ -244,6 +260,15 @@ pub fn snapshot(path: &Path, opts: &Options) -> anyhow::Result<Snapshot> {
         .filter(|s| !s.is_empty())
         .map(str::to_string)
         .collect();
+    let lfs = lfs_files(&path)?;
+    if !lfs.is_empty() {
+        eprintln!(
+            "{} Git LFS file(s) (e.g. {}) come in as LFS pointers: run `git lfs pull` in the guest's \
+             copy (it needs git-lfs and network access there), or copy them with `banger vm cp`",
+            lfs.len(),
+            lfs[0]
+        );
+    }
     let commit = |tree: &str, msg: &str| -> anyhow::Result<String> {
         let mut args = vec!["commit-tree", tree, "-m", msg];
         if let Some(h) = &head {
@@ -496,6 +521,61 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.contains("not a valid branch name"), "{err}");
+    }
+
+    /// A `git worktree add` directory is a workspace of its own: its
+    /// branch, its index and its working tree, not the main worktree's.
+    #[test]
+    fn a_linked_worktree_snapshots_its_own_state() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path().join("repo");
+        std::fs::create_dir(&r).unwrap();
+        sh(
+            &r,
+            "git init -q -b main && git config user.email a@b && git config user.name a && echo a > a && git add a && git commit -qm one \
+             && git worktree add -q -b feature ../wt && echo main-dirty >> a",
+        );
+        let wt = t.path().join("wt");
+        sh(&wt, "echo f > f && git add f && echo wt-dirty >> a");
+        let s = snapshot(&wt, &Options::default()).unwrap();
+        assert_eq!(s.name, "wt");
+        assert_eq!(s.files, ["a", "f"]);
+        let Kind::Git(g) = &s.kind else {
+            panic!("a git snapshot")
+        };
+        assert_eq!(g.branch.as_deref(), Some("feature"));
+        // The bundle's working-tree commit has the worktree's edit, not main's.
+        let scratch = t.path().join("check.git");
+        sh(t.path(), "git init -q --bare check.git");
+        let b = g.bundle.to_str().unwrap();
+        sh(
+            &scratch,
+            &format!("git fetch -q {b} 'refs/banger/*:refs/banger/*'"),
+        );
+        let a = git(&scratch, &["show", "refs/banger/worktree:a"], &[]).unwrap();
+        assert_eq!(a, "a\nwt-dirty");
+        let idx = git(
+            &scratch,
+            &["ls-tree", "--name-only", "refs/banger/index"],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(idx, "a\nf");
+    }
+
+    #[test]
+    fn lfs_files_are_found_by_their_attribute() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path().join("repo");
+        std::fs::create_dir(&r).unwrap();
+        sh(
+            &r,
+            "git init -q && printf '*.bin filter=lfs diff=lfs merge=lfs -text\\n' > .gitattributes \
+             && echo x > big.bin && echo y > small.txt && git add -A",
+        );
+        assert_eq!(lfs_files(&r).unwrap(), ["big.bin"]);
+        sh(&r, "git rm -q -f .gitattributes");
+        assert!(lfs_files(&r).unwrap().is_empty());
     }
 
     #[test]
