@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use common::guest::build_home;
 use common::{require_root, Home};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 fn vmm() -> String {
     std::env::var("BANGER_E2E_VMM").unwrap_or_else(|_| "qemu".into())
@@ -634,6 +634,26 @@ fn real_guest_boots_answers_ssh_agent_and_survives_stop_start() {
     let again = banger_in_ns(&mut h, &["vm", "attach", "g1"]);
     assert_eq!(again.status.code(), Some(7), "{again:?}");
     assert_eq!(String::from_utf8_lossy(&again.stdout), "/tmp\ndone\n");
+    // --json: where the run is and its log, without following (here through
+    // the top-level `attach`, the same command).
+    let report = banger_in_ns(&mut h, &["--json", "attach", "g1"]);
+    assert!(report.status.success(), "{report:?}");
+    let report: Value = serde_json::from_slice(&report.stdout).unwrap();
+    assert_eq!(
+        (
+            &report["run_id"],
+            &report["state"],
+            &report["exit_code"],
+            &report["log"]
+        ),
+        (
+            &json!(run_id),
+            &json!("done"),
+            &json!(7),
+            &json!("/tmp\ndone\n")
+        ),
+        "{report}"
+    );
     let missing = banger_in_ns(&mut h, &["--json", "vm", "attach", "g1", "nosuch"]);
     let missing: Value = serde_json::from_slice(&missing.stdout).unwrap();
     assert_eq!(missing["error"]["kind"], "not_found", "{missing}");

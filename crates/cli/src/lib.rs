@@ -107,6 +107,8 @@ pub enum Command {
     Run(commands::run::RunArgs),
     /// Copy between the host and a VM; same as `banger vm cp`.
     Cp(commands::cp::CpArgs),
+    /// Follow a detached command; same as `banger vm attach`.
+    Attach(commands::vm::AttachArgs),
 }
 
 /// The `banger` binary's main: parse, run one command, render its result
@@ -154,6 +156,7 @@ fn run(env: &commands::Env, command: Command) -> anyhow::Result<render::Outcome>
         Command::Exec(a) => vm::run(env, VmCmd::Exec(a)),
         Command::Run(a) => vm::run(env, VmCmd::Run(a)),
         Command::Cp(a) => vm::run(env, VmCmd::Cp(a)),
+        Command::Attach(a) => vm::run(env, VmCmd::Attach(a)),
     }
 }
 
@@ -252,6 +255,10 @@ mod tests {
             parse(&["vm", "attach", "a", "r1"]).command,
             Command::Vm(_)
         ));
+        match parse(&["attach", "a", "r1"]).command {
+            Command::Attach(a) => assert_eq!((a.name.as_str(), a.id.as_deref()), ("a", Some("r1"))),
+            other => panic!("{other:?}"),
+        }
         // export: -o and --apply go apart.
         assert!(matches!(
             parse(&["vm", "workspace", "export", "a", "-o", "x.patch"]).command,

@@ -173,15 +173,66 @@ pub fn attach(env: &Env, name: &str, id: Option<&str>) -> anyhow::Result<Outcome
         ),
     };
     if env.json {
-        return Err(crate::error::usage(
-            "attach streams the command's output: it has no JSON form",
-        ));
+        return report(env, name, state);
     }
     let mut ssh = super::ssh::ssh_to(env, name)?;
     ssh.arg("-T").arg("--").arg(follow);
     let _ctrl_c = crate::progress::Interrupt::install()?;
     let st = ssh.status().context("cannot run ssh")?;
     Ok(Outcome::Streamed(super::exit_status(st)))
+}
+
+/// `vm attach --json`: where the run is and its log so far, without
+/// following it (a script polls; a person attaches).
+#[derive(Serialize)]
+struct RunReport {
+    name: String,
+    run_id: String,
+    /// `running`, `done` or `lost` (the guest restarted or the run was killed).
+    state: &'static str,
+    /// Only when done.
+    exit_code: Option<u8>,
+    log: String,
+}
+
+impl Render for RunReport {
+    fn text(&self) -> String {
+        format!("{} {} {}\n{}", self.name, self.run_id, self.state, self.log)
+    }
+}
+
+fn report(env: &Env, name: &str, state: State) -> anyhow::Result<Outcome> {
+    let (base, state, exit_code) = match state {
+        State::Missing => unreachable!("a missing run was refused before"),
+        State::Done { base, status } => (base, "done", Some(status)),
+        State::Running { base, .. } => (base, "running", None),
+        State::Lost { base } => (base, "lost", None),
+    };
+    let mut ssh = super::ssh::ssh_to(env, name)?;
+    ssh.arg("-T")
+        .arg("--")
+        .arg(format!("cat -- {}.log", q(&base)));
+    let out = ssh
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cannot run ssh")?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "reading the log of {base} in {name} failed ({})",
+            out.status
+        );
+    }
+    Ok(Outcome::of(RunReport {
+        name: name.into(),
+        run_id: base
+            .strip_prefix(&format!("{DIR}/run-"))
+            .unwrap_or(&base)
+            .to_string(),
+        state,
+        exit_code,
+        log: String::from_utf8_lossy(&out.stdout).into_owned(),
+    }))
 }
 
 #[cfg(test)]

@@ -162,6 +162,14 @@ pub struct StreamFlags {
 }
 
 #[derive(Debug, Args)]
+pub struct AttachArgs {
+    pub name: String,
+    /// The run (default: the latest).
+    #[arg(value_name = "RUN_ID")]
+    pub id: Option<String>,
+}
+
+#[derive(Debug, Args)]
 pub struct ExecArgs {
     pub name: String,
     /// Working directory in the guest (default: the user's home).
@@ -242,8 +250,9 @@ pub enum VmCmd {
     /// running VM (also done at create): banger vm sync NAME
     Sync { name: String },
     /// Follow a detached command's output (vm run -d, vm exec -d) and end
-    /// with its exit status: banger vm attach NAME [RUN_ID] (default: the latest)
-    Attach { name: String, id: Option<String> },
+    /// with its exit status: banger vm attach NAME [RUN_ID] (default: the
+    /// latest); with --json, its state and log so far, without following
+    Attach(AttachArgs),
     /// Round trip to the VM (its guest agent, else its VMM).
     Ping { name: String },
     /// Sockets listening in the guest (from its agent), with <name>.vm endpoints.
@@ -297,7 +306,7 @@ pub fn run(env: &Env, cmd: VmCmd) -> anyhow::Result<Outcome> {
         VmCmd::Workspace(c) => super::run::workspace_cmd(env, c),
         VmCmd::Cp(a) => super::cp::cp(env, a),
         VmCmd::Sync { name } => super::sync::vm_sync(env, &name),
-        VmCmd::Attach { name, id } => super::attach::attach(env, &name, id.as_deref()),
+        VmCmd::Attach(a) => super::attach::attach(env, &a.name, a.id.as_deref()),
         VmCmd::Start(a) => each(env, a.names, "started", |c, n| {
             c.call::<Start>(&NameParams { name: n.into() })
         }),
