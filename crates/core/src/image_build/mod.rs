@@ -180,8 +180,18 @@ pub fn build(
 
     let tree = tmp.join("tree");
     let seed = tmp.join("seed");
-    bootstrap::bootstrap(&mmdebstrap, distro, spec, &tree, cancel, progress)?;
+    let bootstrapped = bootstrap::bootstrap_cached(
+        &mmdebstrap,
+        distro,
+        spec,
+        &cache_dir,
+        &tree,
+        cancel,
+        progress,
+    )?;
+    let bootstrap_secs = started.elapsed().as_secs_f64();
     configure(&tree, &seed, spec, cancel, progress)?;
+    let configure_secs = started.elapsed().as_secs_f64() - bootstrap_secs;
 
     let total = 2;
     progress("pack", 0, total);
@@ -192,6 +202,7 @@ pub fn build(
     let size_seed = pack::pack(&mkfs, &seed, &seed_tmp, WORK_LABEL, "16384", None, cancel)?;
     pack::set_root_mode(&debugfs, &seed_tmp, 0o700, cancel)?;
     progress("pack", 2, total);
+    let pack_secs = started.elapsed().as_secs_f64() - bootstrap_secs - configure_secs;
 
     let packages = installed_packages(&tree);
     remove_tree(&tree).map_err(io_ctx(format!("cannot remove {}", tree.display())))?;
@@ -207,6 +218,15 @@ pub fn build(
         "rootfs_bytes": size_rootfs,
         "work_seed_bytes": size_seed,
         "build_secs": started.elapsed().as_secs_f64(),
+        // Where the minutes went; "bootstrap_from": "cache" when the tree
+        // came from the bootstrap tarball.
+        "bootstrap_from": bootstrapped.as_str(),
+        "bootstrap_key": bootstrap::bootstrap_key(distro, spec),
+        "stage_secs": {
+            "bootstrap": bootstrap_secs,
+            "configure": configure_secs,
+            "pack": pack_secs,
+        },
     });
     let info_path = tmp.join(BUILD_INFO_FILE);
     fs::write(&info_path, format!("{info:#}\n"))

@@ -285,6 +285,78 @@ fn real_minimal_build_then_cached() {
         (&again.rootfs, &again.work_seed, &again.key),
         (&built.rootfs, &built.work_seed, &built.key)
     );
+
+    // Another agent is another image, but the same bootstrap: in a cache of
+    // its own that holds only the first build's bootstrap tarball, the tree
+    // comes from the tarball (mmdebstrap does not run) and the image has the
+    // same packages and the new agent.
+    let distro = recipe::find_distro(&s.distro).unwrap();
+    let tarball = bootstrap::bootstrap_tarball(
+        &cache.canonicalize().unwrap(),
+        &bootstrap::bootstrap_key(distro, &s),
+    );
+    let other_cache = tempfile::tempdir_in(assets().join("build")).unwrap();
+    let linked = tarball.is_file();
+    if linked {
+        let dest =
+            bootstrap::bootstrap_tarball(other_cache.path(), &bootstrap::bootstrap_key(distro, &s));
+        fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        fs::hard_link(&tarball, &dest).unwrap();
+    } else {
+        // An image cached before bootstrap tarballs existed: this build
+        // bootstraps (slowly) and must leave the tarball.
+        eprintln!(
+            "no bootstrap tarball for {} yet: the second build runs mmdebstrap",
+            built.key
+        );
+    }
+    let agent2 = other_cache.path().join("agent");
+    let mut bytes = fs::read(&agent).unwrap();
+    bytes.extend_from_slice(b"\0another agent build");
+    fs::write(&agent2, &bytes).unwrap();
+    let s2 = spec(&agent2, Variant::Minimal);
+    let t = Instant::now();
+    let other = build(&s2, other_cache.path(), &cancel, &mut |_, _, _| {}).unwrap();
+    eprintln!(
+        "image with another agent in {:.1}s (bootstrap tarball: {linked})",
+        t.elapsed().as_secs_f64()
+    );
+    assert!(!other.cached);
+    assert_ne!(other.key, built.key);
+    let info2: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(other.rootfs.with_file_name(BUILD_INFO_FILE)).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        info2["bootstrap_from"],
+        if linked { "cache" } else { "mmdebstrap" },
+        "{info2}"
+    );
+    let made =
+        bootstrap::bootstrap_tarball(other_cache.path(), &bootstrap::bootstrap_key(distro, &s));
+    assert!(made.is_file());
+    if !linked {
+        // The shared cache gets it, so the next run takes the fast path.
+        fs::create_dir_all(tarball.parent().unwrap()).unwrap();
+        fs::hard_link(&made, &tarball).unwrap();
+    }
+    assert_eq!(info2["packages"], info["packages"]);
+    debugfs(
+        &other.rootfs,
+        &format!(
+            "dump /usr/local/bin/banger-agent {}",
+            dumped.path().display()
+        ),
+    );
+    assert_eq!(fs::read(dumped.path()).unwrap(), bytes);
+    assert_eq!(
+        entry(&other.rootfs, "/etc", "shadow"),
+        Some((0o100640, 0, shadow_gid))
+    );
+    assert_eq!(
+        debugfs(&other.rootfs, "cat /etc/fstab"),
+        recipe::FSTAB.content
+    );
 }
 
 #[test]
