@@ -111,6 +111,20 @@ pub fn require_readable(f: &File, what: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Refuses descriptors that cannot be written (`O_PATH`, read-only): where
+/// the daemon writes for the caller (a bundle), only into what the caller
+/// itself opened for writing.
+pub fn require_writable(f: &File, what: &str) -> Result<(), Error> {
+    let flags = rustix::fs::fcntl_getfl(f)
+        .map_err(|e| Error::internal(format!("{what}: cannot inspect the descriptor: {e}")))?;
+    if flags.contains(OFlags::PATH) || (flags & OFlags::RWMODE) == OFlags::RDONLY {
+        return Err(Error::invalid(format!(
+            "{what}: the descriptor is not open for writing; pass one opened read-write"
+        )));
+    }
+    Ok(())
+}
+
 /// The caller's file, checked to be a regular file (bounded, off the
 /// runtime).
 pub async fn regular(f: File, what: &str) -> Result<File, Error> {
