@@ -7,7 +7,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{fixtures, require_root, Home};
+use common::{fixtures, require_root, Home, NOBODY};
 use serde_json::{json, Value};
 
 fn sha256_of(path: &Path) -> String {
@@ -208,4 +208,71 @@ fn hostile_bundles_are_refused_and_leave_nothing() {
         );
         assert!(!Path::new("/etc/passwd.tmp").exists());
     }
+}
+
+/// Another user's private image cannot be bundled (it is not found for
+/// them); its owner and root can.
+#[test]
+fn a_user_cannot_bundle_another_users_image() {
+    require_root();
+    use std::os::unix::fs::PermissionsExt;
+    let mut h = Home::new();
+    h.start_daemon();
+    let k = h.path().join("k.vmlinux");
+    fixtures::write_stub_kernel(&k);
+    h.ok(&["kernel", "import", k.to_str().unwrap(), "--name", "shared"]);
+    // Files a second user (uid 60001, in the socket's group) can read.
+    let pub_dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(pub_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let rootfs = pub_dir.path().join("root.ext4");
+    fixtures::ext4(&rootfs, 8);
+    std::fs::set_permissions(&rootfs, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let as_user = |uid: u32, args: &[&str]| {
+        let home = pub_dir.path().join(format!("home-{uid}"));
+        std::fs::create_dir_all(&home).unwrap();
+        std::os::unix::fs::chown(&home, Some(uid), Some(NOBODY)).unwrap();
+        h.banger_as(uid, NOBODY)
+            .env("HOME", &home)
+            .current_dir(&home)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let r = as_user(
+        60001,
+        &[
+            "image",
+            "register",
+            "--name",
+            "priv",
+            "--kernel",
+            "shared",
+            "--rootfs",
+            rootfs.to_str().unwrap(),
+        ],
+    );
+    common::assert_success(&r, &["image", "register", "as 60001"]);
+    let theirs = pub_dir.path().join("home-65534/priv.tar.zst");
+    let o = as_user(
+        NOBODY,
+        &["image", "bundle", "priv", "-o", theirs.to_str().unwrap()],
+    );
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not found"),
+        "{o:?}"
+    );
+    assert!(!theirs.exists(), "no file left by the refused bundle");
+    let mine = pub_dir.path().join("home-60001/priv.tar.zst");
+    let o = as_user(
+        60001,
+        &["image", "bundle", "priv", "-o", mine.to_str().unwrap()],
+    );
+    common::assert_success(&o, &["image", "bundle", "as its owner"]);
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(&mine).unwrap().uid(),
+        60001,
+        "the bundle is the user's file"
+    );
 }

@@ -143,6 +143,25 @@ mod tests {
     use super::*;
     use banger_proto::{ErrorKind, RpcError};
 
+    #[test]
+    fn only_descriptors_open_for_writing_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"").unwrap();
+        let ro = File::open(&p).unwrap();
+        assert!(require_writable(&ro, "output").is_err());
+        let path_only: File = rustix::fs::open(&p, OFlags::PATH, rustix::fs::Mode::empty())
+            .unwrap()
+            .into();
+        assert!(require_writable(&path_only, "output").is_err());
+        let rw = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&p)
+            .unwrap();
+        require_writable(&rw, "output").unwrap();
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn a_check_that_never_ends_times_out_and_leaves_the_runtime_free() {
         let dir = tempfile::tempdir().unwrap();
