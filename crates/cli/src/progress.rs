@@ -37,6 +37,11 @@ impl Interrupt {
         Ok(Interrupt { flag, sig })
     }
 
+    /// Set by Ctrl-C (for code that polls a cancel flag).
+    pub fn flag(&self) -> &AtomicBool {
+        &self.flag
+    }
+
     /// Whether Ctrl-C was pressed since the last call.
     pub fn take(&self) -> bool {
         self.flag.swap(false, Ordering::SeqCst)

@@ -8,6 +8,7 @@
 
 pub mod artifact;
 pub mod build_lock;
+pub mod bundle;
 pub mod config;
 pub mod doctor;
 pub mod ids;

@@ -111,6 +111,20 @@ pub fn require_readable(f: &File, what: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Refuses descriptors that cannot be written (`O_PATH`, read-only): where
+/// the daemon writes for the caller (a bundle), only into what the caller
+/// itself opened for writing.
+pub fn require_writable(f: &File, what: &str) -> Result<(), Error> {
+    let flags = rustix::fs::fcntl_getfl(f)
+        .map_err(|e| Error::internal(format!("{what}: cannot inspect the descriptor: {e}")))?;
+    if flags.contains(OFlags::PATH) || (flags & OFlags::RWMODE) == OFlags::RDONLY {
+        return Err(Error::invalid(format!(
+            "{what}: the descriptor is not open for writing; pass one opened read-write"
+        )));
+    }
+    Ok(())
+}
+
 /// The caller's file, checked to be a regular file (bounded, off the
 /// runtime).
 pub async fn regular(f: File, what: &str) -> Result<File, Error> {
@@ -128,6 +142,25 @@ mod tests {
 
     use super::*;
     use banger_proto::{ErrorKind, RpcError};
+
+    #[test]
+    fn only_descriptors_open_for_writing_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"").unwrap();
+        let ro = File::open(&p).unwrap();
+        assert!(require_writable(&ro, "output").is_err());
+        let path_only: File = rustix::fs::open(&p, OFlags::PATH, rustix::fs::Mode::empty())
+            .unwrap()
+            .into();
+        assert!(require_writable(&path_only, "output").is_err());
+        let rw = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&p)
+            .unwrap();
+        require_writable(&rw, "output").unwrap();
+    }
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_check_that_never_ends_times_out_and_leaves_the_runtime_free() {

@@ -139,6 +139,8 @@ pub enum Error {
     ImageBuild(#[from] ImageBuildError),
     #[error(transparent)]
     Pull(#[from] crate::pull::PullError),
+    #[error(transparent)]
+    Bundle(#[from] banger_core::bundle::BundleError),
     /// A bug or an unexpected host failure; the message is for the log.
     #[error("{0}")]
     Internal(String),

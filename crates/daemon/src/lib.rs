@@ -13,6 +13,7 @@ pub mod app;
 pub mod build_requests;
 pub mod build_turns;
 pub mod builds;
+pub mod bundles;
 pub mod caller;
 pub mod caller_files;
 pub mod disk;

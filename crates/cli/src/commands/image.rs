@@ -72,9 +72,11 @@ pub enum ImageCmd {
     /// ghcr.io/org/img:1.4, localhost:5000/team/img@sha256:...), make it
     /// bootable (banger's guest setup and agent, as `image build` does) and
     /// register it. Credentials for its registry come from your
-    /// ~/.docker/config.json (`docker login`). Layers are cached.
+    /// ~/.docker/config.json (`docker login`). Layers are cached. A
+    /// FILE.tar.zst made by `image bundle` is imported instead (checked,
+    /// then registered with the kernel it names, or --kernel).
     Pull {
-        /// `[registry/]repository[:tag|@sha256:...]`.
+        /// `[registry/]repository[:tag|@sha256:...]`, or a bundle FILE.tar.zst.
         reference: String,
         /// Name to register it under (default: the repository's last
         /// component, plus the tag unless it is latest).
@@ -93,6 +95,14 @@ pub enum ImageCmd {
         /// Plain HTTP to a registry that is not on loopback (loopback always is).
         #[arg(long)]
         insecure: bool,
+    },
+    /// Write an image as one file to share (manifest.json, rootfs, /root
+    /// seed in a tar.zst); `banger image pull FILE.tar.zst` imports it.
+    Bundle {
+        name: String,
+        /// The bundle to write (replaced if it exists).
+        #[arg(short = 'o', long = "output", value_name = "FILE.tar.zst")]
+        output: PathBuf,
     },
     /// List images.
     #[command(visible_alias = "ls")]
@@ -116,18 +126,15 @@ pub fn run(env: &Env, cmd: ImageCmd) -> anyhow::Result<Outcome> {
             work_seed,
             features,
         } => {
-            let interrupt = progress::Interrupt::install()?;
             let root = open_input(&rootfs, "rootfs")?;
             let seed = work_seed
                 .as_deref()
                 .map(|p| open_input(p, "work seed"))
                 .transpose()?;
-            let mut fds = vec![root.as_fd()];
-            if let Some(f) = &seed {
-                fds.push(f.as_fd());
-            }
-            let begun = client.call_with_fds::<RegisterBegin>(
-                &RegisterParams {
+            Outcome::of(register(
+                env,
+                &mut client,
+                RegisterParams {
                     name,
                     kernel,
                     rootfs: FdRef { fd: 0 },
@@ -136,13 +143,9 @@ pub fn run(env: &Env, cmd: ImageCmd) -> anyhow::Result<Outcome> {
                     work_seed_source: work_seed.map(|p| p.display().to_string()),
                     features,
                 },
-                &fds,
-            )?;
-            let op = progress::follow(&mut client, &begun.operation_id, env.json, &interrupt)?;
-            Outcome::of(Registered {
-                image: op.result_of::<banger_proto::methods::op::ImageRegister>()?,
-                operation: OpSummary::of(&op),
-            })
+                &root,
+                seed.as_ref(),
+            )?)
         }
         ImageCmd::Build {
             distro,
@@ -172,6 +175,9 @@ pub fn run(env: &Env, cmd: ImageCmd) -> anyhow::Result<Outcome> {
             platform,
             insecure,
         } => {
+            if super::bundle::is_bundle_file(&reference) {
+                return super::bundle::import_image(env, &mut client, &reference, name, kernel);
+            }
             let interrupt = progress::Interrupt::install()?;
             let size = size
                 .map(|s| banger_core::size::parse(&s).map_err(anyhow::Error::msg))
@@ -193,6 +199,13 @@ pub fn run(env: &Env, cmd: ImageCmd) -> anyhow::Result<Outcome> {
                 operation: OpSummary::of(&op),
             })
         }
+        ImageCmd::Bundle { name, output } => super::bundle::write(
+            env,
+            &mut client,
+            banger_core::bundle::Kind::Image,
+            name,
+            &output,
+        )?,
         ImageCmd::List => Outcome::of(ImageTable(client.call::<List>(&Empty {})?)),
         ImageCmd::Show { name } => {
             Outcome::of(ImageShow(client.call::<Show>(&NameParams { name })?))
@@ -210,9 +223,31 @@ pub fn run(env: &Env, cmd: ImageCmd) -> anyhow::Result<Outcome> {
     })
 }
 
+/// `image register` of `rootfs` (descriptor 0) and `seed` (descriptor 1),
+/// followed to its end.
+pub(super) fn register(
+    env: &Env,
+    client: &mut Client,
+    params: RegisterParams,
+    rootfs: &std::fs::File,
+    seed: Option<&std::fs::File>,
+) -> anyhow::Result<Registered> {
+    let interrupt = progress::Interrupt::install()?;
+    let mut fds = vec![rootfs.as_fd()];
+    if let Some(f) = seed {
+        fds.push(f.as_fd());
+    }
+    let begun = client.call_with_fds::<RegisterBegin>(&params, &fds)?;
+    let op = progress::follow(client, &begun.operation_id, env.json, &interrupt)?;
+    Ok(Registered {
+        image: op.result_of::<banger_proto::methods::op::ImageRegister>()?,
+        operation: OpSummary::of(&op),
+    })
+}
+
 /// `image register`: the image and the operation that made it.
 #[derive(Serialize)]
-struct Registered {
+pub(super) struct Registered {
     image: ImageInfo,
     operation: OpSummary,
 }

@@ -13,6 +13,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::{open_input, Env};
+use crate::client::Client;
 use crate::progress::{OpResult, OpSummary};
 use crate::render::{Outcome, Render};
 use crate::{output, progress, render};
@@ -29,6 +30,22 @@ pub enum KernelCmd {
         /// An initrd to boot it with.
         #[arg(long)]
         initrd: Option<PathBuf>,
+    },
+    /// Import a kernel bundle made by `kernel bundle` (checked first).
+    Pull {
+        /// The bundle, FILE.tar.zst.
+        bundle: PathBuf,
+        /// Name to register it under (default: the name in the bundle).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Write a kernel as one file to share (manifest.json and vmlinux in a
+    /// tar.zst); `banger kernel pull FILE.tar.zst` imports it.
+    Bundle {
+        name: String,
+        /// The bundle to write (replaced if it exists).
+        #[arg(short = 'o', long = "output", value_name = "FILE.tar.zst")]
+        output: PathBuf,
     },
     /// Build a vmlinux from Debian's linux-source-6.1 (or a kernel tree) with
     /// banger's config fragment (or yours), and register it. Cached by source
@@ -71,31 +88,30 @@ pub fn run(env: &Env, cmd: KernelCmd) -> anyhow::Result<Outcome> {
     let mut client = env.client()?;
     Ok(match cmd {
         KernelCmd::Import { path, name, initrd } => {
-            let interrupt = progress::Interrupt::install()?;
             let kernel = open_input(&path, "kernel")?;
             let initrd_file = initrd
                 .as_deref()
                 .map(|p| open_input(p, "initrd"))
                 .transpose()?;
-            let mut fds = vec![kernel.as_fd()];
-            if let Some(f) = &initrd_file {
-                fds.push(f.as_fd());
-            }
-            let begun = client.call_with_fds::<ImportBegin>(
-                &ImportParams {
-                    name,
-                    kernel: FdRef { fd: 0 },
-                    initrd: initrd_file.as_ref().map(|_| FdRef { fd: 1 }),
-                    source: Some(path.display().to_string()),
-                },
-                &fds,
-            )?;
-            let op = progress::follow(&mut client, &begun.operation_id, env.json, &interrupt)?;
-            Outcome::of(Imported {
-                kernel: op.result_of::<banger_proto::methods::op::KernelImport>()?,
-                operation: OpSummary::of(&op),
-            })
+            Outcome::of(import(
+                env,
+                &mut client,
+                name,
+                &kernel,
+                initrd_file.as_ref(),
+                path.display().to_string(),
+            )?)
         }
+        KernelCmd::Pull { bundle, name } => {
+            super::bundle::import_kernel(env, &mut client, &bundle, name)?
+        }
+        KernelCmd::Bundle { name, output } => super::bundle::write(
+            env,
+            &mut client,
+            banger_core::bundle::Kind::Kernel,
+            name,
+            &output,
+        )?,
         KernelCmd::Build {
             name,
             source,
@@ -155,9 +171,40 @@ pub fn run(env: &Env, cmd: KernelCmd) -> anyhow::Result<Outcome> {
 
 /// `kernel import`: the kernel and the operation that made it.
 #[derive(Serialize)]
-struct Imported {
-    kernel: KernelInfo,
+pub(super) struct Imported {
+    pub(super) kernel: KernelInfo,
     operation: OpSummary,
+}
+
+/// `kernel import` of `kernel` (descriptor 0) and `initrd` (1), followed to
+/// its end.
+pub(super) fn import(
+    env: &Env,
+    client: &mut Client,
+    name: String,
+    kernel: &std::fs::File,
+    initrd: Option<&std::fs::File>,
+    source: String,
+) -> anyhow::Result<Imported> {
+    let interrupt = progress::Interrupt::install()?;
+    let mut fds = vec![kernel.as_fd()];
+    if let Some(f) = initrd {
+        fds.push(f.as_fd());
+    }
+    let begun = client.call_with_fds::<ImportBegin>(
+        &ImportParams {
+            name,
+            kernel: FdRef { fd: 0 },
+            initrd: initrd.map(|_| FdRef { fd: 1 }),
+            source: Some(source),
+        },
+        &fds,
+    )?;
+    let op = progress::follow(client, &begun.operation_id, env.json, &interrupt)?;
+    Ok(Imported {
+        kernel: op.result_of::<banger_proto::methods::op::KernelImport>()?,
+        operation: OpSummary::of(&op),
+    })
 }
 
 impl Render for Imported {

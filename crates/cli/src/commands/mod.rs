@@ -3,6 +3,7 @@
 pub mod attach;
 pub mod bench;
 mod bench_run;
+pub mod bundle;
 pub mod completion;
 pub mod cp;
 pub mod daemon;

@@ -97,6 +97,16 @@ pub fn to_rpc(e: Error) -> RpcError {
         Error::KernelBuild(e) => from_kernel_build(e),
         Error::ImageBuild(e) => from_image_build(e),
         Error::Pull(e) => from_pull(e),
+        Error::Bundle(e) => from_bundle(e),
+    }
+}
+
+fn from_bundle(e: banger_core::bundle::BundleError) -> RpcError {
+    use banger_core::bundle::BundleError as B;
+    match e {
+        B::Cancelled => cancelled(),
+        B::Invalid(_) | B::Corrupt { .. } => RpcError::invalid_params(e.to_string()),
+        B::Io { .. } => RpcError::internal(e.to_string()),
     }
 }
 

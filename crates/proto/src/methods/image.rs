@@ -19,6 +19,11 @@ method!(
     PullBegin = "image.pull.begin", PullParams => OpBegun
 );
 method!(
+    /// Writes an image as a bundle (`manifest.json` and its files in a
+    /// tar.zst) to a regular file the caller opened for writing.
+    BundleBegin = "image.bundle.begin", BundleParams => OpBegun
+);
+method!(
     /// Images visible to the caller.
     List = "image.list", Empty => Vec<ImageInfo>
 );
@@ -188,4 +193,34 @@ pub struct ImageInfo {
     /// `ssh`, `agent`.
     #[serde(default)]
     pub features: Vec<String>,
+}
+
+/// `image.bundle.begin` / `kernel.bundle.begin`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleParams {
+    /// The image or kernel.
+    pub name: String,
+    /// Where the bundle goes: a regular file opened for writing (the CLI
+    /// opens `-o FILE` as the user).
+    pub out: FdRef,
+}
+
+/// The result of `image.bundle` / `kernel.bundle`: what the bundle holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BundleResult {
+    pub name: String,
+    /// `image` or `kernel`.
+    pub kind: String,
+    /// Each file: its name in the bundle, size and sha256.
+    pub files: Vec<BundledFile>,
+    /// The bundle's own size (compressed).
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BundledFile {
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
 }

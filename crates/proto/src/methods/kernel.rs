@@ -15,6 +15,10 @@ method!(
     BuildBegin = "kernel.build.begin", BuildParams => OpBegun
 );
 method!(
+    /// Writes a kernel as a bundle (see `image.bundle.begin`).
+    BundleBegin = "kernel.bundle.begin", super::image::BundleParams => OpBegun
+);
+method!(
     /// Kernels visible to the caller.
     List = "kernel.list", Empty => Vec<KernelInfo>
 );

@@ -160,6 +160,14 @@ operation!(
     ImagePull = "image.pull" => super::image::PullResult
 );
 operation!(
+    /// Started by `image.bundle.begin`.
+    ImageBundle = "image.bundle" => super::image::BundleResult
+);
+operation!(
+    /// Started by `kernel.bundle.begin`.
+    KernelBundle = "kernel.bundle" => super::image::BundleResult
+);
+operation!(
     /// Started by `vm.create.begin`.
     VmCreate = "vm.create" => super::vm::VmInfo
 );

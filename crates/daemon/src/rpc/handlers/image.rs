@@ -3,14 +3,16 @@
 use std::sync::Arc;
 
 use crate::error::Error;
-use banger_proto::methods::image::{BuildParams, ImageInfo, PullParams, RegisterParams};
-use banger_proto::methods::op::{ImageBuild, ImagePull, ImageRegister};
+use banger_proto::methods::image::{
+    BuildParams, BundleParams, ImageInfo, PullParams, RegisterParams,
+};
+use banger_proto::methods::op::{ImageBuild, ImageBundle, ImagePull, ImageRegister};
 use banger_proto::methods::{Empty, NameParams, OpBegun};
 
 use crate::app::App;
 use crate::caller::Ctx;
 use crate::images;
-use crate::{build_requests, builds};
+use crate::{build_requests, builds, bundles};
 
 /// Cheap checks first ([`build_requests::register_job`]), then the copy in
 /// runs as an operation.
@@ -39,6 +41,16 @@ pub async fn pull_begin(d: Arc<App>, cx: Ctx, p: PullParams) -> Result<OpBegun, 
     let target = job.name.clone();
     d.begin_registry_op::<ImagePull, _, _>(&cx.caller, &target, move |r, op| {
         crate::pull::pull_op(r, op, job)
+    })
+}
+
+/// The image and the output descriptor are checked at the request
+/// ([`bundles::image_job`]); the bundle is written as an operation.
+pub async fn bundle_begin(d: Arc<App>, mut cx: Ctx, p: BundleParams) -> Result<OpBegun, Error> {
+    let job = bundles::image_job(&d.registry, &cx.caller, &mut cx.fds, p).await?;
+    let target = job.name.clone();
+    d.begin_registry_op::<ImageBundle, _, _>(&cx.caller, &target, move |_, op| {
+        bundles::run(op, job)
     })
 }
 

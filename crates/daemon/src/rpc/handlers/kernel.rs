@@ -3,13 +3,14 @@
 use std::sync::Arc;
 
 use crate::error::Error;
+use banger_proto::methods::image::BundleParams;
 use banger_proto::methods::kernel::{BuildParams, ImportParams, KernelInfo};
-use banger_proto::methods::op::{KernelBuild, KernelImport};
+use banger_proto::methods::op::{KernelBuild, KernelBundle, KernelImport};
 use banger_proto::methods::{Empty, NameParams, OpBegun};
 
 use crate::app::App;
 use crate::caller::Ctx;
-use crate::{build_requests, builds, kernels};
+use crate::{build_requests, builds, bundles, kernels};
 
 /// Cheap checks first ([`build_requests::import_job`]), then the import
 /// runs as an operation.
@@ -29,6 +30,16 @@ pub async fn build_begin(d: Arc<App>, mut cx: Ctx, p: BuildParams) -> Result<OpB
     let target = job.name.clone();
     d.begin_registry_op::<KernelBuild, _, _>(&cx.caller, &target, move |r, op| {
         builds::kernel_build_op(r, op, job)
+    })
+}
+
+/// The kernel and the output descriptor are checked at the request
+/// ([`bundles::kernel_job`]); the bundle is written as an operation.
+pub async fn bundle_begin(d: Arc<App>, mut cx: Ctx, p: BundleParams) -> Result<OpBegun, Error> {
+    let job = bundles::kernel_job(&d.registry, &cx.caller, &mut cx.fds, p).await?;
+    let target = job.name.clone();
+    d.begin_registry_op::<KernelBundle, _, _>(&cx.caller, &target, move |_, op| {
+        bundles::run(op, job)
     })
 }
 

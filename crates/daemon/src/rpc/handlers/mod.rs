@@ -24,12 +24,14 @@ pub fn table() -> Table {
     t.add::<o::Cancel, _, _>(op::cancel);
     t.add::<k::ImportBegin, _, _>(kernel::import_begin);
     t.add::<k::BuildBegin, _, _>(kernel::build_begin);
+    t.add::<k::BundleBegin, _, _>(kernel::bundle_begin);
     t.add::<k::List, _, _>(kernel::list);
     t.add::<k::Show, _, _>(kernel::show);
     t.add::<k::Delete, _, _>(kernel::delete);
     t.add::<i::RegisterBegin, _, _>(image::register_begin);
     t.add::<i::BuildBegin, _, _>(image::build_begin);
     t.add::<i::PullBegin, _, _>(image::pull_begin);
+    t.add::<i::BundleBegin, _, _>(image::bundle_begin);
     t.add::<i::List, _, _>(image::list);
     t.add::<i::Show, _, _>(image::show);
     t.add::<i::Delete, _, _>(image::delete);
