@@ -859,8 +859,9 @@ impl<W: Write> Write for Hashing<W> {
 }
 
 /// The minimal Debian image's tree (from `image build`, dumped with
-/// debugfs), pushed as a one-layer OCI image, pulled, booted under QEMU
-/// (TCG here), and answering `vm exec` through SSH.
+/// debugfs), pushed as a one-layer OCI image, pulled, bundled and imported
+/// again (same sha256), booted under QEMU (TCG here), and answering `vm
+/// exec` through SSH.
 #[test]
 fn a_pulled_debian_image_boots() {
     require_root();
@@ -956,6 +957,28 @@ fn a_pulled_debian_image_boots() {
     assert_eq!(r["image"]["features"], json!(["ssh", "agent"]), "{r}");
     drop(reg);
 
+    // Bundled and imported again (as another machine would): the same
+    // files and features; the VM below boots the imported copy, so one TCG
+    // boot covers "pulled image boots" and "bundle round trip boots".
+    let bundle = work.path().join("pulled.tar.zst");
+    h.json(&["image", "bundle", "pulled", "-o", bundle.to_str().unwrap()]);
+    let imported = h.json(&[
+        "image",
+        "pull",
+        bundle.to_str().unwrap(),
+        "--name",
+        "imported",
+    ]);
+    for f in ["rootfs", "work_seed"] {
+        assert_eq!(
+            imported["image"][f]["sha256"], r["image"][f]["sha256"],
+            "{f}: {imported}"
+        );
+    }
+    assert_eq!(imported["image"]["features"], r["image"]["features"]);
+    assert_eq!(imported["image"]["kernel"], "e2e-kernel");
+    std::fs::remove_file(&bundle).unwrap();
+
     h.ok(&["daemon", "stop"]);
     h.start_daemon();
     let out = banger_in_ns(
@@ -967,7 +990,7 @@ fn a_pulled_debian_image_boots() {
             "--name",
             "p1",
             "--image",
-            "pulled",
+            "imported",
             "--vmm",
             "qemu",
             "--vcpu",
