@@ -764,7 +764,19 @@ fn pause_freezes_the_counter_and_resume_continues_it() {
     assert_eq!(e["error"]["kind"], "invalid_state", "{e}");
     assert!(h.fails(&["vm", "delete", "c"]).contains("--force"));
 
-    // A daemon crash and restart keep it paused (the VMM says so).
+    // A daemon crash and restart keep it paused (the VMM says so), with its
+    // TAP and rules (a paused VM resumes with its network).
+    let ns = h.netns();
+    let tap = h.json(&["vm", "show", "c"])["network"]["tap"]
+        .as_str()
+        .expect("the VM has a network")
+        .to_string();
+    assert!(
+        common::taps_in(&ns).contains(&tap),
+        "a paused VM keeps its TAP"
+    );
+    let rules = common::vm_rules_in(&ns);
+    assert!(!rules.is_empty(), "a paused VM keeps its rules");
     h.kill_daemon();
     assert!(
         common::alive(pid),
@@ -772,6 +784,8 @@ fn pause_freezes_the_counter_and_resume_continues_it() {
     );
     h.start_daemon();
     assert_eq!(state(&h, "c"), "paused");
+    assert!(common::taps_in(&ns).contains(&tap), "restart kept the TAP");
+    assert_eq!(common::vm_rules_in(&ns), rules, "restart kept the rules");
     assert_eq!(h.json(&["vm", "show", "c"])["pid"], pid);
     assert_console_still(&h, "c", 1.0);
 
