@@ -522,3 +522,21 @@ async fn re_adoption_trusts_the_vmms_run_state() {
     delete_force(&w, "r").await;
     assert!(!alive(pid));
 }
+
+#[tokio::test]
+async fn restart_of_a_paused_vm_boots_it_again() {
+    let w = world();
+    w.create("rp", false).await.unwrap();
+    let pid = w.pid("rp").unwrap();
+    verbs::pause(&w.vms, &w.alice, w.name("rp")).await.unwrap();
+    let p = StopParams {
+        name: "rp".into(),
+        timeout_secs: Some(5),
+    };
+    let r = verbs::restart(&w.vms, &w.alice, p).await.unwrap();
+    assert_eq!(r.vm.state, VmState::Running);
+    assert!(!alive(pid));
+    let pid2 = w.pid("rp").unwrap();
+    assert_ne!(pid, pid2);
+    delete_force(&w, "rp").await;
+}
