@@ -136,6 +136,43 @@ fn stage_ms(stages: &Value) -> Vec<(String, f64)> {
         .unwrap_or_default()
 }
 
+/// The VMM's own run state, asked directly (not through banger): QMP
+/// `query-status` for QEMU (`running`, `paused`), Firecracker's `GET /`
+/// instance info (`Running`, `Paused`).
+fn vmm_run_state(h: &Home, name: &str) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let show = h.json(&["vm", "show", name]);
+    let sock = show["api_socket"]
+        .as_str()
+        .expect("a running VM has a control socket");
+    let s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    if show["vmm"] == "firecracker" {
+        w.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut all = String::new();
+        std::io::Read::read_to_string(&mut r, &mut all).unwrap();
+        let body = &all[all.find("\r\n\r\n").unwrap() + 4..];
+        let v: Value = serde_json::from_str(body).unwrap();
+        return v["state"].as_str().unwrap().to_string();
+    }
+    r.read_line(&mut line).unwrap(); // greeting
+    w.write_all(b"{\"execute\": \"qmp_capabilities\"}\n{\"execute\": \"query-status\"}\n")
+        .unwrap();
+    loop {
+        line.clear();
+        assert!(r.read_line(&mut line).unwrap() > 0, "QMP closed");
+        let v: Value = serde_json::from_str(&line).unwrap();
+        if let Some(st) = v["return"]["status"].as_str() {
+            return st.to_string();
+        }
+    }
+}
+
 fn ports_of(h: &Home, name: &str) -> Vec<Value> {
     h.json(&["vm", "ports", name])["ports"]
         .as_array()
@@ -811,6 +848,36 @@ fn real_guest_boots_answers_ssh_agent_and_survives_stop_start() {
     assert_eq!(listener["process"], "perl", "{listener}");
     assert_eq!(listener["endpoint"], "g1.vm:8080", "{listener}");
     assert_eq!(listener["url"], "http://g1.vm:8080/", "{listener}");
+
+    // Pause: the VMM's own state says paused, `vm exec` is refused with the
+    // way out, and after resume the same guest answers again.
+    let r = h.json(&["vm", "pause", "g1"]);
+    assert_eq!(r[0]["vm"]["state"], "paused", "{r}");
+    assert_eq!(h.json(&["vm", "show", "g1"])["state"], "paused");
+    let paused_vmm = vmm_run_state(&h, "g1");
+    assert!(
+        matches!(paused_vmm.as_str(), "paused" | "Paused"),
+        "{paused_vmm}"
+    );
+    let (code, _, err) = exec(&mut h, &["g1", "--", "true"], b"");
+    assert_ne!(code, 0, "vm exec of a paused VM must fail");
+    assert!(
+        err.contains("paused") && err.contains("banger vm resume g1"),
+        "{err}"
+    );
+    let r = h.json(&["vm", "resume", "g1"]);
+    assert_eq!(r[0]["vm"]["state"], "running", "{r}");
+    let running_vmm = vmm_run_state(&h, "g1");
+    assert!(
+        matches!(running_vmm.as_str(), "running" | "Running"),
+        "{running_vmm}"
+    );
+    let (code, _, err) = exec(&mut h, &["g1", "--", "true"], b"");
+    assert_eq!(code, 0, "vm exec after resume: {err}");
+    assert!(
+        ports_of(&h, "g1").iter().any(|p| p["port"] == 8080),
+        "the guest's listener lived through the pause"
+    );
 
     // A file on the work disk (/root) survives stop and start.
     ssh(

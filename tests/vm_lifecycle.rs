@@ -661,3 +661,180 @@ fn reflink_backend_on_xfs() {
     h.kill_daemon();
     std::thread::sleep(Duration::from_millis(50));
 }
+
+/// The counter values on `name`'s console so far.
+fn counter(h: &Home, name: &str) -> (usize, Vec<u64>) {
+    let log = h.ok(&["vm", "logs", name]);
+    (log.len(), banger_core::stub_guest::counter_values(&log))
+}
+
+/// `secs` seconds in two halves: the console must not grow in either.
+fn assert_console_still(h: &Home, name: &str, secs: f64) -> usize {
+    let (len, _) = counter(h, name);
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_secs_f64(secs / 2.0));
+        let (now, _) = counter(h, name);
+        assert_eq!(now, len, "the console of paused vm {name} grew");
+    }
+    len
+}
+
+/// Pause and resume on the real Firecracker with the counter stub: a paused
+/// guest prints nothing, a resumed one goes on counting from where it was
+/// (no reboot: every number is the previous one + 1), `paused` survives a
+/// daemon SIGKILL and restart, and the verbs a paused VM cannot do say so.
+#[test]
+fn pause_freezes_the_counter_and_resume_continues_it() {
+    require_root();
+    let mut h = Home::new();
+    h.start_daemon();
+    common::stub_image(&h);
+    let k = h.path().join("counter.vmlinux");
+    std::fs::write(&k, banger_core::stub_guest::counter_elf()).unwrap();
+    h.ok(&["kernel", "import", k.to_str().unwrap(), "--name", "ctr"]);
+    let rootfs = h.path().join("ctr-root.ext4");
+    fixtures::ext4(&rootfs, 64);
+    let rootfs = rootfs.to_str().unwrap();
+    h.ok(&[
+        "image", "register", "--name", "ctr", "--kernel", "ctr", "--rootfs", rootfs,
+    ]);
+    h.ok(&[
+        "vm",
+        "create",
+        "--name",
+        "c",
+        "--image",
+        "ctr",
+        "--memory",
+        "128M",
+        "--disk-size",
+        "128M",
+    ]);
+    let pid = h.json(&["vm", "show", "c"])["pid"].as_i64().unwrap() as i32;
+    common::eventually(60, "the counter to reach 3", || {
+        (counter(&h, "c").1.len() >= 3).then_some(())
+    });
+
+    // Invalid transitions of a running VM.
+    assert!(h
+        .fails(&["vm", "resume", "c"])
+        .contains("not paused (it is running)"));
+
+    let r = h.json(&["vm", "pause", "c"]);
+    assert_eq!(r[0]["vm"]["state"], "paused", "{r}");
+    assert_eq!(state(&h, "c"), "paused");
+    assert!(
+        h.json(&["vm", "ps"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["state"] == "paused"),
+        "vm ps lists a paused VM"
+    );
+    assert!(h.ok(&["vm", "ls"]).contains("paused"));
+    let out = h
+        .banger()
+        .args(["--json", "vm", "ping", "c"])
+        .output()
+        .unwrap();
+    let ping: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ping["healthy"], false, "{ping}");
+    assert_eq!(ping["state"], "paused", "{ping}");
+    // The console stops growing (no new line over ~1 s, twice).
+    assert_console_still(&h, "c", 2.0);
+    let (_, before) = counter(&h, "c");
+
+    // What a paused VM refuses, with the way out.
+    for args in [
+        &["vm", "exec", "c", "--", "true"][..],
+        &["vm", "ssh", "c", "--", "true"],
+        &["vm", "start", "c"],
+        &["vm", "pause", "c"],
+    ] {
+        let err = h.fails(args);
+        assert!(err.contains("paused"), "{args:?}: {err}");
+        assert!(err.contains("banger vm resume c"), "{args:?}: {err}");
+    }
+    let out = h
+        .banger()
+        .args(["--json", "vm", "exec", "c", "--", "true"])
+        .output()
+        .unwrap();
+    let e: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(e["error"]["kind"], "invalid_state", "{e}");
+    assert!(h.fails(&["vm", "delete", "c"]).contains("--force"));
+
+    // A daemon crash and restart keep it paused (the VMM says so), with its
+    // TAP and rules (a paused VM resumes with its network).
+    let ns = h.netns();
+    let tap = h.json(&["vm", "show", "c"])["network"]["tap"]
+        .as_str()
+        .expect("the VM has a network")
+        .to_string();
+    assert!(
+        common::taps_in(&ns).contains(&tap),
+        "a paused VM keeps its TAP"
+    );
+    let rules = common::vm_rules_in(&ns);
+    assert!(!rules.is_empty(), "a paused VM keeps its rules");
+    h.kill_daemon();
+    assert!(
+        common::alive(pid),
+        "a daemon crash must not kill a paused VM"
+    );
+    h.start_daemon();
+    assert_eq!(state(&h, "c"), "paused");
+    assert!(common::taps_in(&ns).contains(&tap), "restart kept the TAP");
+    assert_eq!(common::vm_rules_in(&ns), rules, "restart kept the rules");
+    assert_eq!(h.json(&["vm", "show", "c"])["pid"], pid);
+    assert_console_still(&h, "c", 1.0);
+
+    // Resume: the same guest counts on.
+    let r = h.json(&["vm", "resume", "c"]);
+    assert_eq!(r[0]["vm"]["state"], "running", "{r}");
+    let last = *before.last().unwrap();
+    let after = common::eventually(60, "new counter lines after resume", || {
+        let (_, v) = counter(&h, "c");
+        (v.len() > before.len() + 1).then_some(v)
+    });
+    assert_eq!(after[..before.len()], before[..], "the old lines stay");
+    assert_eq!(after[before.len()], last + 1, "no reboot: {after:?}");
+    for w in after.windows(2) {
+        assert_eq!(
+            w[1],
+            w[0] + 1,
+            "the counter runs on, never from 0 again: {after:?}"
+        );
+    }
+    assert_eq!(h.json(&["vm", "show", "c"])["pid"], pid, "same VMM");
+
+    // The docker words, and stop of a paused VM (resumed, then stopped).
+    h.ok(&["pause", "c"]);
+    assert_eq!(state(&h, "c"), "paused");
+    h.ok(&["unpause", "c"]);
+    assert_eq!(state(&h, "c"), "running");
+    h.ok(&["vm", "pause", "c"]);
+    let r = h.json(&["vm", "stop", "c", "--timeout", "1"]);
+    assert_eq!(r[0]["vm"]["state"], "stopped", "{r}");
+    common::wait_gone(pid);
+    assert!(h.fails(&["vm", "pause", "c"]).contains("not running"));
+    assert!(h
+        .fails(&["vm", "resume", "c"])
+        .contains("not paused (it is stopped)"));
+
+    // kill and delete --force of a paused VM.
+    h.ok(&["vm", "start", "c"]);
+    h.ok(&["vm", "pause", "c"]);
+    let pid = h.json(&["vm", "show", "c"])["pid"].as_i64().unwrap() as i32;
+    h.ok(&["vm", "kill", "c"]);
+    common::wait_gone(pid);
+    common::eventually(10, "the killed paused VM settled", || {
+        (state(&h, "c") == "stopped").then_some(())
+    });
+    h.ok(&["vm", "start", "c"]);
+    h.ok(&["vm", "pause", "c"]);
+    let pid = h.json(&["vm", "show", "c"])["pid"].as_i64().unwrap() as i32;
+    h.ok(&["vm", "delete", "--force", "c"]);
+    common::wait_gone(pid);
+    common::assert_no_vm_leftovers(&h);
+}

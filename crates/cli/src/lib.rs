@@ -93,6 +93,10 @@ pub enum Command {
     Stop(commands::vm::StopArgs),
     /// Stop, then start; same as `banger vm restart`.
     Restart(commands::vm::StopArgs),
+    /// Freeze running VMs; same as `banger vm pause`.
+    Pause(commands::vm::NamesArgs),
+    /// Let paused VMs run again; same as `banger vm resume`.
+    Unpause(commands::vm::NamesArgs),
     /// Signal VMs' VMMs; same as `banger vm kill`.
     Kill(commands::vm::KillArgs),
     /// Delete VMs; same as `banger vm rm`.
@@ -149,6 +153,8 @@ fn run(env: &commands::Env, command: Command) -> anyhow::Result<render::Outcome>
         Command::Start(a) => vm::run(env, VmCmd::Start(a)),
         Command::Stop(a) => vm::run(env, VmCmd::Stop(a)),
         Command::Restart(a) => vm::run(env, VmCmd::Restart(a)),
+        Command::Pause(a) => vm::run(env, VmCmd::Pause(a)),
+        Command::Unpause(a) => vm::run(env, VmCmd::Resume(a)),
         Command::Kill(a) => vm::run(env, VmCmd::Kill(a)),
         Command::Rm(a) => vm::run(env, VmCmd::Delete(a)),
         Command::Logs(a) => vm::run(env, VmCmd::Logs(a)),
@@ -209,6 +215,14 @@ mod tests {
             Command::Stop(_)
         ));
         assert!(matches!(parse(&["rm", "-f", "a"]).command, Command::Rm(_)));
+        assert!(matches!(
+            parse(&["pause", "a", "b"]).command,
+            Command::Pause(_)
+        ));
+        assert!(matches!(
+            parse(&["unpause", "a"]).command,
+            Command::Unpause(_)
+        ));
         assert!(matches!(
             parse(&["logs", "a", "--tail", "5"]).command,
             Command::Logs(_)

@@ -27,7 +27,125 @@ pub fn elf() -> Vec<u8> {
     ];
     code.extend_from_slice(BANNER.as_bytes());
     code.extend_from_slice(b"\n\0");
+    elf64(&code)
+}
 
+/// The start of every line the counter stubs print; the number follows.
+pub const COUNTER_PREFIX: &str = "banger stub counter ";
+
+/// The delay between two counter lines, in TSC cycles (`rdtsc` deltas):
+/// 2^28, about 0.1 s at 2.7 GHz. A TSC delay rather than a fixed loop
+/// count, because a loop's speed differs a thousandfold between a KVM host
+/// and the nested paravirtual KVM of the CI machines.
+pub const COUNTER_DELAY_CYCLES: u32 = 0x1000_0000;
+
+/// A counter stub for Firecracker: prints `COUNTER_PREFIX` and a 10-digit
+/// decimal counter (from 0) on COM1, one line each [`COUNTER_DELAY_CYCLES`],
+/// forever. The counter lives in a register, so after a pause and resume
+/// (or a snapshot restore) the next line is the last one + 1: memory and
+/// CPU state went on, the guest did not boot again.
+///
+/// ```text
+///     xor ebx, ebx                  ; counter
+/// next:
+///     lea rsi, [rip+msg]            ; the prefix
+/// pre: lodsb; test al, al; jz num; mov dx, 0x3f8; out dx, al; jmp pre
+/// num: mov ecx, 1000000000; mov esi, 10
+/// digit:                           ; (ebx / ecx) % 10, from 10^9 down
+///     mov eax, ebx; xor edx, edx; div ecx; xor edx, edx; div esi
+///     lea eax, [rdx+'0']; mov dx, 0x3f8; out dx, al
+///     mov eax, ecx; xor edx, edx; div esi; mov ecx, eax; test ecx, ecx; jnz digit
+///     mov al, 10; mov dx, 0x3f8; out dx, al
+///     inc ebx
+///     rdtsc; shl rdx, 32; or rax, rdx; mov rdi, rax
+/// wait:
+///     pause; rdtsc; shl rdx, 32; or rax, rdx; sub rax, rdi
+///     cmp rax, COUNTER_DELAY_CYCLES; jb wait
+///     jmp next
+/// msg: COUNTER_PREFIX, 0
+/// ```
+pub fn counter_elf() -> Vec<u8> {
+    let d = COUNTER_DELAY_CYCLES.to_le_bytes();
+    let mut code: Vec<u8> = vec![
+        0x31, 0xdb, // xor ebx, ebx
+        0x48, 0x8d, 0x35, 0x61, 0x00, 0x00, 0x00, // next: lea rsi, [rip+0x61] -> msg
+        0xac, 0x84, 0xc0, 0x74, 0x07, // pre: lodsb; test al, al; jz num
+        0x66, 0xba, 0xf8, 0x03, 0xee, 0xeb, 0xf4, // mov dx, 0x3f8; out dx, al; jmp pre
+        0xb9, 0x00, 0xca, 0x9a, 0x3b, // num: mov ecx, 1000000000
+        0xbe, 0x0a, 0x00, 0x00, 0x00, // mov esi, 10
+        0x89, 0xd8, 0x31, 0xd2, 0xf7, 0xf1, // digit: mov eax, ebx; xor edx, edx; div ecx
+        0x31, 0xd2, 0xf7, 0xf6, // xor edx, edx; div esi
+        0x8d, 0x42, 0x30, // lea eax, [rdx+0x30]
+        0x66, 0xba, 0xf8, 0x03, 0xee, // mov dx, 0x3f8; out dx, al
+        0x89, 0xc8, 0x31, 0xd2, 0xf7, 0xf6, // mov eax, ecx; xor edx, edx; div esi
+        0x89, 0xc1, 0x85, 0xc9, 0x75, 0xe2, // mov ecx, eax; test ecx, ecx; jnz digit
+        0xb0, 0x0a, 0x66, 0xba, 0xf8, 0x03, 0xee, // mov al, 10; mov dx, 0x3f8; out dx, al
+        0xff, 0xc3, // inc ebx
+        0x0f, 0x31, 0x48, 0xc1, 0xe2, 0x20, // rdtsc; shl rdx, 32
+        0x48, 0x09, 0xd0, 0x48, 0x89, 0xc7, // or rax, rdx; mov rdi, rax
+        0xf3, 0x90, 0x0f, 0x31, // wait: pause; rdtsc
+        0x48, 0xc1, 0xe2, 0x20, 0x48, 0x09, 0xd0, // shl rdx, 32; or rax, rdx
+        0x48, 0x29, 0xf8, // sub rax, rdi
+        0x48, 0x3d, d[0], d[1], d[2], d[3], // cmp rax, imm32
+        0x72, 0xea, // jb wait
+        0xeb, 0x98, // jmp next
+    ];
+    debug_assert_eq!(
+        code.len(),
+        0x6a,
+        "the lea's displacement assumes msg at 0x6a"
+    );
+    code.extend_from_slice(COUNTER_PREFIX.as_bytes());
+    code.push(0);
+    elf64(&code)
+}
+
+/// [`counter_elf`] in the form QEMU boots (PVH: 32-bit protected mode, so
+/// the TSC delay compares the low 32 bits, which wrap harmlessly).
+pub fn counter_pvh_elf() -> Vec<u8> {
+    const HEAD_LEN: usize = 88;
+    let msg = (LOAD_ADDR as u32 + HEAD_LEN as u32).to_le_bytes();
+    let d = COUNTER_DELAY_CYCLES.to_le_bytes();
+    let mut code: Vec<u8> = vec![
+        0xfa, 0xfc, 0x31, 0xdb, // cli; cld; xor ebx, ebx
+        0xbe, msg[0], msg[1], msg[2], msg[3], // next: mov esi, msg
+        0xac, 0x84, 0xc0, 0x74, 0x07, // pre: lodsb; test al, al; jz num
+        0x66, 0xba, 0xf8, 0x03, 0xee, 0xeb, 0xf4, // mov dx, 0x3f8; out dx, al; jmp pre
+        0xb9, 0x00, 0xca, 0x9a, 0x3b, // num: mov ecx, 1000000000
+        0xbe, 0x0a, 0x00, 0x00, 0x00, // mov esi, 10
+        0x89, 0xd8, 0x31, 0xd2, 0xf7, 0xf1, // digit: mov eax, ebx; xor edx, edx; div ecx
+        0x31, 0xd2, 0xf7, 0xf6, // xor edx, edx; div esi
+        0x8d, 0x42, 0x30, // lea eax, [edx+0x30]
+        0x66, 0xba, 0xf8, 0x03, 0xee, // mov dx, 0x3f8; out dx, al
+        0x89, 0xc8, 0x31, 0xd2, 0xf7, 0xf6, // mov eax, ecx; xor edx, edx; div esi
+        0x89, 0xc1, 0x85, 0xc9, 0x75, 0xe2, // mov ecx, eax; test ecx, ecx; jnz digit
+        0xb0, 0x0a, 0x66, 0xba, 0xf8, 0x03, 0xee, // mov al, 10; mov dx, 0x3f8; out dx, al
+        0x43, // inc ebx
+        0x0f, 0x31, 0x89, 0xc7, // rdtsc; mov edi, eax
+        0xf3, 0x90, 0x0f, 0x31, 0x29, 0xf8, // wait: pause; rdtsc; sub eax, edi
+        0x3d, d[0], d[1], d[2], d[3], // cmp eax, imm32
+        0x72, 0xf3, // jb wait
+        0xeb, 0xac, // jmp next
+    ];
+    debug_assert_eq!(code.len(), HEAD_LEN);
+    code.extend_from_slice(COUNTER_PREFIX.as_bytes());
+    code.push(0);
+    pvh(&code)
+}
+
+/// The counter values in a console log, in order (lines that are not
+/// complete counter lines are skipped).
+pub fn counter_values(console: &str) -> Vec<u64> {
+    console
+        .split('\n')
+        .filter_map(|l| l.strip_prefix(COUNTER_PREFIX))
+        .filter(|n| n.len() == 10)
+        .filter_map(|n| n.parse().ok())
+        .collect()
+}
+
+/// `code` as an ELF64 x86-64 executable loaded and entered at [`LOAD_ADDR`].
+fn elf64(code: &[u8]) -> Vec<u8> {
     let code_off = 0x1000u64; // page-aligned file offset
     let mut elf = elf_header(1);
     // PT_LOAD, R+X
@@ -40,7 +158,7 @@ pub fn elf() -> Vec<u8> {
     elf.extend_from_slice(&(code.len() as u64).to_le_bytes()); // p_memsz
     elf.extend_from_slice(&0x1000u64.to_le_bytes()); // p_align
     elf.resize(code_off as usize, 0);
-    elf.extend_from_slice(&code);
+    elf.extend_from_slice(code);
     elf
 }
 
@@ -110,7 +228,11 @@ pub fn pvh_elf() -> Vec<u8> {
     code.extend_from_slice(&LOOP);
     code.extend_from_slice(BANNER.as_bytes());
     code.extend_from_slice(b"\n\0");
+    pvh(&code)
+}
 
+/// `code` (32-bit, entered at [`LOAD_ADDR`]) as a PVH-bootable ELF.
+fn pvh(code: &[u8]) -> Vec<u8> {
     let mut note = Vec::new();
     note.extend_from_slice(&4u32.to_le_bytes()); // n_namesz ("Xen\0")
     note.extend_from_slice(&8u32.to_le_bytes()); // n_descsz
@@ -137,7 +259,7 @@ pub fn pvh_elf() -> Vec<u8> {
     phdr(4, 4, note_off, 0, note.len() as u64, 4); // PT_NOTE, R
     elf.extend_from_slice(&note);
     elf.resize(code_off as usize, 0);
-    elf.extend_from_slice(&code);
+    elf.extend_from_slice(code);
     elf
 }
 
@@ -151,6 +273,23 @@ mod tests {
         assert!(e
             .windows(super::BANNER.len())
             .any(|w| w == super::BANNER.as_bytes()));
+    }
+
+    #[test]
+    fn counter_stubs_carry_the_prefix_and_parse_back() {
+        for e in [super::counter_elf(), super::counter_pvh_elf()] {
+            assert_eq!(&e[..4], b"\x7fELF");
+            let code = &e[0x1000..];
+            assert!(code.ends_with(format!("{}\0", super::COUNTER_PREFIX).as_bytes()));
+        }
+        // The 32-bit form's `mov esi, imm32` points at the prefix.
+        let code = &super::counter_pvh_elf()[0x1000..];
+        let msg = u32::from_le_bytes(code[5..9].try_into().unwrap()) as u64;
+        let at = (msg - super::LOAD_ADDR) as usize;
+        assert!(code[at..].starts_with(super::COUNTER_PREFIX.as_bytes()));
+        let log =
+            "banger stub counter 0000000041\nbanger stub counter 0000000042\nbanger stub coun";
+        assert_eq!(super::counter_values(log), [41, 42]);
     }
 
     #[test]

@@ -59,6 +59,8 @@ pub enum Error {
     InvalidState {
         message: String,
         state: Option<String>,
+        /// What to do instead (`banger vm resume NAME` for a paused VM).
+        hint: Option<String>,
     },
     /// Another operation holds the object; retrying later will work.
     #[error("{message}")]
@@ -226,6 +228,7 @@ impl Error {
             Error::NotFound { hint, .. }
             | Error::AlreadyExists { hint, .. }
             | Error::Precondition { hint, .. }
+            | Error::InvalidState { hint, .. }
             | Error::Timeout { hint, .. } => *hint = Some(text.into()),
             _ => {}
         }

@@ -11,14 +11,14 @@ use std::process::{Command, Stdio};
 
 use anyhow::Context;
 use banger_proto::methods::ssh::{Identity, KnownHosts};
-use banger_proto::methods::vm::Show;
+use banger_proto::methods::vm::{Show, VmState};
 use banger_proto::methods::{Empty, NameParams};
 use banger_proto::ErrorKind;
 use serde::Serialize;
 
 use super::{guest_interrupt, Env};
 use crate::client::Client;
-use crate::error::{refuse, usage};
+use crate::error::{refuse, usage, Refusal};
 use crate::render::{self, Outcome, Render};
 
 /// `~/.config/banger/ssh` (or `$XDG_CONFIG_HOME/banger/ssh`).
@@ -125,6 +125,16 @@ impl Render for Ran {
 pub(crate) fn ssh_to(env: &Env, name: &str) -> anyhow::Result<Command> {
     let mut client = env.client()?;
     let vm = client.call::<Show>(&NameParams { name: name.into() })?;
+    if vm.state == VmState::Paused {
+        return Err(Refusal {
+            kind: ErrorKind::InvalidState,
+            message: format!(
+                "vm {name:?} is paused: its vCPUs are frozen, so nothing in it answers"
+            ),
+            hint: Some(format!("resume it: banger vm resume {name}")),
+        }
+        .into());
+    }
     if vm.state.as_str() != "running" {
         return Err(refuse(
             ErrorKind::InvalidState,

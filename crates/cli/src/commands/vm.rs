@@ -9,9 +9,9 @@ use banger_core::size;
 use banger_proto::methods::daemon::LogChunk;
 use banger_proto::methods::vm::{
     CreateBegin, CreateParams, Delete, DeleteParams, Health, Kill, KillParams, LifecycleResult,
-    List, ListParams, LogSource, Logs, Ping, PortAdd, PortAddParams, PortList, PortMapping,
-    PortRemove, PortRemoveParams, Ports, Prune, PruneResult, Restart, Set, SetParams, Show, Start,
-    Stats, Stop, StopParams, VmHealth, VmInfo, VmLogsParams, VmPorts, VmStats,
+    List, ListParams, LogSource, Logs, Pause, Ping, PortAdd, PortAddParams, PortList, PortMapping,
+    PortRemove, PortRemoveParams, Ports, Prune, PruneResult, Restart, Resume, Set, SetParams, Show,
+    Start, Stats, Stop, StopParams, VmHealth, VmInfo, VmLogsParams, VmPorts, VmStats,
 };
 use banger_proto::methods::{Empty, NameParams};
 use clap::{Args, Subcommand};
@@ -195,6 +195,12 @@ pub enum VmCmd {
     Stop(StopArgs),
     /// Stop, then start.
     Restart(StopArgs),
+    /// Freeze running VMs' vCPUs (memory, disks and network stay; `vm
+    /// resume` carries on where they were).
+    Pause(NamesArgs),
+    /// Let paused VMs run again, from where they were.
+    #[command(visible_alias = "unpause")]
+    Resume(NamesArgs),
     /// Send a signal to the VMs' VMM now (for when stop hangs).
     Kill(KillArgs),
     /// Delete VMs and their disks (irreversible).
@@ -321,6 +327,12 @@ pub fn run(env: &Env, cmd: VmCmd) -> anyhow::Result<Outcome> {
                 name: n.into(),
                 timeout_secs: a.timeout,
             })
+        }),
+        VmCmd::Pause(a) => each(env, a.names, "paused", |c, n| {
+            c.call::<Pause>(&NameParams { name: n.into() })
+        }),
+        VmCmd::Resume(a) => each(env, a.names, "resumed", |c, n| {
+            c.call::<Resume>(&NameParams { name: n.into() })
         }),
         VmCmd::Kill(a) => {
             let signal = a.signal;

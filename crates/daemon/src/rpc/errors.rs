@@ -46,7 +46,9 @@ pub fn to_rpc(e: Error) -> RpcError {
             .with("used_by", users),
         Error::HostPortInUse(_) => RpcError::new(ErrorKind::AlreadyExists, message),
         Error::InvalidInput(_) => RpcError::invalid_params(message),
-        Error::InvalidState { state, .. } => with_state(ErrorKind::InvalidState, message, state),
+        Error::InvalidState { state, hint, .. } => {
+            with_hint(with_state(ErrorKind::InvalidState, message, state), hint)
+        }
         Error::Busy { state, .. } => with_state(ErrorKind::Busy, message, state),
         Error::PermissionDenied(_) => RpcError::permission_denied(message),
         Error::Precondition { hint, packages, .. } => {

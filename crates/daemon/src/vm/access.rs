@@ -110,16 +110,30 @@ pub fn state_error(name: &str, current: VmState, verb: &str) -> Error {
             state: Some(current.as_str().into()),
         }
     } else {
-        let hint = match (verb, current) {
+        let why = match (verb, current) {
             ("start", VmState::Running) => "it is already running",
-            ("stop" | "restart" | "kill", VmState::Stopped) => "it is not running",
-            ("delete", VmState::Running) => "stop it first, or use --force",
-            ("set", VmState::Running) => "stop it first: settings change only while stopped",
+            ("start", VmState::Paused) => "it is paused, not stopped",
+            ("stop" | "restart" | "kill" | "pause", VmState::Stopped) => "it is not running",
+            ("pause", VmState::Paused) => "it is already paused",
+            ("resume", VmState::Running) => "it is not paused (it is running)",
+            ("resume", VmState::Stopped) => "it is not paused (it is stopped)",
+            ("delete", VmState::Running | VmState::Paused) => "stop it first, or use --force",
+            ("set", VmState::Running | VmState::Paused) => {
+                "stop it first: settings change only while stopped"
+            }
+            (_, VmState::Paused) => "it is paused",
             _ => "not in this state",
         };
+        let hint = match (verb, current) {
+            ("resume", VmState::Stopped) => Some(format!("start it: banger vm start {name}")),
+            ("delete" | "set", _) => None,
+            (_, VmState::Paused) => Some(format!("resume it: banger vm resume {name}")),
+            _ => None,
+        };
         Error::InvalidState {
-            message: format!("cannot {verb} vm {name:?}: {hint}"),
+            message: format!("cannot {verb} vm {name:?}: {why}"),
             state: Some(current.as_str().into()),
+            hint,
         }
     }
 }

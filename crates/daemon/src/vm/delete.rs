@@ -11,10 +11,11 @@ use super::release;
 use crate::caller::Caller;
 use crate::vm::Vms;
 
-/// Deletes a stopped VM (or, with `force`, a running one: killed first).
+/// Deletes a stopped VM (or, with `force`, a running or paused one: killed
+/// first).
 pub async fn delete(d: &Arc<Vms>, vm: Vm, force: bool) -> Result<(), Error> {
     let from: &[VmState] = if force {
-        &[VmState::Stopped, VmState::Running]
+        &[VmState::Stopped, VmState::Running, VmState::Paused]
     } else {
         &[VmState::Stopped]
     };

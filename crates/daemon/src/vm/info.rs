@@ -12,6 +12,7 @@ use banger_proto::methods::vm::{
     DiskInfo, GuestPort, NetworkInfo, VmHealth, VmInfo, VmPorts, VmState, VmStats,
 };
 
+use super::access;
 use super::record::{self, Vm};
 use crate::guest::agent;
 use crate::vm::Vms;
@@ -60,7 +61,7 @@ pub fn vm_info(d: &Vms, vm: &Vm) -> Result<VmInfo, Error> {
         uptime_secs: rt
             .started_at
             .as_deref()
-            .filter(|_| vm.state == VmState::Running)
+            .filter(|_| vm.state.is_booted())
             .map(timefmt::age_secs),
         last_exit: rt.last_exit.clone(),
         last_start: rt.last_start.clone(),
@@ -102,12 +103,7 @@ pub async fn stats(d: &Arc<Vms>, vm: &Vm) -> Result<VmStats, Error> {
         cpu_secs: None,
         vmm_metrics: None,
     };
-    let Some(h) = vm
-        .runtime
-        .vmm
-        .as_ref()
-        .filter(|_| vm.state == VmState::Running)
-    else {
+    let Some(h) = vm.runtime.vmm.as_ref().filter(|_| vm.state.is_booted()) else {
         return Ok(out);
     };
     out.pid = Some(h.pid);
@@ -222,6 +218,13 @@ fn image_name(d: &Vms, vm: &Vm) -> String {
 
 /// `vm ports`: the guest's listening sockets, from its agent.
 pub async fn ports(d: &Arc<Vms>, vm: &Vm) -> Result<VmPorts, Error> {
+    if vm.state == VmState::Paused {
+        return Err(access::state_error(
+            vm.name(),
+            vm.state,
+            "list the ports of",
+        ));
+    }
     if vm.state != VmState::Running || vm.runtime.vmm.is_none() {
         return Err(Error::InvalidState {
             message: format!(
@@ -230,6 +233,7 @@ pub async fn ports(d: &Arc<Vms>, vm: &Vm) -> Result<VmPorts, Error> {
                 vm.state.as_str()
             ),
             state: Some(vm.state.as_str().into()),
+            hint: None,
         });
     }
     if !agent::vm_has_agent(d, vm) {

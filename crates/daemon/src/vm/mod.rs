@@ -1,9 +1,9 @@
 //! The VM lifecycle.
 //!
 //! A VM's state lives in the store (`vms.state`). Lifecycle operations claim
-//! a VM by compare-and-set from a stable state (`stopped`, `running`) to a
-//! transitional one (`creating`, `starting`, `stopping`, `updating`,
-//! `deleting`) and settle it when done. That claim is the per-VM lock: it is
+//! a VM by compare-and-set from a stable state (`stopped`, `running`,
+//! `paused`) to a transitional one (`creating`, `starting`, `stopping`,
+//! `updating`, `deleting`, `pausing`, `resuming`) and settle it when done. That claim is the per-VM lock: it is
 //! held across slow work (spawn, boot, waiting for a guest), but it is not a
 //! mutex — readers never wait for it, and a conflicting request fails at once
 //! with `busy`. No in-memory lock is held across any slow step (see
@@ -11,7 +11,8 @@
 //!
 //! [`Vms`] is the service; [`verbs`] has one function per request. Modules:
 //! [`access`] (lookup, claim, settle), [`create`], [`start`] (the
-//! start pipeline), [`stop`] (stop/kill/restart), [`delete`], [`set`],
+//! start pipeline), [`stop`] (stop/kill/restart), [`pause`]
+//! (pause/resume), [`delete`], [`set`],
 //! [`release`] (process end and resource release), [`reaper`] (exits and
 //! start-up reconciliation), [`procs`] (live VMM processes), [`info`]
 //! (list/show/stats/health), [`network`] (the network stage's seam),
@@ -25,6 +26,7 @@ pub mod disks;
 pub mod info;
 pub mod names;
 pub mod network;
+pub mod pause;
 pub mod procs;
 pub mod reaper;
 pub mod record;

@@ -235,11 +235,10 @@ pub async fn sync(d: &Arc<Vms>, exclude: Option<&str>) -> Result<(), Error> {
         if Some(row.id.as_str()) == exclude {
             continue;
         }
-        if !matches!(
-            VmState::parse(&row.state),
-            Some(VmState::Starting | VmState::Running)
-        ) {
-            continue;
+        // A paused VM keeps its TAP and rules: it resumes where it was.
+        match VmState::parse(&row.state) {
+            Some(s) if s == VmState::Starting || s.is_booted() => {}
+            _ => continue,
         }
         let Some(ip) = d.store.vm_address(&row.id)? else {
             continue;
@@ -313,7 +312,7 @@ pub async fn reconcile_at_start(d: &Arc<Vms>) -> Result<(), Error> {
         .store
         .list_vms()?
         .into_iter()
-        .filter(|r| r.state == VmState::Running.as_str())
+        .filter(|r| VmState::parse(&r.state).is_some_and(VmState::is_booted))
         .map(|r| r.id)
         .collect();
     let wanted: Vec<String> = running.iter().map(|id| tap_name(id)).collect();

@@ -28,10 +28,13 @@ pub async fn run(d: Arc<Vms>, mut exits: tokio::sync::mpsc::UnboundedReceiver<Ex
     }
 }
 
-/// Only a `running` VM is settled here; a VM in a transitional state belongs
-/// to the operation that put it there, which sees the exit itself.
+/// Only a `running` or `paused` VM is settled here; a VM in a transitional
+/// state belongs to the operation that put it there, which sees the exit
+/// itself (or republishes it once it has settled).
 pub async fn on_exit(d: &Arc<Vms>, id: String, info: ExitInfo, expected: Option<String>) {
-    let claimed = d.store.transition_vm(&id, &["running"], "stopping", |_| {});
+    let claimed = d
+        .store
+        .transition_vm(&id, &["running", "paused"], "stopping", |_| {});
     let Ok(Transition::Done(row)) = claimed else {
         return;
     };
@@ -90,7 +93,12 @@ pub async fn reconcile_at_start(d: &Arc<Vms>) -> anyhow::Result<()> {
                     .await;
                 }
             }
-            VmState::Starting | VmState::Running | VmState::Stopping => {
+            VmState::Starting
+            | VmState::Running
+            | VmState::Stopping
+            | VmState::Pausing
+            | VmState::Paused
+            | VmState::Resuming => {
                 if let Some(pid) = adopt_or_settle(d, &vm).await {
                     tracked_pids.insert(pid);
                 }
@@ -127,16 +135,30 @@ async fn adopt_or_settle(d: &Arc<Vms>, vm: &Vm) -> Option<u32> {
         Ok(vmm) => vmm.status(&h).await.ok(),
         Err(_) => None,
     };
-    let booted = matches!(status.as_deref(), Some("Running" | "Paused"));
+    // The VMM's own word decides `running` or `paused`: a pause or resume
+    // the daemon died in the middle of (`pausing`/`resuming`) either
+    // reached the VMM or did not, and only the VMM knows which.
+    let now = match status.as_deref() {
+        Some("Running") => Some(VmState::Running),
+        Some("Paused") => Some(VmState::Paused),
+        _ => None,
+    };
     let proc = d.procs.track(vm.id(), h.pid, fd);
-    if booted && vm.state != VmState::Stopping {
+    if let Some(now) = now.filter(|_| vm.state != VmState::Stopping) {
         let _ = access::update(d, vm.id(), |v| {
             if v.runtime.started_at.is_none() {
                 v.runtime.started_at = Some(banger_core::timefmt::now());
             }
         });
-        force_state(d, vm.id(), VmState::Running);
-        tracing::info!(vm = %vm.name(), pid = h.pid, "re-adopted running VM");
+        let recorded = match vm.state {
+            VmState::Paused | VmState::Pausing => VmState::Paused,
+            _ => VmState::Running,
+        };
+        if now != recorded {
+            tracing::warn!(vm = %vm.name(), recorded = vm.state.as_str(), vmm = now.as_str(), "the store and the VMM disagree on the run state; trusting the VMM");
+        }
+        force_state(d, vm.id(), now);
+        tracing::info!(vm = %vm.name(), pid = h.pid, state = now.as_str(), "re-adopted VM");
         if let Some(info) = proc.exited() {
             on_exit(d, vm.id().to_string(), info, None).await;
         }

@@ -2,7 +2,9 @@
 //!
 //! stop: ask the guest to power off (its agent, else Ctrl-Alt-Del where the
 //! VMM can deliver it), wait `timeout`, then SIGTERM, wait, then SIGKILL;
-//! the result says which one ended the VMM.
+//! the result says which one ended the VMM. A paused VM is resumed first
+//! (as `docker stop` does with a paused container): a frozen guest could
+//! not shut down cleanly.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +40,16 @@ async fn shut_down(d: &Arc<Vms>, vm: &Vm, timeout: Duration, stages: &Stages) ->
         return "already-exited".into();
     }
     let vmm = d.vmms.get(&vm.spec.vmm).ok();
+    if let (Some(h), Some(vmm)) = (&vm.runtime.vmm, &vmm) {
+        // The VMM's word, not the store's: the VM was claimed from
+        // `running` or `paused`, and only the VMM knows which it is now.
+        if vmm.status(h).await.ok().as_deref() == Some("Paused") {
+            stages.stage("resume");
+            if let Err(e) = vmm.resume(h).await {
+                tracing::info!(vm = %vm.name(), error = %e, "resume before stop failed; escalating");
+            }
+        }
+    }
     let mut asked = false;
     if agent::vm_has_agent(d, vm) {
         stages.stage("agent-poweroff");
@@ -93,7 +105,13 @@ pub async fn stop(
     vm: Vm,
     timeout: Option<u64>,
 ) -> Result<(Vm, String, Stages), Error> {
-    let vm = access::claim(d, &vm, &[VmState::Running], VmState::Stopping, "stop")?;
+    let vm = access::claim(
+        d,
+        &vm,
+        &[VmState::Running, VmState::Paused],
+        VmState::Stopping,
+        "stop",
+    )?;
     let stages = Stages::new(None);
     let by = shut_down(d, &vm, stop_timeout(d, timeout), &stages).await;
     stages.stage("release");
@@ -115,7 +133,13 @@ pub async fn restart(
     vm: Vm,
     timeout: Option<u64>,
 ) -> Result<(Vm, String, Stages), Error> {
-    let vm = access::claim(d, &vm, &[VmState::Running], VmState::Stopping, "restart")?;
+    let vm = access::claim(
+        d,
+        &vm,
+        &[VmState::Running, VmState::Paused],
+        VmState::Stopping,
+        "restart",
+    )?;
     let stages = Stages::new(None);
     let by = shut_down(d, &vm, stop_timeout(d, timeout), &stages).await;
     stages.stage("release");
@@ -171,15 +195,14 @@ fn is_fatal(sig: Signal) -> bool {
     )
 }
 
-/// `vm kill`: the signal, now. Allowed while starting or stopping too —
-/// that is what kill is for when a stop hangs. The operation (or the reaper,
-/// for a running VM) settles the state when the VMM dies.
+/// `vm kill`: the signal, now. Allowed while paused, starting, stopping,
+/// pausing or resuming too — that is what kill is for when a stop hangs. The
+/// operation (or the reaper, for a running or paused VM) settles the state
+/// when the VMM dies. (A paused VMM process is not frozen: only its vCPUs
+/// are, so it takes signals as usual.)
 pub async fn kill(d: &Arc<Vms>, vm: Vm, signal: Option<&str>) -> Result<(Vm, String), Error> {
     let sig = parse_signal(signal.unwrap_or("KILL"))?;
-    if !matches!(
-        vm.state,
-        VmState::Running | VmState::Starting | VmState::Stopping
-    ) {
+    if !(vm.state.is_booted() || matches!(vm.state, VmState::Starting | VmState::Stopping)) {
         return Err(access::state_error(vm.name(), vm.state, "kill"));
     }
     let proc = d
@@ -196,7 +219,7 @@ pub async fn kill(d: &Arc<Vms>, vm: Vm, signal: Option<&str>) -> Result<(Vm, Str
         // The reaper settles a running VM; wait for it so the caller sees `stopped`.
         for _ in 0..200 {
             let now = access::load(d, vm.id())?;
-            if now.state != VmState::Running {
+            if !matches!(now.state, VmState::Running | VmState::Paused) {
                 return Ok((now, label));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -306,3 +306,237 @@ async fn other_users_do_not_see_the_vm_and_names_are_unique() {
     let e = w.create("mine", true).await.unwrap_err();
     assert!(matches!(e, Error::AlreadyExists { .. }), "{e:?}");
 }
+
+// --- pause / resume ---------------------------------------------------------
+
+fn hint_of(e: &Error) -> Option<String> {
+    match e {
+        Error::InvalidState { hint, .. } => hint.clone(),
+        _ => None,
+    }
+}
+
+async fn delete_force(w: &World, name: &str) {
+    let del = DeleteParams {
+        name: name.into(),
+        force: true,
+    };
+    verbs::delete(&w.vms, &w.alice, del).await.unwrap();
+}
+
+#[tokio::test]
+async fn pause_and_resume_move_running_to_paused_and_back() {
+    let w = world();
+    w.create("p", false).await.unwrap();
+    let pid = w.pid("p").unwrap();
+    let r = verbs::pause(&w.vms, &w.alice, w.name("p")).await.unwrap();
+    assert_eq!(r.vm.state, VmState::Paused);
+    assert_eq!(w.state("p"), Some(VmState::Paused));
+    assert_eq!(w.vmm.calls().last().map(String::as_str), Some("pause"));
+    assert!(alive(pid), "a paused VM keeps its VMM");
+    assert_eq!(r.vm.pid, Some(pid));
+
+    // What a paused VM refuses, and how it says so.
+    let e = verbs::pause(&w.vms, &w.alice, w.name("p"))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("already paused"), "{e}");
+    let e = verbs::start(&w.vms, &w.alice, w.name("p"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidState { .. }), "{e:?}");
+    assert_eq!(
+        hint_of(&e).as_deref(),
+        Some("resume it: banger vm resume p")
+    );
+    let e = verbs::ports(&w.vms, &w.alice, w.name("p"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        hint_of(&e).as_deref(),
+        Some("resume it: banger vm resume p")
+    );
+    let del = DeleteParams {
+        name: "p".into(),
+        force: false,
+    };
+    let e = verbs::delete(&w.vms, &w.alice, del).await.unwrap_err();
+    assert!(e.to_string().contains("--force"), "{e}");
+    // Another user's paused VM does not exist for them.
+    let bob = Caller {
+        uid: 1001,
+        gid: 1001,
+        pid: 2,
+    };
+    let e = verbs::resume(&w.vms, &bob, w.name("p")).await.unwrap_err();
+    assert!(matches!(e, Error::NotFound { .. }), "{e:?}");
+    let e = verbs::pause(&w.vms, &bob, w.name("p")).await.unwrap_err();
+    assert!(matches!(e, Error::NotFound { .. }), "{e:?}");
+
+    let r = verbs::resume(&w.vms, &w.alice, w.name("p")).await.unwrap();
+    assert_eq!(r.vm.state, VmState::Running);
+    assert_eq!(w.vmm.calls().last().map(String::as_str), Some("resume"));
+    assert_eq!(w.pid("p"), Some(pid), "resume is not a restart");
+    let e = verbs::resume(&w.vms, &w.alice, w.name("p"))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("not paused (it is running)"), "{e}");
+    delete_force(&w, "p").await;
+    assert!(!alive(pid));
+}
+
+#[tokio::test]
+async fn pause_of_a_stopped_vm_and_resume_of_a_stopped_vm_are_refused() {
+    let w = world();
+    w.create("s", true).await.unwrap();
+    let e = verbs::pause(&w.vms, &w.alice, w.name("s"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidState { .. }), "{e:?}");
+    assert!(e.to_string().contains("not running"), "{e}");
+    let e = verbs::resume(&w.vms, &w.alice, w.name("s"))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("not paused (it is stopped)"), "{e}");
+    assert_eq!(hint_of(&e).as_deref(), Some("start it: banger vm start s"));
+    assert!(w.vmm.calls().is_empty(), "nothing reached the VMM");
+    assert_eq!(w.state("s"), Some(VmState::Stopped));
+}
+
+#[tokio::test]
+async fn a_failed_pause_or_resume_leaves_the_state_where_it_was() {
+    let w = world();
+    w.create("f", false).await.unwrap();
+    w.vmm.fail_at(Some("pause"));
+    let e = verbs::pause(&w.vms, &w.alice, w.name("f"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Vmm(_)), "{e:?}");
+    assert_eq!(w.state("f"), Some(VmState::Running));
+    w.vmm.fail_at(None);
+    verbs::pause(&w.vms, &w.alice, w.name("f")).await.unwrap();
+    w.vmm.fail_at(Some("resume"));
+    verbs::resume(&w.vms, &w.alice, w.name("f"))
+        .await
+        .unwrap_err();
+    assert_eq!(w.state("f"), Some(VmState::Paused));
+    w.vmm.fail_at(None);
+    delete_force(&w, "f").await;
+}
+
+#[tokio::test]
+async fn stop_of_a_paused_vm_resumes_it_then_shuts_it_down() {
+    let w = world();
+    w.create("sp", false).await.unwrap();
+    let pid = w.pid("sp").unwrap();
+    verbs::pause(&w.vms, &w.alice, w.name("sp")).await.unwrap();
+    let stop = StopParams {
+        name: "sp".into(),
+        timeout_secs: Some(5),
+    };
+    let r = verbs::stop(&w.vms, &w.alice, stop).await.unwrap();
+    assert_eq!(r.ended_by.as_deref(), Some("guest"));
+    assert_eq!(w.state("sp"), Some(VmState::Stopped));
+    assert!(!alive(pid));
+    let calls = w.vmm.calls();
+    let tail: Vec<&str> = calls
+        .iter()
+        .rev()
+        .take(3)
+        .rev()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(tail, ["pause", "resume", "request_shutdown"]);
+    let stages: Vec<&str> = r.stages.iter().map(|s| s.name.as_str()).collect();
+    assert!(stages.contains(&"resume"), "{stages:?}");
+}
+
+#[tokio::test]
+async fn kill_and_the_reaper_settle_a_paused_vm() {
+    let w = world();
+    w.create("k", false).await.unwrap();
+    verbs::pause(&w.vms, &w.alice, w.name("k")).await.unwrap();
+    let pid = w.pid("k").unwrap();
+    // A VMM that dies while paused is settled like a running one.
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::Signal::Kill,
+    )
+    .unwrap();
+    eventually("the reaper to settle the paused VM", || {
+        w.state("k") == Some(VmState::Stopped)
+    })
+    .await;
+    let vm = super::access::find(&w.vms, &w.alice, "k").unwrap();
+    assert_eq!(vm.runtime.last_exit.unwrap().by, "crashed");
+
+    // `vm kill` of a paused VM.
+    verbs::start(&w.vms, &w.alice, w.name("k")).await.unwrap();
+    verbs::pause(&w.vms, &w.alice, w.name("k")).await.unwrap();
+    let pid = w.pid("k").unwrap();
+    let p = KillParams {
+        name: "k".into(),
+        signal: None,
+    };
+    let r = verbs::kill(&w.vms, &w.alice, p).await.unwrap();
+    eventually("the killed paused VM to be settled", || {
+        w.state("k") == Some(VmState::Stopped)
+    })
+    .await;
+    assert!(!alive(pid));
+    assert_eq!(r.ended_by.as_deref(), Some("sigkill"));
+}
+
+/// Daemon start: the VMM's own run state decides `running` or `paused`,
+/// whatever the store says (and a pause cut off mid-way is settled by it).
+#[tokio::test]
+async fn re_adoption_trusts_the_vmms_run_state() {
+    let w = world();
+    w.create("r", false).await.unwrap();
+    verbs::pause(&w.vms, &w.alice, w.name("r")).await.unwrap();
+    let pid = w.pid("r").unwrap();
+    let id = w.vms.store.vm_by_name("r").unwrap().unwrap().id;
+    let readopt = |state: VmState| {
+        w.vms
+            .store
+            .update_vm(&id, |row| row.state = state.as_str().into())
+            .unwrap();
+        w.vms.procs.forget(&id, pid);
+        super::reaper::reconcile_at_start(&w.vms)
+    };
+    // Recorded paused, VMM paused: stays paused, same process.
+    readopt(VmState::Paused).await.unwrap();
+    assert_eq!(w.state("r"), Some(VmState::Paused));
+    assert_eq!(w.pid("r"), Some(pid));
+    // Recorded running, VMM paused: the VMM wins.
+    readopt(VmState::Running).await.unwrap();
+    assert_eq!(w.state("r"), Some(VmState::Paused));
+    // A resume cut off before it reached the VMM: still paused.
+    readopt(VmState::Resuming).await.unwrap();
+    assert_eq!(w.state("r"), Some(VmState::Paused));
+    // Recorded paused, VMM running (e.g. resumed behind banger's back).
+    w.vmm.paused.lock().unwrap().clear();
+    readopt(VmState::Paused).await.unwrap();
+    assert_eq!(w.state("r"), Some(VmState::Running));
+    assert!(alive(pid), "re-adoption never ends a live VMM");
+    delete_force(&w, "r").await;
+    assert!(!alive(pid));
+}
+
+#[tokio::test]
+async fn restart_of_a_paused_vm_boots_it_again() {
+    let w = world();
+    w.create("rp", false).await.unwrap();
+    let pid = w.pid("rp").unwrap();
+    verbs::pause(&w.vms, &w.alice, w.name("rp")).await.unwrap();
+    let p = StopParams {
+        name: "rp".into(),
+        timeout_secs: Some(5),
+    };
+    let r = verbs::restart(&w.vms, &w.alice, p).await.unwrap();
+    assert_eq!(r.vm.state, VmState::Running);
+    assert!(!alive(pid));
+    let pid2 = w.pid("rp").unwrap();
+    assert_ne!(pid, pid2);
+    delete_force(&w, "rp").await;
+}

@@ -18,7 +18,7 @@ use banger_proto::methods::{Empty, NameParams};
 use banger_proto::names::validate_name;
 
 use super::record::{self, Spec, Vm};
-use super::{access, create, defaults, delete, info, names, network, set, start, stop};
+use super::{access, create, defaults, delete, info, names, network, pause, set, start, stop};
 use crate::caller::Caller;
 use crate::ops::Ops;
 use crate::vm::Vms;
@@ -196,7 +196,7 @@ fn ports_of(d: &Vms, vm_id: &str) -> Result<Vec<PortMapping>, Error> {
 /// Rules follow the store for running VMs.
 async fn resync_if_running(d: &Arc<Vms>, vm: &Vm) -> Result<(), Error> {
     let now = access::load(d, vm.id())?;
-    if matches!(now.state, VmState::Running | VmState::Starting) {
+    if now.state == VmState::Starting || now.state.is_booted() {
         network::sync(d, None).await?;
     }
     Ok(())
@@ -294,6 +294,22 @@ pub async fn restart(
     let vm = access::find(d, caller, &p.name)?;
     let (vm, by, stages) = stop::restart(d, vm, p.timeout_secs).await?;
     result(d, &vm, Some(by), &stages)
+}
+
+pub async fn pause(d: &Arc<Vms>, caller: &Caller, p: NameParams) -> Result<LifecycleResult, Error> {
+    let vm = access::find(d, caller, &p.name)?;
+    let (vm, stages) = pause::pause(d, vm).await?;
+    result(d, &vm, None, &stages)
+}
+
+pub async fn resume(
+    d: &Arc<Vms>,
+    caller: &Caller,
+    p: NameParams,
+) -> Result<LifecycleResult, Error> {
+    let vm = access::find(d, caller, &p.name)?;
+    let (vm, stages) = pause::resume(d, vm).await?;
+    result(d, &vm, None, &stages)
 }
 
 pub async fn kill(d: &Arc<Vms>, caller: &Caller, p: KillParams) -> Result<LifecycleResult, Error> {

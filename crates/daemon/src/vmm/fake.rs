@@ -1,7 +1,7 @@
 //! A fake [`Vmm`] for unit tests of the lifecycle: its "VMM" is a real
 //! `sleep` process (so pidfds, exits, signals and the reaper are the real
-//! ones), its API calls are recorded, and any of spawn/configure/boot can
-//! be made to fail.
+//! ones), its API calls are recorded, and any of spawn/configure/boot/
+//! pause/resume can be made to fail.
 
 use std::os::fd::OwnedFd;
 use std::process::Command;
@@ -22,6 +22,9 @@ pub struct FakeVmm {
     /// The step (`spawn`, `configure`, `boot`) that fails, if any.
     pub fail: Mutex<Option<&'static str>>,
     pub calls: Mutex<Vec<String>>,
+    /// Pids of the "VMMs" paused now (pause/resume/status act on it, so a
+    /// re-adoption reads back what the lifecycle did).
+    pub paused: Mutex<std::collections::HashSet<u32>>,
 }
 
 impl FakeVmm {
@@ -93,16 +96,25 @@ impl Vmm for FakeVmm {
         Err(VmmError::AgentChannel("the fake VMM has no agent".into()))
     }
 
-    async fn pause(&self, _h: &VmmHandle) -> Result<(), VmmError> {
-        self.step("pause")
+    async fn pause(&self, h: &VmmHandle) -> Result<(), VmmError> {
+        self.step("pause")?;
+        self.paused.lock().unwrap().insert(h.pid);
+        Ok(())
     }
 
-    async fn resume(&self, _h: &VmmHandle) -> Result<(), VmmError> {
-        self.step("resume")
+    async fn resume(&self, h: &VmmHandle) -> Result<(), VmmError> {
+        self.step("resume")?;
+        self.paused.lock().unwrap().remove(&h.pid);
+        Ok(())
     }
 
-    async fn status(&self, _h: &VmmHandle) -> Result<String, VmmError> {
-        Ok("Running".into())
+    async fn status(&self, h: &VmmHandle) -> Result<String, VmmError> {
+        Ok(if self.paused.lock().unwrap().contains(&h.pid) {
+            "Paused"
+        } else {
+            "Running"
+        }
+        .into())
     }
 
     async fn metrics(&self, _h: &VmmHandle) -> Result<Option<serde_json::Value>, VmmError> {

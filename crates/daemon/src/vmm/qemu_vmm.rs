@@ -498,6 +498,56 @@ mod tests {
         assert_eq!(text.matches(stub_guest::BANNER).count(), 1, "{text}");
     }
 
+    /// The PVH counter stub under QEMU: QMP `stop` freezes it (the console
+    /// does not grow over a window), `cont` lets it go on from the same
+    /// number + 1.
+    #[tokio::test]
+    async fn qmp_stop_freezes_the_counter_stub_and_cont_continues_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = stub_spec(dir.path());
+        std::fs::write(&spec.kernel, stub_guest::counter_pvh_elf()).unwrap();
+        let vmm = vmm();
+        let (vm, _) = spawn(&vmm, &spec).await;
+        let h = &vm.handle;
+        vmm.configure(h, &spec).await.unwrap();
+        vmm.boot(h).await.unwrap();
+        let values = || {
+            let text = std::fs::read_to_string(console(&spec)).unwrap_or_default();
+            (text.len(), stub_guest::counter_values(&text))
+        };
+        let t = Instant::now();
+        while values().1.len() < 3 {
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "no counter: {:?}",
+                values()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        vmm.pause(h).await.unwrap();
+        assert_eq!(vmm.status(h).await.unwrap(), "Paused");
+        let (len, before) = values();
+        for _ in 0..2 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            assert_eq!(values().0, len, "the console grew while paused");
+        }
+        vmm.resume(h).await.unwrap();
+        let t = Instant::now();
+        let after = loop {
+            let (_, v) = values();
+            if v.len() > before.len() + 1 {
+                break v;
+            }
+            assert!(t.elapsed() < Duration::from_secs(60), "no line after cont");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(after[0], 0, "{after:?}");
+        for w in after.windows(2) {
+            assert_eq!(w[1], w[0] + 1, "{after:?}");
+        }
+        assert!(after.len() > before.len());
+    }
+
     #[tokio::test]
     async fn shutdown_request_is_a_no_op_and_sigterm_ends_qemu() {
         let dir = tempfile::tempdir().unwrap();

@@ -90,6 +90,8 @@ pub const ALL: &[&str] = &[
     vm::Start::NAME,
     vm::Stop::NAME,
     vm::Restart::NAME,
+    vm::Pause::NAME,
+    vm::Resume::NAME,
     vm::Kill::NAME,
     vm::Delete::NAME,
     vm::Prune::NAME,

@@ -31,6 +31,15 @@ method!(
     Restart = "vm.restart", StopParams => LifecycleResult
 );
 method!(
+    /// Freezes a running VM's vCPUs (memory and devices stay); returns when
+    /// the VMM reports it paused.
+    Pause = "vm.pause", NameParams => LifecycleResult
+);
+method!(
+    /// Lets a paused VM's vCPUs run again, from where they were.
+    Resume = "vm.resume", NameParams => LifecycleResult
+);
+method!(
     /// Sends a signal to the VMM now (default SIGKILL).
     Kill = "vm.kill", KillParams => LifecycleResult
 );
@@ -89,9 +98,11 @@ method!(
     Ports = "vm.ports", NameParams => VmPorts
 );
 
-/// VM states. Transitional states (`creating`, `starting`, `stopping`,
-/// `updating`, `deleting`) mean an operation owns the VM; conflicting
-/// requests get a `busy` error until it settles.
+/// VM states. Stable states: `stopped`, `running`, `paused` (the VMM
+/// process lives, the vCPUs are frozen). Transitional states (`creating`,
+/// `starting`, `stopping`, `updating`, `deleting`, `pausing`, `resuming`)
+/// mean an operation owns the VM; conflicting requests get a `busy` error
+/// until it settles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum VmState {
@@ -102,10 +113,13 @@ pub enum VmState {
     Stopping,
     Updating,
     Deleting,
+    Pausing,
+    Paused,
+    Resuming,
 }
 
 impl VmState {
-    pub const ALL: [VmState; 7] = [
+    pub const ALL: [VmState; 10] = [
         VmState::Creating,
         VmState::Stopped,
         VmState::Starting,
@@ -113,6 +127,9 @@ impl VmState {
         VmState::Stopping,
         VmState::Updating,
         VmState::Deleting,
+        VmState::Pausing,
+        VmState::Paused,
+        VmState::Resuming,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -124,6 +141,9 @@ impl VmState {
             VmState::Stopping => "stopping",
             VmState::Updating => "updating",
             VmState::Deleting => "deleting",
+            VmState::Pausing => "pausing",
+            VmState::Paused => "paused",
+            VmState::Resuming => "resuming",
         }
     }
 
@@ -133,7 +153,16 @@ impl VmState {
 
     /// An operation owns the VM right now.
     pub fn is_transitional(self) -> bool {
-        !matches!(self, VmState::Stopped | VmState::Running)
+        !matches!(self, VmState::Stopped | VmState::Running | VmState::Paused)
+    }
+
+    /// The VM's VMM has booted the guest and holds its runtime (devices,
+    /// TAP, published ports), whether its vCPUs run or are paused.
+    pub fn is_booted(self) -> bool {
+        matches!(
+            self,
+            VmState::Running | VmState::Pausing | VmState::Paused | VmState::Resuming
+        )
     }
 }
 

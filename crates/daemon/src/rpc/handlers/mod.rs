@@ -42,6 +42,8 @@ pub fn table() -> Table {
     t.add::<v::Start, _, _>(vm::start);
     t.add::<v::Stop, _, _>(vm::stop);
     t.add::<v::Restart, _, _>(vm::restart);
+    t.add::<v::Pause, _, _>(vm::pause);
+    t.add::<v::Resume, _, _>(vm::resume);
     t.add::<v::Kill, _, _>(vm::kill);
     t.add::<v::Delete, _, _>(vm::delete);
     t.add::<v::Prune, _, _>(vm::prune);

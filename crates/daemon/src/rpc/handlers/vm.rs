@@ -44,6 +44,14 @@ pub async fn restart(d: Arc<App>, cx: Ctx, p: StopParams) -> Result<LifecycleRes
     verbs::restart(&d.vms, &cx.caller, p).await
 }
 
+pub async fn pause(d: Arc<App>, cx: Ctx, p: NameParams) -> Result<LifecycleResult, Error> {
+    verbs::pause(&d.vms, &cx.caller, p).await
+}
+
+pub async fn resume(d: Arc<App>, cx: Ctx, p: NameParams) -> Result<LifecycleResult, Error> {
+    verbs::resume(&d.vms, &cx.caller, p).await
+}
+
 pub async fn kill(d: Arc<App>, cx: Ctx, p: KillParams) -> Result<LifecycleResult, Error> {
     verbs::kill(&d.vms, &cx.caller, p).await
 }
