@@ -129,15 +129,22 @@ impl Vmm for FirecrackerVmm {
         })
         .await
         .map_err(VmmError::from)?;
-        for (id, path, root) in [
-            ("rootfs", &spec.root_disk, true),
-            ("work", &spec.work_disk, false),
-        ] {
+        // `is_read_only`: Firecracker opens the file without write access
+        // and the guest sees a read-only virtio disk (the overlay backend's
+        // shared rootfs). Drives appear in the guest in this order: vda,
+        // vdb, vdc.
+        let drives = [
+            ("rootfs", Some(&spec.root_disk), true, spec.root_read_only),
+            ("work", Some(&spec.work_disk), false, false),
+            ("overlay", spec.overlay_disk.as_ref(), false, false),
+        ];
+        for (id, path, root, read_only) in drives {
+            let Some(path) = path else { continue };
             api.put_drive(&Drive {
                 drive_id: id.into(),
                 path_on_host: path.clone(),
                 is_root_device: root,
-                is_read_only: false,
+                is_read_only: read_only,
                 cache_type: None,
                 io_engine: None,
             })
