@@ -179,6 +179,83 @@ fn real_guest_boots_answers_ssh_agent_and_survives_stop_start() {
     assert!(stages.iter().any(|(n, _)| n == "ssh"), "{stages:?}");
     eprintln!("create -> SSH ready under {vmm}/{accel}: {wall:.2}s wall; stages: {stages:?}");
 
+    // The root disk: on a state filesystem without reflinks (ext4, as on
+    // these machines) the image's rootfs is shared read-only under a
+    // per-VM overlay; with reflinks, a clone.
+    let rootfs = image["rootfs"]["path"].as_str().unwrap().to_string();
+    let rootfs_sha = image["rootfs"]["sha256"].as_str().unwrap().to_string();
+    let overlay = vm["root_disk"]["backend"] == "overlay";
+    let fstype = String::from_utf8(
+        Command::new("stat")
+            .args(["-f", "-c", "%T"])
+            .arg(h.state())
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    if fstype.trim() == "ext2/ext3" {
+        assert!(overlay, "ext4 state dir: {}", vm["root_disk"]);
+    } else {
+        eprintln!(
+            "state dir on {}: root disk {} (the overlay checks below need overlay)",
+            fstype.trim(),
+            vm["root_disk"]
+        );
+    }
+    if overlay {
+        assert_eq!(vm["root_disk"]["lower"], rootfs.as_str(), "{vm}");
+        assert!(
+            vm["root_disk"]["path"]
+                .as_str()
+                .unwrap()
+                .ends_with("/overlay.ext4"),
+            "{vm}"
+        );
+        // The guest's / is overlayfs; the kernel mounted the shared root
+        // read-only and the agent ran first as init.
+        assert_eq!(
+            ssh(&mut h, "g1", &["findmnt", "-n", "-o", "FSTYPE", "/"]).trim(),
+            "overlay"
+        );
+        let cmdline = ssh(&mut h, "g1", &["cat", "/proc/cmdline"]);
+        assert!(
+            cmdline.contains(" ro ") && cmdline.contains("init=/usr/local/bin/banger-agent"),
+            "{cmdline}"
+        );
+        assert_eq!(ssh(&mut h, "g1", &["cat", "/proc/1/comm"]).trim(), "systemd");
+        // The VMM holds the shared rootfs open read-only, and nothing else
+        // of it.
+        let pid = vm["pid"].as_u64().unwrap();
+        let mut modes = Vec::new();
+        for e in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
+            let e = e.unwrap();
+            if std::fs::read_link(e.path()).ok().as_deref() == Some(std::path::Path::new(&rootfs)) {
+                let info = std::fs::read_to_string(format!(
+                    "/proc/{pid}/fdinfo/{}",
+                    e.file_name().to_string_lossy()
+                ))
+                .unwrap();
+                let flags = info
+                    .lines()
+                    .find_map(|l| l.strip_prefix("flags:"))
+                    .map(|f| u32::from_str_radix(f.trim(), 8).unwrap())
+                    .unwrap();
+                modes.push(flags & 0o3);
+            }
+        }
+        assert!(
+            !modes.is_empty() && modes.iter().all(|&m| m == 0),
+            "the VMM's opens of {rootfs}: access modes {modes:?} (0 = O_RDONLY)"
+        );
+        // A file written on / lands on the VM's overlay disk only.
+        ssh(
+            &mut h,
+            "g1",
+            &["sh", "-c", "echo g1-root > /etc/banger-e2e-root && sync"],
+        );
+    }
+
     // SSH: the built kernel, Debian 12.
     assert_eq!(ssh(&mut h, "g1", &["uname", "-r"]).trim(), release);
     let os = ssh(&mut h, "g1", &["cat", "/etc/os-release"]);
@@ -651,7 +728,9 @@ fn real_guest_boots_answers_ssh_agent_and_survives_stop_start() {
             "--",
             "sh",
             "-c",
-            "cat a.txt; cat >&2; git rev-parse --abbrev-ref HEAD; exit 3",
+            // A second VM of the same image does not see g1's file on /.
+            "test ! -e /etc/banger-e2e-root || exit 9; \
+             cat a.txt; cat >&2; git rev-parse --abbrev-ref HEAD; exit 3",
         ],
         b"from stdin\n",
     );
@@ -741,6 +820,26 @@ fn real_guest_boots_answers_ssh_agent_and_survives_stop_start() {
         ssh(&mut h, "g1", &["cat", "/root/kept.txt"]).trim(),
         "kept-across-boots"
     );
+    if overlay {
+        // The root's changes persist on the overlay disk across stop and
+        // start, and none of the writes reached the shared image.
+        assert_eq!(
+            ssh(&mut h, "g1", &["cat", "/etc/banger-e2e-root"]).trim(),
+            "g1-root"
+        );
+        assert_eq!(
+            ssh(&mut h, "g1", &["findmnt", "-n", "-o", "FSTYPE", "/"]).trim(),
+            "overlay"
+        );
+        let sum = Command::new("sha256sum").arg(&rootfs).output().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&sum.stdout)
+                .split_whitespace()
+                .next(),
+            Some(rootfs_sha.as_str()),
+            "the image's rootfs changed under its VMs"
+        );
+    }
     let health = common::eventually(60, "the guest agent after the restart", || {
         let out = h
             .banger()

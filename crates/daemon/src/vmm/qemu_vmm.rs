@@ -500,35 +500,6 @@ mod tests {
         assert_eq!(text.matches(stub_guest::BANNER).count(), 1, "{text}");
     }
 
-    /// The open flags (`O_ACCMODE` of /proc/PID/fdinfo) of every file `pid`
-    /// holds under `dir`, by file name.
-    fn open_modes(pid: u32, dir: &Path) -> Vec<(String, u32)> {
-        let mut out = Vec::new();
-        for e in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
-            let e = e.unwrap();
-            let Ok(target) = std::fs::read_link(e.path()) else {
-                continue;
-            };
-            if !target.starts_with(dir) {
-                continue;
-            }
-            let info = std::fs::read_to_string(format!(
-                "/proc/{pid}/fdinfo/{}",
-                e.file_name().to_string_lossy()
-            ))
-            .unwrap();
-            let flags = info
-                .lines()
-                .find_map(|l| l.strip_prefix("flags:"))
-                .map(|f| u32::from_str_radix(f.trim(), 8).unwrap())
-                .unwrap();
-            let name = target.file_name().unwrap().to_string_lossy().into_owned();
-            out.push((name, flags & libc::O_ACCMODE as u32));
-        }
-        out.sort();
-        out
-    }
-
     /// The overlay layout for real: QEMU opens the shared rootfs O_RDONLY
     /// (a hostile guest cannot reach it through its VMM) and the overlay and
     /// work disks read-write, and a second QEMU attaches the same rootfs at
@@ -547,7 +518,7 @@ mod tests {
         let vmm = vmm();
         let (vm, _) = spawn(&vmm, &spec).await;
         let (ro, rw) = (libc::O_RDONLY as u32, libc::O_RDWR as u32);
-        let modes = open_modes(vm.handle.pid, dir.path());
+        let modes = process::open_access_modes(vm.handle.pid, dir.path());
         for (file, mode) in [("overlay.img", rw), ("root.img", ro), ("work.img", rw)] {
             assert!(
                 modes.iter().any(|(n, m)| n == file && *m == mode),
@@ -565,7 +536,7 @@ mod tests {
         spec2.root_disk = spec.root_disk.clone();
         spec2.root_read_only = true;
         let (vm2, _) = spawn(&vmm, &spec2).await;
-        let modes2 = open_modes(vm2.handle.pid, dir.path());
+        let modes2 = process::open_access_modes(vm2.handle.pid, dir.path());
         assert!(
             modes2.iter().any(|(n, m)| n == "root.img" && *m == ro),
             "{modes2:?}"
