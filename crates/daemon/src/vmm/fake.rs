@@ -22,6 +22,8 @@ pub struct FakeVmm {
     /// The step (`spawn`, `configure`, `boot`) that fails, if any.
     pub fail: Mutex<Option<&'static str>>,
     pub calls: Mutex<Vec<String>>,
+    /// Every spec `spawn` was given.
+    pub specs: Mutex<Vec<LaunchSpec>>,
 }
 
 impl FakeVmm {
@@ -54,6 +56,7 @@ impl Vmm for FakeVmm {
 
     async fn spawn(&self, spec: &LaunchSpec) -> Result<(VmmHandle, OwnedFd), VmmError> {
         self.step("spawn")?;
+        self.specs.lock().unwrap().push(spec.clone());
         let mut cmd = Command::new("sleep");
         cmd.arg("600");
         let s = process::spawn(cmd).map_err(|e| VmmError::Launch(format!("sleep: {e}")))?;
