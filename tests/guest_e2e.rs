@@ -223,7 +223,10 @@ fn real_guest_boots_answers_ssh_agent_and_survives_stop_start() {
             cmdline.contains(" ro ") && cmdline.contains("init=/usr/local/bin/banger-agent"),
             "{cmdline}"
         );
-        assert_eq!(ssh(&mut h, "g1", &["cat", "/proc/1/comm"]).trim(), "systemd");
+        assert_eq!(
+            ssh(&mut h, "g1", &["cat", "/proc/1/comm"]).trim(),
+            "systemd"
+        );
         // The VMM holds the shared rootfs open read-only, and nothing else
         // of it.
         let pid = vm["pid"].as_u64().unwrap();

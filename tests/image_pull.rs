@@ -960,7 +960,11 @@ fn a_pulled_debian_image_boots() {
         "--kernel",
         "e2e-kernel",
     ]);
-    assert_eq!(r["image"]["features"], json!(["ssh", "agent", "overlay"]), "{r}");
+    assert_eq!(
+        r["image"]["features"],
+        json!(["ssh", "agent", "overlay"]),
+        "{r}"
+    );
     drop(reg);
 
     h.ok(&["daemon", "stop"]);

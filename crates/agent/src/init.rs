@@ -121,10 +121,18 @@ impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Step::EnsureDevice { device } => {
-                write!(f, "make sure {} exists (devtmpfs on /dev)", device.display())
+                write!(
+                    f,
+                    "make sure {} exists (devtmpfs on /dev)",
+                    device.display()
+                )
             }
             Step::CheckLabel { device, label } => {
-                write!(f, "check that {} is ext4 labelled {label}", device.display())
+                write!(
+                    f,
+                    "check that {} is ext4 labelled {label}",
+                    device.display()
+                )
             }
             Step::Mount {
                 source,
@@ -461,7 +469,11 @@ mod tests {
         };
         let a = InitArgs::parse(
             ["/usr/local/bin/banger-agent", "single"].map(OsString::from),
-            env(&[("HOME", "/"), ("banger_overlay", "/dev/vdc"), ("TERM", "linux")]),
+            env(&[
+                ("HOME", "/"),
+                ("banger_overlay", "/dev/vdc"),
+                ("TERM", "linux"),
+            ]),
         );
         assert_eq!(a.overlay.as_deref(), Some(Path::new("/dev/vdc")));
         assert_eq!(a.args, vec![OsString::from("single")]);
@@ -515,7 +527,9 @@ mod tests {
 
     impl Sys for Fake {
         fn exists(&self, p: &Path) -> bool {
-            self.calls.borrow_mut().push(format!("exists {}", p.display()));
+            self.calls
+                .borrow_mut()
+                .push(format!("exists {}", p.display()));
             !self.missing
         }
         fn ext4_label(&self, _: &Path) -> io::Result<Option<String>> {
@@ -546,7 +560,9 @@ mod tests {
             Ok(())
         }
         fn pivot(&self, r: &Path) -> io::Result<()> {
-            self.calls.borrow_mut().push(format!("pivot {}", r.display()));
+            self.calls
+                .borrow_mut()
+                .push(format!("pivot {}", r.display()));
             if self.fail_pivot {
                 return Err(io::Error::from_raw_os_error(22));
             }

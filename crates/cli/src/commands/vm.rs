@@ -961,7 +961,10 @@ fn show(v: &VmInfo) -> String {
             format!("{} ({}, {})", d.path, d.backend, output::size(d.size)),
         );
         if let Some(lower) = &d.lower {
-            row("root lower", format!("{lower} (the image's, read-only, shared)"));
+            row(
+                "root lower",
+                format!("{lower} (the image's, read-only, shared)"),
+            );
         }
         if let Some(note) = &d.note {
             row("root note", note.clone());

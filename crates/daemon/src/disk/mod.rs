@@ -545,18 +545,23 @@ mod tests {
             ..FakeHost::new()
         };
         assert_eq!(
-            choose_backend(None, dir.path(), &no_dm, no_overlay()).unwrap().backend,
+            choose_backend(None, dir.path(), &no_dm, no_overlay())
+                .unwrap()
+                .backend,
             RootBackend::Copy
         );
         // dm-snapshot is opt-in (issue 9 §6: it has never run against a real
         // device-mapper): auto picks copy even where device-mapper is, and
         // does not even ask.
         assert_eq!(
-            choose_backend(None, dir.path(), &dm, no_overlay()).unwrap().backend,
+            choose_backend(None, dir.path(), &dm, no_overlay())
+                .unwrap()
+                .backend,
             RootBackend::Copy
         );
         assert_eq!(dm.calls(), vec![]);
-        let e = choose_backend(Some(RootBackend::Reflink), dir.path(), &dm, no_overlay()).unwrap_err();
+        let e =
+            choose_backend(Some(RootBackend::Reflink), dir.path(), &dm, no_overlay()).unwrap_err();
         assert!(
             matches!(
                 e,
@@ -568,14 +573,24 @@ mod tests {
             "{e:?}"
         );
         assert!(e.to_string().contains("FICLONE"), "{e}");
-        let e = choose_backend(Some(RootBackend::DmSnapshot), dir.path(), &no_dm, no_overlay()).unwrap_err();
+        let e = choose_backend(
+            Some(RootBackend::DmSnapshot),
+            dir.path(),
+            &no_dm,
+            no_overlay(),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("device-mapper"), "{e}");
         assert_eq!(
-            choose_backend(Some(RootBackend::DmSnapshot), dir.path(), &dm, no_overlay()).unwrap().backend,
+            choose_backend(Some(RootBackend::DmSnapshot), dir.path(), &dm, no_overlay())
+                .unwrap()
+                .backend,
             RootBackend::DmSnapshot
         );
         assert_eq!(
-            choose_backend(Some(RootBackend::Copy), dir.path(), &dm, no_overlay()).unwrap().backend,
+            choose_backend(Some(RootBackend::Copy), dir.path(), &dm, no_overlay())
+                .unwrap()
+                .backend,
             RootBackend::Copy
         );
         // The probe left nothing behind.
@@ -590,16 +605,27 @@ mod tests {
             ..FakeHost::new()
         };
         assert_eq!(
-            choose_backend(None, mnt.path(), &dm, no_overlay()).unwrap().backend,
+            choose_backend(None, mnt.path(), &dm, no_overlay())
+                .unwrap()
+                .backend,
             RootBackend::Reflink
         );
         assert_eq!(
-            choose_backend(Some(RootBackend::Reflink), mnt.path(), &FakeHost::new(), no_overlay()).unwrap().backend,
+            choose_backend(
+                Some(RootBackend::Reflink),
+                mnt.path(),
+                &FakeHost::new(),
+                no_overlay()
+            )
+            .unwrap()
+            .backend,
             RootBackend::Reflink
         );
         // An explicit preference wins over reflink.
         assert_eq!(
-            choose_backend(Some(RootBackend::Copy), mnt.path(), &dm, no_overlay()).unwrap().backend,
+            choose_backend(Some(RootBackend::Copy), mnt.path(), &dm, no_overlay())
+                .unwrap()
+                .backend,
             RootBackend::Copy
         );
         // Reflink is probed first; device-mapper was never asked about.
@@ -671,9 +697,14 @@ mod tests {
             }
         );
         assert_eq!(
-            choose_backend(Some(RootBackend::Overlay), mnt.path(), &FakeHost::new(), Ok(()))
-                .unwrap()
-                .backend,
+            choose_backend(
+                Some(RootBackend::Overlay),
+                mnt.path(),
+                &FakeHost::new(),
+                Ok(())
+            )
+            .unwrap()
+            .backend,
             RootBackend::Overlay
         );
         mnt.finish();

@@ -408,7 +408,15 @@ mod tests {
         write_random(&f, 0, 8 * MIB, 1);
         let vm = dir.path().join("vm");
         std::fs::create_dir(&vm).unwrap();
-        let root = create_root(RootBackend::DmSnapshot, &origin, &vm, &FakeHost::new(), None, &Ctl::none()).unwrap();
+        let root = create_root(
+            RootBackend::DmSnapshot,
+            &origin,
+            &vm,
+            &FakeHost::new(),
+            None,
+            &Ctl::none(),
+        )
+        .unwrap();
         assert_eq!(root.file, vm.join("root.cow"));
         assert_eq!(root.size, 8 * MIB);
         let meta = std::fs::metadata(&root.file).unwrap();
@@ -445,7 +453,15 @@ mod tests {
         std::fs::create_dir(&vm).unwrap();
         let free_before = free_bytes_at(mnt.path());
         let t = Instant::now();
-        let root = create_root(RootBackend::Reflink, &origin, &vm, &FakeHost::new(), None, &Ctl::none()).unwrap();
+        let root = create_root(
+            RootBackend::Reflink,
+            &origin,
+            &vm,
+            &FakeHost::new(),
+            None,
+            &Ctl::none(),
+        )
+        .unwrap();
         let took = t.elapsed();
         eprintln!("create_root reflink of a {origin_mib} MiB origin: {took:?}");
         let free_after = free_bytes_at(mnt.path());
@@ -510,7 +526,15 @@ mod tests {
             progress: &progress,
         };
         let t = Instant::now();
-        let root = create_root(RootBackend::Copy, &origin, &vm, &FakeHost::new(), None, &ctl).unwrap();
+        let root = create_root(
+            RootBackend::Copy,
+            &origin,
+            &vm,
+            &FakeHost::new(),
+            None,
+            &ctl,
+        )
+        .unwrap();
         eprintln!(
             "create_root copy of a 200 MiB origin (232 MiB file): {:?}",
             t.elapsed()
@@ -529,7 +553,15 @@ mod tests {
         // Cancelled: an error, nothing left.
         std::fs::remove_file(&root.file).unwrap();
         cancel.store(true, std::sync::atomic::Ordering::Relaxed);
-        let e = create_root(RootBackend::Copy, &origin, &vm, &FakeHost::new(), None, &ctl).unwrap_err();
+        let e = create_root(
+            RootBackend::Copy,
+            &origin,
+            &vm,
+            &FakeHost::new(),
+            None,
+            &ctl,
+        )
+        .unwrap_err();
         assert!(matches!(e, DiskError::Cancelled), "{e:?}");
         assert_eq!(std::fs::read_dir(&vm).unwrap().count(), 0);
     }
@@ -544,7 +576,15 @@ mod tests {
         let mnt = LoopMount::ext4(4 * MIB);
         let vm = mnt.path().join("vm");
         std::fs::create_dir(&vm).unwrap();
-        let e = create_root(RootBackend::Copy, &origin, &vm, &FakeHost::new(), None, &Ctl::none()).unwrap_err();
+        let e = create_root(
+            RootBackend::Copy,
+            &origin,
+            &vm,
+            &FakeHost::new(),
+            None,
+            &Ctl::none(),
+        )
+        .unwrap_err();
         assert!(e.is_no_space(), "{e:?}");
         assert!(e.to_string().contains("not enough free space"), "{e}");
         assert_eq!(
@@ -590,8 +630,15 @@ mod tests {
         let host = FakeHost::new();
         let tmp = vm.join("overlay.ext4.tmp");
         // The fake's mkfs makes nothing, so committing fails: nothing is left.
-        let e = create_root(RootBackend::Overlay, &origin, &vm, &host, None, &Ctl::none())
-            .unwrap_err();
+        let e = create_root(
+            RootBackend::Overlay,
+            &origin,
+            &vm,
+            &host,
+            None,
+            &Ctl::none(),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("overlay.ext4.tmp"), "{e}");
         assert_eq!(
             host.calls(),
@@ -655,12 +702,18 @@ mod tests {
             took.push(t.elapsed());
             assert_eq!(root.backend, RootBackend::Overlay);
             assert_eq!(root.file, vm.join("overlay.ext4"));
-            assert_eq!((root.origin.as_path(), root.size), (origin.as_path(), mib * MIB));
+            assert_eq!(
+                (root.origin.as_path(), root.size),
+                (origin.as_path(), mib * MIB)
+            );
             let info = ext4::inspect(&File::open(&root.file).unwrap()).unwrap();
             assert_eq!(info.volume_name.as_deref(), Some(OVERLAY_LABEL));
             assert_eq!(info.fs_size, mib * MIB);
             let used = allocated(&root.file);
-            assert!(used < 4 * MIB, "{name}: the overlay disk allocated {used} bytes");
+            assert!(
+                used < 4 * MIB,
+                "{name}: the overlay disk allocated {used} bytes"
+            );
             assert_eq!(sha(&origin), before, "{name}: the origin changed");
             let active = activate(&root, VM, &FakeHost::new()).unwrap();
             assert_eq!(active.device, origin);
@@ -669,6 +722,9 @@ mod tests {
             assert!(active.dm_name.is_none() && active.loops.is_empty());
         }
         // O(1) shows in the allocation above (no test asserts a time).
-        eprintln!("create_root overlay: 32 MiB origin {:?}, 2 GiB origin {:?}", took[0], took[1]);
+        eprintln!(
+            "create_root overlay: 32 MiB origin {:?}, 2 GiB origin {:?}",
+            took[0], took[1]
+        );
     }
 }

@@ -71,7 +71,10 @@ mod tests {
             features: vec!["ssh".into(), "agent".into()],
         };
         let why = overlay_support(&image).unwrap_err();
-        assert!(why.contains("\"old\"") && why.contains("\"overlay\""), "{why}");
+        assert!(
+            why.contains("\"old\"") && why.contains("\"overlay\""),
+            "{why}"
+        );
         image.features.push(OVERLAY_FEATURE.into());
         assert_eq!(overlay_support(&image), Ok(()));
     }

@@ -259,15 +259,20 @@ async fn overlay_root_from_create_to_delete() {
     assert!(spec.root_read_only);
     assert_eq!(spec.overlay_disk.as_deref(), Some(root.file.as_path()));
     assert!(
-        spec.boot_args
-            .contains(" root=/dev/vda ro init=/usr/local/bin/banger-agent banger_overlay=/dev/vdc "),
+        spec.boot_args.contains(
+            " root=/dev/vda ro init=/usr/local/bin/banger-agent banger_overlay=/dev/vdc "
+        ),
         "{}",
         spec.boot_args
     );
     let info = super::info::vm_info(&w.vms, &vm).unwrap();
     let disk = info.root_disk.unwrap();
     assert_eq!(
-        (disk.backend.as_str(), disk.path.as_str(), disk.lower.as_deref()),
+        (
+            disk.backend.as_str(),
+            disk.path.as_str(),
+            disk.lower.as_deref()
+        ),
         (
             "overlay",
             root.file.to_str().unwrap(),
@@ -292,7 +297,11 @@ async fn overlay_root_from_create_to_delete() {
     };
     verbs::delete(&w.vms, &w.alice, del).await.unwrap();
     assert!(!root.file.exists() && !vm_dir.exists());
-    assert_eq!(std::fs::read(&rootfs).unwrap(), before, "the image's rootfs");
+    assert_eq!(
+        std::fs::read(&rootfs).unwrap(),
+        before,
+        "the image's rootfs"
+    );
 }
 
 /// `auto` with an image that predates the overlay feature: a copy, and the
@@ -308,7 +317,10 @@ async fn auto_copies_for_an_image_without_overlay_and_says_why() {
     assert_eq!(disk.backend, "copy");
     assert_eq!(disk.lower, None);
     let note = disk.note.unwrap();
-    assert!(note.contains("cannot do overlay") && note.contains("\"img\""), "{note}");
+    assert!(
+        note.contains("cannot do overlay") && note.contains("\"img\""),
+        "{note}"
+    );
 }
 
 #[tokio::test]

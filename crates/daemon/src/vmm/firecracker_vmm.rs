@@ -288,7 +288,9 @@ mod tests {
             vm_dir,
         };
         let vmm = FirecrackerVmm::new(Config::default());
-        vmm.preflight().await.expect("firecracker is installed (scripts/install-firecracker.sh)");
+        vmm.preflight()
+            .await
+            .expect("firecracker is installed (scripts/install-firecracker.sh)");
         let (h, pidfd) = vmm.spawn(&spec).await.unwrap();
         let configured = vmm.configure(&h, &spec).await;
         let modes = process::open_access_modes(h.pid, dir.path());
