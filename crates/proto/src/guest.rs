@@ -4,7 +4,8 @@
 //! agent transports this way, and `banger-agent` listens where this says.
 //!
 //! - The root disk is the first virtio block device, [`ROOT_DEVICE`], an ext4
-//!   filesystem labelled [`ROOT_LABEL`] mounted on `/`.
+//!   filesystem labelled [`ROOT_LABEL`] mounted on `/` (with the overlay root,
+//!   below: read-only, as the lower layer of the overlayfs on `/`).
 //! - The work disk is the second, [`WORK_DEVICE`], labelled [`WORK_LABEL`] and
 //!   mounted on [`WORK_MOUNT`] (`/root`, root's home): it survives a rebuilt
 //!   root disk. Paths *on the work disk* are absolute from the work disk's own
