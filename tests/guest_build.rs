@@ -202,7 +202,10 @@ fn image_build_minimal_registers_an_ssh_agent_image_on_the_default_kernel() {
     assert_eq!(img["kernel"], "banger-6-1");
     assert_eq!(img["owner_uid"], 0);
     assert_eq!(img["default"], true, "the first image becomes the default");
-    assert_eq!(img["features"], serde_json::json!(["ssh", "agent"]));
+    assert_eq!(
+        img["features"],
+        serde_json::json!(["ssh", "agent", "overlay"])
+    );
     assert_eq!(v["kernel_built"], true);
     assert_eq!(v["reused"], false);
     let stages = stage_names(&v);

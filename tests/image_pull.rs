@@ -325,7 +325,7 @@ fn pull_applies_layers_and_shares_the_layer_cache() {
     assert_eq!(r["layers"], 2);
     assert_eq!(r["layers_cached"], 0);
     assert_eq!(r["image"]["kernel"], "stub");
-    assert_eq!(r["image"]["features"], json!(["ssh", "agent"]));
+    assert_eq!(r["image"]["features"], json!(["ssh", "agent", "overlay"]));
     let stages: Vec<&str> = r["operation"]["stages"]
         .as_array()
         .unwrap()
@@ -954,7 +954,11 @@ fn a_pulled_debian_image_boots() {
         "--kernel",
         "e2e-kernel",
     ]);
-    assert_eq!(r["image"]["features"], json!(["ssh", "agent"]), "{r}");
+    assert_eq!(
+        r["image"]["features"],
+        json!(["ssh", "agent", "overlay"]),
+        "{r}"
+    );
     drop(reg);
 
     // Bundled and imported again (as another machine would): the same

@@ -20,9 +20,16 @@
 //!   a loop, reopening it after every end of file or error (the host connects
 //!   and disconnects as it pleases).
 //!
-//! Both run when present. The program depends on std, `serde_json` and `libc`
-//! only (plus the protocol types) and is built as a static binary so it runs in
-//! any guest userland:
+//! Both run when present.
+//!
+//! # Init mode
+//!
+//! Run as PID 1 (the kernel's `init=`), the agent assembles the VM's overlay
+//! root and then executes systemd: see [`init`].
+//!
+//! The program depends on std, `serde_json`, `libc` and `rustix` only (plus
+//! the protocol types) and is built as a static binary so it runs in any
+//! guest userland:
 //!
 //! ```text
 //! RUSTFLAGS="-C target-feature=+crt-static" \
@@ -37,6 +44,7 @@ use std::sync::Arc;
 use std::thread;
 
 pub mod health;
+pub mod init;
 pub mod ports;
 pub mod power;
 pub mod serial;

@@ -266,7 +266,7 @@ pub struct VmConfig {
     /// Seconds `vm stop` waits for the guest after Ctrl-Alt-Del before SIGTERM.
     #[serde(default = "default_stop_timeout")]
     pub stop_timeout_secs: u64,
-    /// Root disk backend: `auto`, `reflink`, `dm-snapshot` or `copy`.
+    /// Root disk backend: `auto`, `reflink`, `overlay`, `dm-snapshot` or `copy`.
     #[serde(default = "default_disk_backend")]
     pub disk_backend: String,
     /// Console and VMM logs are cut back to this size (the older half kept as `.1`).

@@ -570,7 +570,9 @@ fn fs_type_of(dir: &Path) -> String {
 }
 
 /// Which root-disk backend new VMs get, from the config and the two checks
-/// above (the daemon picks the same way: `auto` is reflink, else copy).
+/// above (the daemon picks the same way: `auto` is reflink, else overlay for
+/// images with the `overlay` feature, else copy; which one a VM got, and why,
+/// is in its `vm show`).
 /// dm-snapshot is opt-in: `auto` never picks it, because its paths have not
 /// run against a real device-mapper (none on the machines banger was written
 /// on), and its crash recovery (leaked loops and tables) is not proven; the
@@ -582,7 +584,7 @@ pub fn check_disk_backend(configured: &str, dm: &Check, reflink: &Check) -> Chec
     let usable = |b: &str| match b {
         "reflink" => has_reflink,
         "dm-snapshot" => has_dm,
-        "copy" => true,
+        "copy" | "overlay" => true,
         _ => false,
     };
     match configured {
@@ -590,7 +592,12 @@ pub fn check_disk_backend(configured: &str, dm: &Check, reflink: &Check) -> Chec
             let (b, why) = if has_reflink {
                 ("reflink", "O(1) copy-on-write clones")
             } else {
-                ("copy", "each VM gets a full sparse copy of its image")
+                (
+                    "copy or overlay",
+                    "no reflinks here: VMs of images with the overlay feature share the image's \
+                     rootfs read-only with a sparse per-VM overlay disk (O(1)); others get a \
+                     full sparse copy of their image",
+                )
             };
             let dm_note = if has_dm && !has_reflink {
                 "; device-mapper is here, but auto does not pick dm-snapshot: it is opt-in \
@@ -609,7 +616,7 @@ pub fn check_disk_backend(configured: &str, dm: &Check, reflink: &Check) -> Chec
             "VM root disks: dm-snapshot (set in config); opt-in and not yet exercised against a \
              real device-mapper: a crash during activation may leak loop devices and the \
              banger-<id> table",
-            "set [vm] disk_backend = \"auto\" for reflink or copy",
+            "set [vm] disk_backend = \"auto\" for reflink, overlay or copy",
         ),
         b if usable(b) => ok(NAME, format!("VM root disks: {b} (set in config)")),
         b @ ("reflink" | "dm-snapshot") => fail(
@@ -620,7 +627,7 @@ pub fn check_disk_backend(configured: &str, dm: &Check, reflink: &Check) -> Chec
         b => fail(
             NAME,
             format!("config [vm] disk_backend = {b:?} is not a backend"),
-            "use auto, reflink, dm-snapshot or copy",
+            "use auto, reflink, overlay, dm-snapshot or copy",
         ),
     }
 }
@@ -1115,6 +1122,11 @@ mod tests {
         assert!(b.detail.contains("not yet exercised"), "{b:?}");
         let b = check_disk_backend("auto", &warnc("device-mapper"), &warnc("reflink"));
         assert!(b.detail.contains("copy"), "{b:?}");
+        assert!(b.detail.contains("overlay feature"), "{b:?}");
+        assert_eq!(
+            check_disk_backend("overlay", &warnc("dm"), &warnc("r")).status,
+            CheckStatus::Ok
+        );
         assert_eq!(
             check_disk_backend("reflink", &okc("dm"), &warnc("r")).status,
             CheckStatus::Fail

@@ -556,7 +556,12 @@ pub async fn image_build_op(
         gid: 0,
         pid: 0,
     };
-    let features: Vec<String> = ["ssh", "agent"].iter().map(|s| s.to_string()).collect();
+    // The agent installed by this build has the init mode the overlay root
+    // needs (banger_proto::guest).
+    let features: Vec<String> = ["ssh", "agent", banger_proto::guest::OVERLAY_FEATURE]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     let existing = d.store.image_by_name(&job.name)?;
     let (row, reused) = match existing.as_ref().map(|i| {
         let same = i.rootfs.sha256 == rootfs.sha256

@@ -4,7 +4,8 @@
 //! agent transports this way, and `banger-agent` listens where this says.
 //!
 //! - The root disk is the first virtio block device, [`ROOT_DEVICE`], an ext4
-//!   filesystem labelled [`ROOT_LABEL`] mounted on `/`.
+//!   filesystem labelled [`ROOT_LABEL`] mounted on `/` (with the overlay root,
+//!   below: read-only, as the lower layer of the overlayfs on `/`).
 //! - The work disk is the second, [`WORK_DEVICE`], labelled [`WORK_LABEL`] and
 //!   mounted on [`WORK_MOUNT`] (`/root`, root's home): it survives a rebuilt
 //!   root disk. Paths *on the work disk* are absolute from the work disk's own
@@ -16,6 +17,19 @@
 //! - The agent is [`AGENT_PATH`], listening on vsock port [`AGENT_VSOCK_PORT`]
 //!   (Firecracker) or the virtio-serial port [`AGENT_SERIAL_NAME`] (QEMU); its
 //!   protocol is [`crate::agent`].
+//! - The overlay root (images with the [`OVERLAY_FEATURE`]): the root disk is
+//!   the image's own `rootfs.ext4`, attached read-only and shared by every VM
+//!   of the image, and the VM's writes go to a third disk, [`OVERLAY_DEVICE`]
+//!   (ext4, labelled [`OVERLAY_LABEL`]). The kernel runs the agent as init
+//!   ([`AGENT_PATH`] with `init=`) and passes it the overlay device in the
+//!   environment variable [`OVERLAY_ENV`] (an unknown `key=value` kernel
+//!   parameter without a dot becomes init's environment). The agent mounts
+//!   the overlay disk on [`OVERLAY_DISK_MOUNT`] (in a tmpfs on [`INIT_RUN`]),
+//!   assembles overlayfs (lower: the read-only root; upper and work:
+//!   [`OVERLAY_UPPER`] and [`OVERLAY_WORK`] on the overlay disk) on
+//!   [`OVERLAY_ROOT_MOUNT`], pivots into it, detaches the old root (the lower
+//!   is not visible in the guest), and executes [`REAL_INIT`] (systemd),
+//!   which is PID 1 as before. The work disk stays [`WORK_DEVICE`].
 
 /// The root disk in the guest (the VMM's first drive).
 pub const ROOT_DEVICE: &str = "/dev/vda";
@@ -47,6 +61,32 @@ pub const AGENT_VSOCK_PORT: u32 = 10789;
 /// The virtio-serial port name (`/dev/virtio-ports/<name>` in the guest).
 pub const AGENT_SERIAL_NAME: &str = "org.banger.agent.0";
 
+/// The image feature saying the image's agent can assemble the overlay root
+/// (images built or pulled by a banger with the agent's init mode).
+pub const OVERLAY_FEATURE: &str = "overlay";
+/// The per-VM overlay disk in the guest (the VMM's third drive, after the
+/// read-only root and the work disk).
+pub const OVERLAY_DEVICE: &str = "/dev/vdc";
+/// The overlay disk's ext4 label; the agent refuses a device without it.
+pub const OVERLAY_LABEL: &str = "banger-overlay";
+/// The kernel parameter (and so init's environment variable) naming the
+/// overlay device. No dot: the kernel keeps dotted parameters for modules.
+pub const OVERLAY_ENV: &str = "banger_overlay";
+/// What the agent's init mode executes once the root is assembled.
+pub const REAL_INIT: &str = "/sbin/init";
+/// A directory every systemd image has, where the agent's init mode mounts a
+/// scratch tmpfs for its mount points (systemd mounts its own tmpfs on
+/// `/run` later; the scratch one goes with the old root).
+pub const INIT_RUN: &str = "/run";
+/// Where the overlay disk is mounted while the root is assembled.
+pub const OVERLAY_DISK_MOUNT: &str = "/run/banger-init/disk";
+/// Where the overlay root is assembled before the pivot.
+pub const OVERLAY_ROOT_MOUNT: &str = "/run/banger-init/root";
+/// overlayfs's upper directory, from the overlay disk's root.
+pub const OVERLAY_UPPER: &str = "upper";
+/// overlayfs's work directory, from the overlay disk's root.
+pub const OVERLAY_WORK: &str = "work";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,5 +98,10 @@ mod tests {
             let dir = p.rsplit_once('/').unwrap().0.trim_start_matches('/');
             assert!(WORK_DIRS.contains(&dir), "{p}: {dir} is made by the image");
         }
+        for p in [OVERLAY_DISK_MOUNT, OVERLAY_ROOT_MOUNT] {
+            assert!(p.starts_with(&format!("{INIT_RUN}/")), "{p}");
+        }
+        assert!(OVERLAY_LABEL.len() <= 16, "an ext4 label has 16 bytes");
+        assert!(!OVERLAY_ENV.contains('.') && !OVERLAY_ENV.contains('='));
     }
 }

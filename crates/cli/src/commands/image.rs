@@ -39,7 +39,9 @@ pub enum ImageCmd {
         /// An ext4 image whose content seeds each VM's /root disk.
         #[arg(long)]
         work_seed: Option<PathBuf>,
-        /// What the guest offers: ssh, agent (comma-separated).
+        /// What the guest offers: ssh, agent, overlay (comma-separated;
+        /// overlay: its agent, as init, can assemble an overlay root, so
+        /// VMs share the rootfs read-only where there are no reflinks).
         #[arg(long, value_delimiter = ',')]
         features: Vec<String>,
     },

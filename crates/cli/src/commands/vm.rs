@@ -981,6 +981,15 @@ fn show(v: &VmInfo) -> String {
             "root disk",
             format!("{} ({}, {})", d.path, d.backend, output::size(d.size)),
         );
+        if let Some(lower) = &d.lower {
+            row(
+                "root lower",
+                format!("{lower} (the image's, read-only, shared)"),
+            );
+        }
+        if let Some(note) = &d.note {
+            row("root note", note.clone());
+        }
     }
     if let Some(d) = &v.work_disk {
         row(

@@ -18,7 +18,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use banger_proto::guest::{ROOT_LABEL, WORK_LABEL};
+use banger_proto::guest::{self, ROOT_LABEL, WORK_LABEL};
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 
 use crate::image_build::{self, pack, ImageBuildError, ImageSpec, Variant};
@@ -72,7 +72,9 @@ pub fn make_image(
                 .into(),
         ));
     }
-    let mut features = vec!["agent".to_string()];
+    // banger's agent is installed below, with the init mode the overlay root
+    // needs.
+    let mut features = vec!["agent".to_string(), guest::OVERLAY_FEATURE.to_string()];
     if exists_in(tree, "usr/sbin/sshd") {
         features.insert(0, "ssh".to_string());
     }
@@ -215,7 +217,10 @@ mod tests {
         // tree); whether it did or not, nothing outside changed.
         if let Ok(p) = r {
             assert!(p.rootfs.exists() && p.work_seed.exists());
-            assert_eq!(p.features, vec!["agent".to_string()]);
+            assert_eq!(
+                p.features,
+                vec!["agent".to_string(), guest::OVERLAY_FEATURE.to_string()]
+            );
         }
     }
 }

@@ -225,7 +225,11 @@ impl DiskHost for SystemHost {
                 OsStr::new("-L"),
                 OsStr::new(label),
                 OsStr::new("-E"),
-                OsStr::new("root_owner=0:0"),
+                // The file was just made sparse: its unwritten inode tables
+                // and journal read as zeros already, so mkfs need not write
+                // them (a 4 GiB filesystem allocates ~1 MiB instead of its
+                // 64 MiB journal, in ~10 ms either way).
+                OsStr::new("root_owner=0:0,lazy_itable_init=1,lazy_journal_init=1"),
                 file.as_os_str(),
             ],
         )?

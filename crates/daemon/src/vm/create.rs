@@ -59,14 +59,14 @@ async fn make(
         .map_err(|e| Error::internal(format!("cannot create {}: {e}", vm_dir.display())))?;
     // Probes the host (reflink, device-mapper, maybe `modprobe`): off the
     // async threads.
-    let backend = {
-        let d = d.clone();
-        blocking(move || super::disks::backend(&d)).await?
+    let choice = {
+        let (d, image) = (d.clone(), image.clone());
+        blocking(move || super::disks::backend(&d, &image)).await?
     };
 
     stages.stage("disk-root");
     let origin = d.state_path(&image.rootfs.rel_path);
-    let (op2, dir) = (op.clone(), vm_dir.clone());
+    let (op2, dir, host) = (op.clone(), vm_dir.clone(), d.disks.clone());
     let root = blocking(move || {
         let flag = op2.cancel_flag();
         let report = |done, total| op2.progress(done, total, "bytes");
@@ -74,7 +74,15 @@ async fn make(
             cancel: &flag,
             progress: &report,
         };
-        crate::disk::create_root(backend, &origin, &dir, &ctl).map_err(Error::from)
+        crate::disk::create_root(
+            choice.backend,
+            &origin,
+            &dir,
+            host.as_ref(),
+            choice.note,
+            &ctl,
+        )
+        .map_err(Error::from)
     })
     .await?;
     access::update(d, id, |vm| vm.runtime.root = Some(root))?;

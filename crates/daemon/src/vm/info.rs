@@ -14,6 +14,7 @@ use banger_proto::methods::vm::{
 
 use super::access;
 use super::record::{self, Vm};
+use crate::disk::RootBackend;
 use crate::guest::agent;
 use crate::vm::Vms;
 
@@ -43,18 +44,25 @@ pub fn vm_info(d: &Vms, vm: &Vm) -> Result<VmInfo, Error> {
         api_socket: rt.vmm.as_ref().map(|h| h.api_socket.display().to_string()),
         root_disk: rt.root.as_ref().map(|r| DiskInfo {
             backend: r.backend.as_str().to_string(),
+            // dm-snapshot: the device while it is set up; overlay: the VM's
+            // overlay disk, never the shared rootfs (that is `lower`).
             path: rt
                 .active_root
                 .as_ref()
+                .filter(|_| r.backend != RootBackend::Overlay)
                 .map_or(&r.file, |a| &a.device)
                 .display()
                 .to_string(),
             size: r.size,
+            lower: (r.backend == RootBackend::Overlay).then(|| r.origin.display().to_string()),
+            note: r.note.clone(),
         }),
         work_disk: rt.work.as_ref().map(|w| DiskInfo {
             backend: "ext4".into(),
             path: w.file.display().to_string(),
             size: w.size,
+            lower: None,
+            note: None,
         }),
         created_at: vm.row.created_at.clone(),
         started_at: rt.started_at.clone(),

@@ -86,9 +86,16 @@ pub async fn boot(
         memory_mib: vm.spec.memory_mib,
         kernel: d.state_path(&kernel.vmlinux.rel_path),
         initrd: kernel.initrd.as_ref().map(|f| d.state_path(&f.rel_path)),
-        boot_args: boot_args(&d.config.vm.boot_args, vm.name(), net.as_ref()),
+        boot_args: boot_args(
+            &d.config.vm.boot_args,
+            vm.name(),
+            net.as_ref(),
+            active.overlay.is_some(),
+        ),
         root_disk: root_device,
+        root_read_only: active.read_only,
         work_disk: work.file.clone(),
+        overlay_disk: active.overlay.clone(),
         net,
         run_dir,
         vm_dir: record::vm_dir(&d.paths, &id),
@@ -117,11 +124,22 @@ pub async fn boot(
 /// and, with a network, its static address (`ip=` autoconfiguration:
 /// client::gateway:netmask:hostname:device:off:dns) — the gateway also
 /// answers DNS, so the guest resolves `<name>.vm` with no DHCP involved.
-pub fn boot_args(base: &str, name: &str, net: Option<&NetAttach>) -> String {
-    let mut args = format!(
-        "{base} root={} rw systemd.hostname={name}",
-        banger_proto::guest::ROOT_DEVICE
-    );
+///
+/// With an overlay root the root device is mounted read-only and the agent
+/// runs first as init, told the overlay device through its environment
+/// (`banger_overlay=`: an unknown parameter without a dot becomes init's
+/// environment); it assembles the overlay and executes systemd
+/// (`banger_agent::init`).
+pub fn boot_args(base: &str, name: &str, net: Option<&NetAttach>, overlay: bool) -> String {
+    use banger_proto::guest::{AGENT_PATH, OVERLAY_DEVICE, OVERLAY_ENV, ROOT_DEVICE};
+    let mut args = if overlay {
+        format!(
+            "{base} root={ROOT_DEVICE} ro init={AGENT_PATH} {OVERLAY_ENV}={OVERLAY_DEVICE} \
+             systemd.hostname={name}"
+        )
+    } else {
+        format!("{base} root={ROOT_DEVICE} rw systemd.hostname={name}")
+    };
     if let Some(n) = net {
         let mask = banger_core::net_alloc::Subnet {
             network: n.gateway,
@@ -234,8 +252,13 @@ mod tests {
     #[test]
     fn boot_args_carry_the_address() {
         assert_eq!(
-            boot_args("console=ttyS0", "box", None),
+            boot_args("console=ttyS0", "box", None, false),
             "console=ttyS0 root=/dev/vda rw systemd.hostname=box"
+        );
+        assert_eq!(
+            boot_args("console=ttyS0", "box", None, true),
+            "console=ttyS0 root=/dev/vda ro init=/usr/local/bin/banger-agent \
+             banger_overlay=/dev/vdc systemd.hostname=box"
         );
         let net = NetAttach {
             tap: "bgr-0123456789".into(),
@@ -244,7 +267,7 @@ mod tests {
             gateway: "172.16.213.1".parse().unwrap(),
             prefix: 24,
         };
-        assert!(boot_args("c", "box", Some(&net))
+        assert!(boot_args("c", "box", Some(&net), false)
             .ends_with(" ip=172.16.213.5::172.16.213.1:255.255.255.0:box:eth0:off:172.16.213.1"));
     }
 }

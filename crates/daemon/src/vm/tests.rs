@@ -36,6 +36,18 @@ struct World {
 }
 
 fn world() -> World {
+    world_with("copy", vec![], Arc::new(FakeHost::new()), true)
+}
+
+/// A world whose VMs get root disks by `backend`, from an image with
+/// `features`, made by `disks` (`seeded`: the image has a work seed, which
+/// only the fake host can "grow").
+fn world_with(
+    backend: &str,
+    features: Vec<String>,
+    disks: Arc<dyn crate::privileged::DiskHost>,
+    seeded: bool,
+) -> World {
     let home = tempfile::tempdir().unwrap();
     let paths = Paths::resolve(Some(home.path()));
     for d in [&paths.state_dir, &paths.runtime_dir, &paths.vms_dir()] {
@@ -44,7 +56,7 @@ fn world() -> World {
     let mut config = Config::default();
     config.network.enabled = false;
     config.vm.vmm = fake::KIND.into();
-    config.vm.disk_backend = "copy".into();
+    config.vm.disk_backend = backend.into();
     let store = Arc::new(Store::open(&paths.db()).unwrap());
     // A kernel and an image on record, with real (small) files.
     let rootfs = paths.state_dir.join("rootfs.ext4");
@@ -75,9 +87,9 @@ fn world() -> World {
         owner_uid: 0,
         kernel_id: "k1".into(),
         rootfs: file("rootfs.ext4", 1 << 20),
-        work_seed: Some(file("work-seed.ext4", 1 << 20)),
+        work_seed: seeded.then(|| file("work-seed.ext4", 1 << 20)),
         created_at: "2026-01-01T00:00:00Z".into(),
-        features: vec![],
+        features,
     };
     store.insert_image(&image).unwrap();
     let vmm = Arc::new(FakeVmm::default());
@@ -86,7 +98,7 @@ fn world() -> World {
         paths,
         config: config.clone(),
         store: store.clone(),
-        disks: Arc::new(FakeHost::new()),
+        disks,
         net_host: None,
         vmms: Vmms::with(&config, vec![vmm.clone() as Arc<dyn Vmm>]),
         procs,
@@ -216,6 +228,99 @@ async fn create_runs_the_vm_and_stop_start_delete_follow_the_record() {
     assert_eq!(w.state("web"), None);
     assert!(!alive(pid2), "delete --force ends the VMM");
     assert!(!vm_dir.exists(), "delete removes the VM's files");
+}
+
+/// `auto` on this ext4 home with an image that can: the shared rootfs goes to
+/// the VMM read-only, the VM's overlay disk beside it, the kernel is told to
+/// run the agent first; a stop/start keeps the same overlay disk; delete
+/// removes it and leaves the image's rootfs alone.
+#[tokio::test]
+async fn overlay_root_from_create_to_delete() {
+    use crate::disk::RootBackend;
+    use crate::privileged::SystemHost;
+    let w = world_with(
+        "auto",
+        vec!["agent".into(), "overlay".into()],
+        Arc::new(SystemHost),
+        false,
+    );
+    let rootfs = w.vms.paths.state_dir.join("rootfs.ext4");
+    let before = std::fs::read(&rootfs).unwrap();
+    w.create("ov", false).await.unwrap();
+    let vm = super::access::find(&w.vms, &w.alice, "ov").unwrap();
+    let root = vm.runtime.root.clone().unwrap();
+    assert_eq!(root.backend, RootBackend::Overlay, "{root:?}");
+    assert_eq!(root.note, None);
+    let vm_dir = super::record::vm_dir(&w.vms.paths, vm.id());
+    assert_eq!(root.file, vm_dir.join("overlay.ext4"));
+    assert!(root.file.is_file());
+    let spec = w.vmm.specs.lock().unwrap()[0].clone();
+    assert_eq!(spec.root_disk, rootfs);
+    assert!(spec.root_read_only);
+    assert_eq!(spec.overlay_disk.as_deref(), Some(root.file.as_path()));
+    assert!(
+        spec.boot_args.contains(
+            " root=/dev/vda ro init=/usr/local/bin/banger-agent banger_overlay=/dev/vdc "
+        ),
+        "{}",
+        spec.boot_args
+    );
+    let info = super::info::vm_info(&w.vms, &vm).unwrap();
+    let disk = info.root_disk.unwrap();
+    assert_eq!(
+        (
+            disk.backend.as_str(),
+            disk.path.as_str(),
+            disk.lower.as_deref()
+        ),
+        (
+            "overlay",
+            root.file.to_str().unwrap(),
+            Some(rootfs.to_str().unwrap())
+        )
+    );
+
+    let stop = StopParams {
+        name: "ov".into(),
+        timeout_secs: Some(5),
+    };
+    verbs::stop(&w.vms, &w.alice, stop).await.unwrap();
+    verbs::start(&w.vms, &w.alice, w.name("ov")).await.unwrap();
+    let again = w.vmm.specs.lock().unwrap()[1].clone();
+    assert_eq!(
+        (again.overlay_disk, again.root_read_only),
+        (Some(root.file.clone()), true)
+    );
+    let del = DeleteParams {
+        name: "ov".into(),
+        force: true,
+    };
+    verbs::delete(&w.vms, &w.alice, del).await.unwrap();
+    assert!(!root.file.exists() && !vm_dir.exists());
+    assert_eq!(
+        std::fs::read(&rootfs).unwrap(),
+        before,
+        "the image's rootfs"
+    );
+}
+
+/// `auto` with an image that predates the overlay feature: a copy, and the
+/// record and `vm show` say why.
+#[tokio::test]
+async fn auto_copies_for_an_image_without_overlay_and_says_why() {
+    use crate::privileged::SystemHost;
+    let w = world_with("auto", vec!["agent".into()], Arc::new(SystemHost), false);
+    w.create("old", true).await.unwrap();
+    let vm = super::access::find(&w.vms, &w.alice, "old").unwrap();
+    let info = super::info::vm_info(&w.vms, &vm).unwrap();
+    let disk = info.root_disk.unwrap();
+    assert_eq!(disk.backend, "copy");
+    assert_eq!(disk.lower, None);
+    let note = disk.note.unwrap();
+    assert!(
+        note.contains("cannot do overlay") && note.contains("\"img\""),
+        "{note}"
+    );
 }
 
 #[tokio::test]

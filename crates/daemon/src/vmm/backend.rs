@@ -24,7 +24,12 @@ pub struct LaunchSpec {
     pub boot_args: String,
     /// What the VMM opens as the root disk (a file or a /dev/mapper device).
     pub root_disk: PathBuf,
+    /// Attach `root_disk` read-only, for the guest and for the VMM's own
+    /// open (the overlay backend's rootfs, shared by every VM of its image).
+    pub root_read_only: bool,
     pub work_disk: PathBuf,
+    /// The overlay disk (overlay backend): the third drive, read-write.
+    pub overlay_disk: Option<PathBuf>,
     pub net: Option<NetAttach>,
     /// Per-VM runtime dir (sockets); per-VM state dir (logs, metrics).
     pub run_dir: PathBuf,

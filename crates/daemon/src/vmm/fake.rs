@@ -25,6 +25,8 @@ pub struct FakeVmm {
     /// Pids of the "VMMs" paused now (pause/resume/status act on it, so a
     /// re-adoption reads back what the lifecycle did).
     pub paused: Mutex<std::collections::HashSet<u32>>,
+    /// Every spec `spawn` was given.
+    pub specs: Mutex<Vec<LaunchSpec>>,
 }
 
 impl FakeVmm {
@@ -57,6 +59,7 @@ impl Vmm for FakeVmm {
 
     async fn spawn(&self, spec: &LaunchSpec) -> Result<(VmmHandle, OwnedFd), VmmError> {
         self.step("spawn")?;
+        self.specs.lock().unwrap().push(spec.clone());
         let mut cmd = Command::new("sleep");
         cmd.arg("600");
         let s = process::spawn(cmd).map_err(|e| VmmError::Launch(format!("sleep: {e}")))?;

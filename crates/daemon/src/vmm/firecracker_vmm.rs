@@ -129,15 +129,22 @@ impl Vmm for FirecrackerVmm {
         })
         .await
         .map_err(VmmError::from)?;
-        for (id, path, root) in [
-            ("rootfs", &spec.root_disk, true),
-            ("work", &spec.work_disk, false),
-        ] {
+        // `is_read_only`: Firecracker opens the file without write access
+        // and the guest sees a read-only virtio disk (the overlay backend's
+        // shared rootfs). Drives appear in the guest in this order: vda,
+        // vdb, vdc.
+        let drives = [
+            ("rootfs", Some(&spec.root_disk), true, spec.root_read_only),
+            ("work", Some(&spec.work_disk), false, false),
+            ("overlay", spec.overlay_disk.as_ref(), false, false),
+        ];
+        for (id, path, root, read_only) in drives {
+            let Some(path) = path else { continue };
             api.put_drive(&Drive {
                 drive_id: id.into(),
                 path_on_host: path.clone(),
                 is_root_device: root,
-                is_read_only: false,
+                is_read_only: read_only,
                 cache_type: None,
                 io_engine: None,
             })
@@ -240,5 +247,66 @@ impl Vmm for FirecrackerVmm {
         super::firecracker::vsock::connect(uds, AGENT_VSOCK_PORT, timeout)
             .await
             .map_err(VmmError::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use banger_core::stub_guest;
+    use rustix::process::Signal;
+
+    /// The overlay layout under the real Firecracker (stub guest): the
+    /// rootfs drive `is_read_only` is opened without write access, the work
+    /// and overlay drives read-write.
+    #[tokio::test]
+    async fn overlay_layout_opens_the_rootfs_read_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (run_dir, vm_dir) = (dir.path().join("run"), dir.path().join("vm"));
+        std::fs::create_dir_all(&run_dir).unwrap();
+        std::fs::create_dir_all(&vm_dir).unwrap();
+        let kernel = dir.path().join("stub.vmlinux");
+        std::fs::write(&kernel, stub_guest::elf()).unwrap();
+        let disk = |name: &str| {
+            let p = dir.path().join(name);
+            std::fs::File::create(&p).unwrap().set_len(8 << 20).unwrap();
+            p
+        };
+        let spec = LaunchSpec {
+            vm_id: "fc-overlay-test".into(),
+            vcpus: 1,
+            memory_mib: 128,
+            kernel,
+            initrd: None,
+            boot_args: "console=ttyS0".into(),
+            root_disk: disk("root.img"),
+            root_read_only: true,
+            work_disk: disk("work.img"),
+            overlay_disk: Some(disk("overlay.img")),
+            net: None,
+            run_dir,
+            vm_dir,
+        };
+        let vmm = FirecrackerVmm::new(Config::default());
+        vmm.preflight()
+            .await
+            .expect("firecracker is installed (scripts/install-firecracker.sh)");
+        let (h, pidfd) = vmm.spawn(&spec).await.unwrap();
+        let configured = vmm.configure(&h, &spec).await;
+        let modes = process::open_access_modes(h.pid, dir.path());
+        let _ = process::signal(&pidfd, Signal::Kill);
+        process::wait_exit(&pidfd).await;
+        configured.unwrap();
+        let (ro, rw) = (libc::O_RDONLY as u32, libc::O_RDWR as u32);
+        for (file, mode) in [("overlay.img", rw), ("root.img", ro), ("work.img", rw)] {
+            assert!(
+                modes.iter().any(|(n, m)| n == file && *m == mode),
+                "{file} should be open with access mode {mode}: {modes:?}"
+            );
+            assert!(
+                !modes.iter().any(|(n, m)| n == file && *m != mode),
+                "{file} also open otherwise: {modes:?}"
+            );
+        }
     }
 }

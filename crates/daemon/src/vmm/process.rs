@@ -275,6 +275,36 @@ fn parse_vm_rss(status: &str) -> Option<u64> {
 }
 
 #[cfg(test)]
+/// (tests) The open flags (`O_ACCMODE` of /proc/PID/fdinfo) of every file `pid`
+/// holds under `dir`, by file name.
+pub(crate) fn open_access_modes(pid: u32, dir: &std::path::Path) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
+        let e = e.unwrap();
+        let Ok(target) = std::fs::read_link(e.path()) else {
+            continue;
+        };
+        if !target.starts_with(dir) {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            e.file_name().to_string_lossy()
+        ))
+        .unwrap();
+        let flags = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .map(|f| u32::from_str_radix(f.trim(), 8).unwrap())
+            .unwrap();
+        let name = target.file_name().unwrap().to_string_lossy().into_owned();
+        out.push((name, flags & libc::O_ACCMODE as u32));
+    }
+    out.sort();
+    out
+}
+
+#[cfg(test)]
 mod tests {
     use std::process::Stdio;
 

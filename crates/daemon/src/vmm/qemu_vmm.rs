@@ -403,7 +403,9 @@ mod tests {
             initrd: None,
             boot_args: "console=ttyS0".into(),
             root_disk: disk("root.img"),
+            root_read_only: false,
             work_disk: disk("work.img"),
+            overlay_disk: None,
             net: None,
             run_dir,
             vm_dir,
@@ -546,6 +548,50 @@ mod tests {
             assert_eq!(w[1], w[0] + 1, "{after:?}");
         }
         assert!(after.len() > before.len());
+    }
+
+    /// The overlay layout for real: QEMU opens the shared rootfs O_RDONLY
+    /// (a hostile guest cannot reach it through its VMM) and the overlay and
+    /// work disks read-write, and a second QEMU attaches the same rootfs at
+    /// the same time (shared lock).
+    #[tokio::test]
+    async fn overlay_layout_opens_the_rootfs_read_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = stub_spec(dir.path());
+        spec.root_read_only = true;
+        let overlay = dir.path().join("overlay.img");
+        std::fs::File::create(&overlay)
+            .unwrap()
+            .set_len(8 << 20)
+            .unwrap();
+        spec.overlay_disk = Some(overlay);
+        let vmm = vmm();
+        let (vm, _) = spawn(&vmm, &spec).await;
+        let (ro, rw) = (libc::O_RDONLY as u32, libc::O_RDWR as u32);
+        let modes = process::open_access_modes(vm.handle.pid, dir.path());
+        for (file, mode) in [("overlay.img", rw), ("root.img", ro), ("work.img", rw)] {
+            assert!(
+                modes.iter().any(|(n, m)| n == file && *m == mode),
+                "{file} should be open with access mode {mode}: {modes:?}"
+            );
+            assert!(
+                !modes.iter().any(|(n, m)| n == file && *m != mode),
+                "{file} also open otherwise: {modes:?}"
+            );
+        }
+        // A second VM of the same image: the same rootfs, its own disks.
+        let dir2 = tempfile::tempdir().unwrap();
+        let mut spec2 = stub_spec(dir2.path());
+        spec2.vm_id = "qemu-test-2".into();
+        spec2.root_disk = spec.root_disk.clone();
+        spec2.root_read_only = true;
+        let (vm2, _) = spawn(&vmm, &spec2).await;
+        let modes2 = process::open_access_modes(vm2.handle.pid, dir.path());
+        assert!(
+            modes2.iter().any(|(n, m)| n == "root.img" && *m == ro),
+            "{modes2:?}"
+        );
+        // Both QEMUs are killed and reaped when `vm` and `vm2` drop.
     }
 
     #[tokio::test]

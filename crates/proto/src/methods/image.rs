@@ -174,7 +174,7 @@ pub struct PullResult {
 }
 
 /// The image features banger knows.
-pub const FEATURES: &[&str] = &["ssh", "agent"];
+pub const FEATURES: &[&str] = &["ssh", "agent", crate::guest::OVERLAY_FEATURE];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ImageInfo {

@@ -389,10 +389,18 @@ pub struct LifecycleResult {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DiskInfo {
-    /// `dm-snapshot`, `reflink` or `copy` for the root disk; `ext4` for work.
+    /// `dm-snapshot`, `reflink`, `overlay` or `copy` for the root disk;
+    /// `ext4` for work.
     pub backend: String,
+    /// The VM's own file (overlay: the overlay disk) or device.
     pub path: String,
     pub size: u64,
+    /// Overlay: the image's rootfs the VM shares, read-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lower: Option<String>,
+    /// Why this backend and not a cheaper one, when `auto` had to settle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

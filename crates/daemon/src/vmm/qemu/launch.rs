@@ -157,8 +157,9 @@ pub enum LaunchError {
 
 /// QEMU's arguments (after the program name) for `spec`.
 ///
-/// The root disk is the first virtio-blk device and the work disk the second
-/// (`/dev/vda` and `/dev/vdb` in the guest, as under Firecracker); the
+/// The root disk is the first virtio-blk device, the work disk the second
+/// and the overlay disk, when there is one, the third (`/dev/vda`,
+/// `/dev/vdb`, `/dev/vdc` in the guest, as under Firecracker); the
 /// network device, when there is one, is `eth0`. Paths inside `-drive` and
 /// `-chardev` option strings have their commas doubled (QEMU's escape).
 pub fn args(
@@ -188,12 +189,25 @@ pub fn args(
     }
     a.push("-append".into());
     a.push(spec.boot_args.clone().into());
-    for (id, file) in [("root", &spec.root_disk), ("work", &spec.work_disk)] {
+    // `readonly=on`: QEMU opens the file O_RDONLY (and takes only a shared
+    // lock on it, so every VM of an image can attach its rootfs at once) and
+    // the guest sees a read-only virtio disk.
+    let drives = [
+        ("root", Some(&spec.root_disk), spec.root_read_only),
+        ("work", Some(&spec.work_disk), false),
+        ("overlay", spec.overlay_disk.as_ref(), false),
+    ];
+    for (id, file, read_only) in drives {
+        let Some(file) = file else { continue };
         a.push("-drive".into());
         a.push(opt(
             &format!("id={id},file="),
             file,
-            ",format=raw,if=none,cache=writeback,discard=unmap",
+            if read_only {
+                ",format=raw,if=none,readonly=on,cache=writeback"
+            } else {
+                ",format=raw,if=none,cache=writeback,discard=unmap"
+            },
         ));
         a.push("-device".into());
         a.push(format!("virtio-blk-device,drive={id}").into());
@@ -450,7 +464,9 @@ mod tests {
             initrd: None,
             boot_args: "console=ttyS0 root=/dev/vda rw".into(),
             root_disk: dir.join("root,1.ext4"),
+            root_read_only: false,
             work_disk: dir.join("work.ext4"),
+            overlay_disk: None,
             net: None,
             run_dir: dir.join("run"),
             vm_dir: dir.join("vm"),
@@ -537,6 +553,28 @@ mod tests {
             ["tap,id=n0,ifname=bgr-0123456789,script=no,downscript=no"]
         );
         assert!(a.contains(&"virtio-net-device,netdev=n0,mac=02:01:23:45:67:89".to_string()));
+
+        // The overlay layout: the shared rootfs read-only (no discard on a
+        // read-only drive), then work, then the overlay disk (vdc).
+        spec.root_read_only = true;
+        spec.overlay_disk = Some(dir.join("overlay.ext4"));
+        let a = strings(&args(&spec, Accel::Tcg, Features::default(), &paths));
+        assert_eq!(
+            value_after(&a, "-drive"),
+            [
+                "id=root,file=/srv/b/root,,1.ext4,format=raw,if=none,readonly=on,cache=writeback",
+                "id=work,file=/srv/b/work.ext4,format=raw,if=none,cache=writeback,discard=unmap",
+                "id=overlay,file=/srv/b/overlay.ext4,format=raw,if=none,cache=writeback,discard=unmap"
+            ]
+        );
+        assert_eq!(
+            value_after(&a, "-device")[..3],
+            [
+                "virtio-blk-device,drive=root",
+                "virtio-blk-device,drive=work",
+                "virtio-blk-device,drive=overlay"
+            ]
+        );
     }
 
     #[test]
