@@ -17,6 +17,7 @@ use banger_proto::methods::NameParams;
 use tokio_util::sync::CancellationToken;
 
 use super::procs::Procs;
+use super::service::Deps;
 use super::{verbs, Vms};
 use crate::caller::Caller;
 use crate::disk::fake::FakeHost;
@@ -82,7 +83,7 @@ fn world() -> World {
     store.insert_image(&image).unwrap();
     let vmm = Arc::new(FakeVmm::default());
     let (procs, exits) = Procs::new();
-    let vms = Arc::new(Vms {
+    let vms = Arc::new(Vms::new(Deps {
         paths,
         config: config.clone(),
         store: store.clone(),
@@ -90,10 +91,9 @@ fn world() -> World {
         net_host: None,
         vmms: Vmms::with(&config, vec![vmm.clone() as Arc<dyn Vmm>]),
         procs,
-        net: Default::default(),
         dns: None,
         shutdown: CancellationToken::new(),
-    });
+    }));
     tokio::spawn(super::reaper::run(vms.clone(), exits));
     World {
         _home: home,
