@@ -24,6 +24,8 @@
 
 mod cmd;
 mod confined;
+#[cfg(test)]
+pub(crate) mod fake_net;
 mod net;
 mod system;
 #[cfg(test)]
