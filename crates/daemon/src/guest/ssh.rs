@@ -28,7 +28,7 @@ use crate::privileged::GuestFile;
 
 /// Where the guest's sshd finds its host key and root's authorized keys, on
 /// the work disk (the guest contract).
-pub use banger_proto::guest::{AUTHORIZED_KEYS_PATH, HOST_KEY_PATH};
+pub use banger_proto::guest::{AUTHORIZED_KEYS_PATH, HOST_KEY_PATH, HOST_KEY_PUB_PATH};
 
 fn keygen(path: &Path, comment: &str) -> Result<(), Error> {
     let mut cmd = Cmd::new("ssh-keygen");
@@ -106,7 +106,7 @@ pub fn guest_files(user_pub: &str, host_private: Vec<u8>, host_pub: &str) -> Vec
         ),
         file(HOST_KEY_PATH, host_private, 0o600),
         file(
-            &format!("{HOST_KEY_PATH}.pub"),
+            HOST_KEY_PUB_PATH,
             format!("{host_pub}\n").into_bytes(),
             0o644,
         ),
@@ -176,11 +176,7 @@ mod tests {
         let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(
             paths,
-            [
-                AUTHORIZED_KEYS_PATH,
-                HOST_KEY_PATH,
-                "/.banger/ssh/ssh_host_ed25519_key.pub"
-            ]
+            [AUTHORIZED_KEYS_PATH, HOST_KEY_PATH, HOST_KEY_PUB_PATH]
         );
         assert_eq!(files[0].mode, 0o600);
         assert_eq!(files[1].mode, 0o600);
