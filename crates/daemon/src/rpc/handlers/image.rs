@@ -43,12 +43,7 @@ pub async fn pull_begin(d: Arc<App>, cx: Ctx, p: PullParams) -> Result<OpBegun, 
 }
 
 pub async fn list(d: Arc<App>, cx: Ctx, _p: Empty) -> Result<Vec<ImageInfo>, Error> {
-    d.registry
-        .store
-        .list_images_visible(cx.caller.uid_filter())?
-        .iter()
-        .map(|i| images::info(&d.registry, &cx.caller, i))
-        .collect()
+    images::list(&d.registry, &cx.caller)
 }
 
 pub async fn show(d: Arc<App>, cx: Ctx, p: NameParams) -> Result<ImageInfo, Error> {
