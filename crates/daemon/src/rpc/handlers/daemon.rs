@@ -12,7 +12,6 @@ use banger_proto::PROTOCOL_VERSION;
 
 use crate::app::App;
 use crate::caller::Ctx;
-use crate::logging::LogTarget;
 
 pub async fn status(d: Arc<App>, _cx: Ctx, _p: Empty) -> Result<StatusInfo, Error> {
     let p = &d.paths;
@@ -52,27 +51,8 @@ pub async fn shutdown(d: Arc<App>, cx: Ctx, _p: Empty) -> Result<Empty, Error> {
     Ok(Empty {})
 }
 
-/// The daemon's log names every user's VMs, images and operations, so only
-/// root (or the user a per-user daemon runs as) may read it.
 pub async fn logs(d: Arc<App>, cx: Ctx, p: LogsParams) -> Result<LogChunk, Error> {
-    if !cx.caller.is_admin() {
-        return Err(Error::denied(
-            "the daemon log covers every user's VMs; only root can read it \
-             (try: sudo banger daemon logs)",
-        ));
-    }
-    let path = d.paths.log_file();
-    if !matches!(d.log_target, LogTarget::File(_)) {
-        // journald (or stderr): the client reads the journal itself.
-        return Ok(LogChunk {
-            path: path.display().to_string(),
-            journald: d.log_target == LogTarget::Journald,
-            offset: 0,
-            next_offset: 0,
-            data: String::new(),
-        });
-    }
-    crate::logfile::read_chunk(&path, p.offset, p.tail_bytes)
+    crate::logfile::daemon_log(&d.paths.log_file(), &d.log_target, &cx.caller, &p)
 }
 
 pub async fn operations_list(
