@@ -467,7 +467,7 @@ async fn networking_follows_the_vm_through_create_stop_start_and_delete() {
 
     // start: the same tap and address again.
     verbs::start(&w.vms, &w.alice, w.name("web")).await.unwrap();
-    assert_eq!(net.taps(), [tap.clone()]);
+    assert_eq!(net.taps(), std::slice::from_ref(&tap));
     assert_eq!(
         tables(&net).unwrap(),
         expected(vec![vm_net(&w, "web", vec![])])
