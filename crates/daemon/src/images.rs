@@ -28,6 +28,15 @@ pub fn find(d: &Registry, caller: &Caller, name: &str) -> Result<ImageRow, Error
     }
 }
 
+/// The images the caller may see (filtered in the query), as shown.
+pub fn list(d: &Registry, caller: &Caller) -> Result<Vec<ImageInfo>, Error> {
+    d.store
+        .list_images_visible(caller.uid_filter())?
+        .iter()
+        .map(|x| info(d, caller, x))
+        .collect()
+}
+
 /// The image a new VM of `caller` gets: the named one, else their default.
 /// Its kernel must be visible to the caller too ([`bootable_kernel`]).
 pub fn for_create(d: &Registry, caller: &Caller, name: Option<&str>) -> Result<ImageRow, Error> {

@@ -25,6 +25,15 @@ pub fn find(d: &Registry, caller: &Caller, name: &str) -> Result<KernelRow, Erro
     }
 }
 
+/// The kernels the caller may see (filtered in the query), as shown.
+pub fn list(d: &Registry, caller: &Caller) -> Result<Vec<KernelInfo>, Error> {
+    d.store
+        .list_kernels_visible(caller.uid_filter())?
+        .iter()
+        .map(|x| info(d, caller, x))
+        .collect()
+}
+
 /// `used_by` lists only what `caller` may see (root: everything).
 pub fn info(d: &Registry, caller: &Caller, k: &KernelRow) -> Result<KernelInfo, Error> {
     Ok(KernelInfo {

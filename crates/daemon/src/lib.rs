@@ -18,6 +18,7 @@ pub mod caller;
 pub mod caller_files;
 pub mod disk;
 pub mod dns;
+pub mod doctor;
 pub mod error;
 pub mod guest;
 pub mod images;
@@ -118,7 +119,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let (procs, exits) = vm::procs::Procs::new();
     let shutdown = CancellationToken::new();
     let dns = start_dns(&config, &store, &shutdown).await;
-    let vms = Arc::new(vm::Vms {
+    let vms = Arc::new(vm::Vms::new(vm::service::Deps {
         paths: paths.clone(),
         config: config.clone(),
         store: store.clone(),
@@ -129,10 +130,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .then(|| Arc::new(privileged::SystemHost) as Arc<dyn privileged::NetHost>),
         vmms,
         procs,
-        net: Default::default(),
         dns,
         shutdown: shutdown.clone(),
-    });
+    }));
     let registry = Arc::new(registry::Registry {
         paths: paths.clone(),
         config: config.clone(),

@@ -4,12 +4,43 @@
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
+use crate::caller::Caller;
 use crate::error::Error;
-use banger_proto::methods::daemon::LogChunk;
+use crate::logging::LogTarget;
+use banger_proto::methods::daemon::{LogChunk, LogsParams};
 
 /// Most bytes one call returns.
 const CHUNK: u64 = 256 * 1024;
 const DEFAULT_TAIL: u64 = 16 * 1024;
+
+/// `daemon.logs`: a chunk of the daemon's log at `path`, which names every
+/// user's VMs, images and operations, so only root (or the user a per-user
+/// daemon runs as) may read it. Logging to journald (or stderr), there is
+/// nothing to read here: the client reads the journal itself.
+pub fn daemon_log(
+    path: &Path,
+    target: &LogTarget,
+    caller: &Caller,
+    p: &LogsParams,
+) -> Result<LogChunk, Error> {
+    if !caller.is_admin() {
+        return Err(Error::denied(
+            "the daemon log covers every user's VMs; only root can read it \
+             (try: sudo banger daemon logs)",
+        ));
+    }
+    if !matches!(target, LogTarget::File(_)) {
+        // journald (or stderr): the client reads the journal itself.
+        return Ok(LogChunk {
+            path: path.display().to_string(),
+            journald: *target == LogTarget::Journald,
+            offset: 0,
+            next_offset: 0,
+            data: String::new(),
+        });
+    }
+    read_chunk(path, p.offset, p.tail_bytes)
+}
 
 /// From `offset` (or the last `tail` bytes, starting at a line boundary).
 /// An offset past the end means the file was cut back: start over at 0.

@@ -91,9 +91,9 @@ impl Ops {
 
     /// Marks operations cut off by a previous crash as failed; returns how many.
     pub fn fail_interrupted(&self) -> anyhow::Result<usize> {
-        let err = RpcError::internal(
+        let err = RpcError::from(Error::internal(
             "interrupted: the daemon stopped while this operation ran; nothing it made was kept",
-        );
+        ));
         let rows = self
             .store
             .fail_running_operations(&serde_json::to_string(&err)?, &timefmt::now())?;

@@ -46,9 +46,11 @@ pub const WORK_LABEL: &str = "banger-work";
 /// Directories on the work disk, each 0700 and root's: root's `.ssh`, and
 /// banger's own files (the SSH host key).
 pub const WORK_DIRS: &[&str] = &[".ssh", ".banger", ".banger/ssh"];
-/// The VM's SSH host key (private half; the public one is `<this>.pub`), on
-/// the work disk.
+/// The VM's SSH host key (private half; the public one is
+/// [`HOST_KEY_PUB_PATH`]), on the work disk.
 pub const HOST_KEY_PATH: &str = "/.banger/ssh/ssh_host_ed25519_key";
+/// The public half of [`HOST_KEY_PATH`], next to it: `<private>.pub`.
+pub const HOST_KEY_PUB_PATH: &str = "/.banger/ssh/ssh_host_ed25519_key.pub";
 /// The same key as sshd sees it: [`WORK_MOUNT`] + [`HOST_KEY_PATH`].
 pub const GUEST_HOST_KEY_PATH: &str = "/root/.banger/ssh/ssh_host_ed25519_key";
 /// root's `authorized_keys`, on the work disk.
@@ -94,7 +96,8 @@ mod tests {
     #[test]
     fn guest_paths_agree() {
         assert_eq!(GUEST_HOST_KEY_PATH, format!("{WORK_MOUNT}{HOST_KEY_PATH}"));
-        for p in [HOST_KEY_PATH, AUTHORIZED_KEYS_PATH] {
+        assert_eq!(HOST_KEY_PUB_PATH, format!("{HOST_KEY_PATH}.pub"));
+        for p in [HOST_KEY_PATH, HOST_KEY_PUB_PATH, AUTHORIZED_KEYS_PATH] {
             let dir = p.rsplit_once('/').unwrap().0.trim_start_matches('/');
             assert!(WORK_DIRS.contains(&dir), "{p}: {dir} is made by the image");
         }

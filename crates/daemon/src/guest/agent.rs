@@ -26,8 +26,10 @@ use banger_proto::methods::Empty;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
+use banger_core::store::Store;
+
 use crate::vm::record::Vm;
-use crate::vm::Vms;
+use crate::vmm::registry::Vmms;
 
 /// Bound on opening the channel. Firecracker gives up on a guest that does
 /// not accept a vsock connection after 2 s; allow for that answer.
@@ -187,8 +189,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AgentClient<S> {
 }
 
 /// Whether the VM's image says its guest runs the agent.
-pub fn vm_has_agent(d: &Vms, vm: &Vm) -> bool {
-    d.store
+pub fn vm_has_agent(store: &Store, vm: &Vm) -> bool {
+    store
         .image_by_id(&vm.row.image_id)
         .ok()
         .flatten()
@@ -196,14 +198,13 @@ pub fn vm_has_agent(d: &Vms, vm: &Vm) -> bool {
 }
 
 /// Opens the agent channel of a running VM.
-pub async fn connect(d: &Vms, vm: &Vm) -> Result<AgentClient<UnixStream>, AgentError> {
+pub async fn connect(vmms: &Vmms, vm: &Vm) -> Result<AgentClient<UnixStream>, AgentError> {
     let h = vm
         .runtime
         .vmm
         .as_ref()
         .ok_or_else(|| AgentError::Channel("the VM has no VMM process".into()))?;
-    let vmm = d
-        .vmms
+    let vmm = vmms
         .get(&vm.spec.vmm)
         .map_err(|e| AgentError::Channel(e.to_string()))?;
     let stream = vmm

@@ -18,16 +18,17 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use banger_core::proc::{Cmd, ProcError};
+use banger_core::store::Store;
+use banger_proto::methods::ssh::SshIdentity;
 use tokio::io::AsyncReadExt;
 
 use crate::error::Error;
 
 use crate::privileged::GuestFile;
-use crate::vm::Vms;
 
 /// Where the guest's sshd finds its host key and root's authorized keys, on
 /// the work disk (the guest contract).
-pub use banger_proto::guest::{AUTHORIZED_KEYS_PATH, HOST_KEY_PATH};
+pub use banger_proto::guest::{AUTHORIZED_KEYS_PATH, HOST_KEY_PATH, HOST_KEY_PUB_PATH};
 
 fn keygen(path: &Path, comment: &str) -> Result<(), Error> {
     let mut cmd = Cmd::new("ssh-keygen");
@@ -47,9 +48,10 @@ fn read(path: &Path) -> Result<String, Error> {
         .map_err(|e| Error::internal(format!("cannot read {}: {e}", path.display())))
 }
 
-/// The user's key pair (private key path, public key line), made if missing.
-pub fn user_key(d: &Vms, uid: u32) -> Result<(PathBuf, String), Error> {
-    let dir = d.paths.state_dir.join("ssh/users").join(uid.to_string());
+/// The user's key pair (private key path, public key line), made if missing
+/// under `state_dir`.
+pub fn user_key(state_dir: &Path, uid: u32) -> Result<(PathBuf, String), Error> {
+    let dir = state_dir.join("ssh/users").join(uid.to_string());
     let key = dir.join("id_ed25519");
     if !key.exists() {
         std::fs::create_dir_all(&dir)
@@ -65,6 +67,16 @@ pub fn user_key(d: &Vms, uid: u32) -> Result<(PathBuf, String), Error> {
             .map_err(|e| Error::internal(format!("cannot store the key: {e}")))?;
     }
     Ok((key, read(&dir.join("id_ed25519.pub"))?.trim().to_string()))
+}
+
+/// The user's key pair as `ssh.identity` hands it to their CLI (made if
+/// missing). Blocking: files and maybe `ssh-keygen`.
+pub fn identity(state_dir: &Path, uid: u32) -> Result<SshIdentity, Error> {
+    let (key, public_key) = user_key(state_dir, uid)?;
+    Ok(SshIdentity {
+        private_key: read(&key)?,
+        public_key,
+    })
 }
 
 /// A fresh host key pair: (private key file contents, public key line).
@@ -94,7 +106,7 @@ pub fn guest_files(user_pub: &str, host_private: Vec<u8>, host_pub: &str) -> Vec
         ),
         file(HOST_KEY_PATH, host_private, 0o600),
         file(
-            &format!("{HOST_KEY_PATH}.pub"),
+            HOST_KEY_PUB_PATH,
             format!("{host_pub}\n").into_bytes(),
             0o644,
         ),
@@ -103,9 +115,9 @@ pub fn guest_files(user_pub: &str, host_private: Vec<u8>, host_pub: &str) -> Vec
 
 /// known_hosts lines for the VMs `uid` may reach (root: all): the key type
 /// and body of each pinned host key, under `<name>.vm` and its address.
-pub fn known_hosts(d: &Vms, uid: Option<u32>) -> Result<String, Error> {
+pub fn known_hosts(store: &Store, uid: Option<u32>) -> Result<String, Error> {
     let mut out = String::new();
-    for row in d.store.list_vms().map_err(Error::from)? {
+    for row in store.list_vms().map_err(Error::from)? {
         if uid.is_some_and(|u| u != row.owner_uid) {
             continue;
         }
@@ -114,7 +126,7 @@ pub fn known_hosts(d: &Vms, uid: Option<u32>) -> Result<String, Error> {
             continue;
         };
         let mut hosts = format!("{}.vm", vm.name());
-        if let Ok(Some(ip)) = d.store.vm_address(vm.id()) {
+        if let Ok(Some(ip)) = store.vm_address(vm.id()) {
             hosts.push_str(&format!(",{ip}"));
         }
         // "ssh-ed25519 AAAA... comment" -> drop the comment.
@@ -164,11 +176,7 @@ mod tests {
         let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(
             paths,
-            [
-                AUTHORIZED_KEYS_PATH,
-                HOST_KEY_PATH,
-                "/.banger/ssh/ssh_host_ed25519_key.pub"
-            ]
+            [AUTHORIZED_KEYS_PATH, HOST_KEY_PATH, HOST_KEY_PUB_PATH]
         );
         assert_eq!(files[0].mode, 0o600);
         assert_eq!(files[1].mode, 0o600);

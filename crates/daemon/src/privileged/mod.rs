@@ -1,7 +1,10 @@
-//! The host-operations seam: every privileged thing the daemon does to the
-//! host's disks and network goes through two small traits, [`DiskHost`]
+//! The host-operations seam: the privileged changes the daemon makes to the
+//! host's disks and network go through two small traits, [`DiskHost`]
 //! (loop devices, device-mapper, making, growing and writing ext4 images)
 //! and [`NetHost`] (the bridge, tap devices, routes, sysctls and nftables).
+//! Outside them: systemd-resolved routing (`resolvectl`, behind its own
+//! `CommandRunner` seam in crate::dns::resolved), the VMM processes
+//! (crate::vmm) and `ssh-keygen` (crate::guest::ssh).
 //! [`SystemHost`] implements both for real; each caller takes only the one
 //! it uses (the disk code a `DiskHost`, the network stage and the nftables
 //! writer a `NetHost`), so a test fake implements only what its test needs.
@@ -24,6 +27,8 @@
 
 mod cmd;
 mod confined;
+#[cfg(test)]
+pub(crate) mod fake_net;
 mod net;
 mod system;
 #[cfg(test)]

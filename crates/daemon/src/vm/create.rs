@@ -115,7 +115,7 @@ async fn make(
         stages.stage("ssh-keys");
         let (d2, owner, host) = (d.clone(), vm.row.owner_uid, d.disks.clone());
         let host_pub = blocking(move || {
-            let (_, user_pub) = crate::guest::ssh::user_key(&d2, owner)?;
+            let (_, user_pub) = crate::guest::ssh::user_key(&d2.paths.state_dir, owner)?;
             let (host_priv, host_pub) = crate::guest::ssh::new_host_key()?;
             let files = crate::guest::ssh::guest_files(&user_pub, host_priv, &host_pub);
             host.ext4_write_files(&work_file, &files).map_err(|e| {

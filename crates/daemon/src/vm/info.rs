@@ -137,7 +137,7 @@ pub async fn stats(d: &Arc<Vms>, vm: &Vm) -> Result<VmStats, Error> {
 /// answers, and `detail` says that no agent was asked. `health` also asks
 /// the VMM for its state; `ping` makes one round trip only.
 pub async fn health(d: &Arc<Vms>, vm: &Vm, ping: bool) -> Result<VmHealth, Error> {
-    let has_agent = agent::vm_has_agent(d, vm);
+    let has_agent = agent::vm_has_agent(&d.store, vm);
     let mut h = VmHealth {
         name: vm.name().to_string(),
         healthy: false,
@@ -182,7 +182,7 @@ pub async fn health(d: &Arc<Vms>, vm: &Vm, ping: bool) -> Result<VmHealth, Error
         return Ok(h);
     }
     let t = Instant::now();
-    let answer = match agent::connect(d, vm).await {
+    let answer = match agent::connect(&d.vmms, vm).await {
         Ok(mut c) => c.health().await,
         Err(e) => Err(e),
     };
@@ -244,14 +244,14 @@ pub async fn ports(d: &Arc<Vms>, vm: &Vm) -> Result<VmPorts, Error> {
             hint: None,
         });
     }
-    if !agent::vm_has_agent(d, vm) {
+    if !agent::vm_has_agent(&d.store, vm) {
         return Err(Error::precondition(format!(
             "image {} has no guest agent (image feature `{}`): vm ports asks the agent",
             image_name(d, vm),
             agent::FEATURE
         )));
     }
-    let answer = match agent::connect(d, vm).await {
+    let answer = match agent::connect(&d.vmms, vm).await {
         Ok(mut c) => c.ports().await,
         Err(e) => Err(e),
     };

@@ -16,9 +16,11 @@
 //! [`release`] (process end and resource release), [`reaper`] (exits and
 //! start-up reconciliation), [`procs`] (live VMM processes), [`info`]
 //! (list/show/stats/health), [`network`] (the network stage's seam),
-//! [`disks`], [`defaults`], [`names`], [`record`], [`stages`].
+//! [`disks`], [`defaults`], [`names`], [`record`], [`stages`], [`checks`]
+//! (the daemon's own `doctor` checks: bridge subnet, DNS wiring).
 
 pub mod access;
+pub mod checks;
 pub mod create;
 pub mod defaults;
 pub mod delete;

@@ -350,15 +350,15 @@ pub async fn reconcile_at_start(d: &Arc<Vms>) -> Result<(), Error> {
 #[derive(Default)]
 pub struct NetState {
     /// Serialises [`sync`].
-    pub sync: tokio::sync::Mutex<()>,
+    pub(in crate::vm) sync: tokio::sync::Mutex<()>,
     /// The bridge-side DNS listener and resolved routing are set up.
-    pub bridge_ready: std::sync::atomic::AtomicBool,
+    pub(in crate::vm) bridge_ready: std::sync::atomic::AtomicBool,
     /// We routed `vm` through systemd-resolved (and undo it at shutdown).
-    pub resolved_routed: std::sync::atomic::AtomicBool,
+    pub(in crate::vm) resolved_routed: std::sync::atomic::AtomicBool,
     /// The nftables table last applied (written under `sync`; a leaf lock,
     /// held for one comparison or assignment). Reset at every daemon start,
     /// so the first sync always applies.
-    pub applied: std::sync::Mutex<Option<netfilter::Table>>,
+    pub(in crate::vm) applied: std::sync::Mutex<Option<netfilter::Table>>,
 }
 
 /// Host ports below this are privileged: only root's VMs may publish them.

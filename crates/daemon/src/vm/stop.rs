@@ -51,9 +51,9 @@ async fn shut_down(d: &Arc<Vms>, vm: &Vm, timeout: Duration, stages: &Stages) ->
         }
     }
     let mut asked = false;
-    if agent::vm_has_agent(d, vm) {
+    if agent::vm_has_agent(&d.store, vm) {
         stages.stage("agent-poweroff");
-        let answer = match agent::connect(d, vm).await {
+        let answer = match agent::connect(&d.vmms, vm).await {
             Ok(mut c) => c.poweroff().await.map(drop),
             Err(e) => Err(e),
         };

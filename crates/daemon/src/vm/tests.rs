@@ -1,9 +1,17 @@
 //! The lifecycle (create, start, stop, kill, delete, the reaper, cleanup
 //! after failures) driven through the service's verbs with a fake VMM (a
-//! real `sleep` process, see crate::vmm::fake), a fake host and a real
+//! real `sleep` process, see crate::vmm::fake), a fake disk host and a real
 //! SQLite store in a temporary home. No root, no network, no Firecracker:
 //! what is exercised is the lifecycle's own logic — claims, settles,
 //! records, releases — which the integration tests cover only end to end.
+//!
+//! The tests at the end run with networking on, against a fake network
+//! host that keeps bridges, taps and the nftables tables as data
+//! (crate::privileged::fake_net): addresses, taps and rules must follow
+//! the VM through create, stop, start, a crash, a failed create and delete,
+//! and nothing may be left behind. They run without a DNS server (`dns:
+//! None`, as when its socket cannot be bound): the lifecycle never waits on
+//! it, and the server itself is tested in crate::dns and tests/network.rs.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,16 +20,22 @@ use banger_core::config::Config;
 use banger_core::paths::Paths;
 use banger_core::store::{ImageRow, KernelRow, Store, StoredFile};
 use banger_proto::methods::op::VmCreate;
-use banger_proto::methods::vm::{CreateParams, DeleteParams, KillParams, StopParams, VmState};
+use banger_proto::methods::vm::{
+    CreateParams, DeleteParams, KillParams, PortMapping, StopParams, VmState,
+};
 use banger_proto::methods::NameParams;
 use tokio_util::sync::CancellationToken;
 
 use super::procs::Procs;
+use super::service::Deps;
 use super::{verbs, Vms};
 use crate::caller::Caller;
 use crate::disk::fake::FakeHost;
 use crate::error::Error;
+use crate::netfilter::{self, Plan, PortMap, Proto, VmNet};
 use crate::ops::Ops;
+use crate::privileged::fake_net::{Call, FakeNet, Tap};
+use crate::privileged::NetHost;
 use crate::vmm::backend::Vmm;
 use crate::vmm::fake::{self, FakeVmm};
 use crate::vmm::registry::Vmms;
@@ -36,17 +50,24 @@ struct World {
 }
 
 fn world() -> World {
-    world_with("copy", vec![], Arc::new(FakeHost::new()), true)
+    world_with("copy", vec![], Arc::new(FakeHost::new()), true, None)
+}
+
+/// A world with networking on, against this fake host.
+fn world_net(net: Arc<FakeNet>) -> World {
+    world_with("copy", vec![], Arc::new(FakeHost::new()), true, Some(net))
 }
 
 /// A world whose VMs get root disks by `backend`, from an image with
 /// `features`, made by `disks` (`seeded`: the image has a work seed, which
-/// only the fake host can "grow").
+/// only the fake host can "grow"); `net`: networking on, against this fake
+/// host.
 fn world_with(
     backend: &str,
     features: Vec<String>,
     disks: Arc<dyn crate::privileged::DiskHost>,
     seeded: bool,
+    net: Option<Arc<FakeNet>>,
 ) -> World {
     let home = tempfile::tempdir().unwrap();
     let paths = Paths::resolve(Some(home.path()));
@@ -54,7 +75,9 @@ fn world_with(
         std::fs::create_dir_all(d).unwrap();
     }
     let mut config = Config::default();
-    config.network.enabled = false;
+    config.network.enabled = net.is_some();
+    // Never systemd-resolved of the machine running the tests.
+    config.network.resolved = false;
     config.vm.vmm = fake::KIND.into();
     config.vm.disk_backend = backend.into();
     let store = Arc::new(Store::open(&paths.db()).unwrap());
@@ -94,18 +117,17 @@ fn world_with(
     store.insert_image(&image).unwrap();
     let vmm = Arc::new(FakeVmm::default());
     let (procs, exits) = Procs::new();
-    let vms = Arc::new(Vms {
+    let vms = Arc::new(Vms::new(Deps {
         paths,
         config: config.clone(),
         store: store.clone(),
         disks,
-        net_host: None,
+        net_host: net.map(|n| n as Arc<dyn NetHost>),
         vmms: Vmms::with(&config, vec![vmm.clone() as Arc<dyn Vmm>]),
         procs,
-        net: Default::default(),
         dns: None,
         shutdown: CancellationToken::new(),
-    });
+    }));
     tokio::spawn(super::reaper::run(vms.clone(), exits));
     World {
         _home: home,
@@ -124,6 +146,15 @@ fn world_with(
 impl World {
     /// `vm create` through the verb, waiting for its operation.
     async fn create(&self, name: &str, no_start: bool) -> Result<(), Error> {
+        self.create_with(name, no_start, vec![]).await
+    }
+
+    async fn create_with(
+        &self,
+        name: &str,
+        no_start: bool,
+        ports: Vec<PortMapping>,
+    ) -> Result<(), Error> {
         let p = CreateParams {
             name: Some(name.into()),
             image: None,
@@ -132,7 +163,7 @@ impl World {
             disk_bytes: Some(64 << 20),
             no_start,
             nat: false,
-            ports: vec![],
+            ports,
             vmm: None,
         };
         let begun =
@@ -243,6 +274,7 @@ async fn overlay_root_from_create_to_delete() {
         vec!["agent".into(), "overlay".into()],
         Arc::new(SystemHost),
         false,
+        None,
     );
     let rootfs = w.vms.paths.state_dir.join("rootfs.ext4");
     let before = std::fs::read(&rootfs).unwrap();
@@ -309,7 +341,7 @@ async fn overlay_root_from_create_to_delete() {
 #[tokio::test]
 async fn auto_copies_for_an_image_without_overlay_and_says_why() {
     use crate::privileged::SystemHost;
-    let w = world_with("auto", vec!["agent".into()], Arc::new(SystemHost), false);
+    let w = world_with("auto", vec!["agent".into()], Arc::new(SystemHost), false, None);
     w.create("old", true).await.unwrap();
     let vm = super::access::find(&w.vms, &w.alice, "old").unwrap();
     let info = super::info::vm_info(&w.vms, &vm).unwrap();
@@ -644,4 +676,299 @@ async fn restart_of_a_paused_vm_boots_it_again() {
     let pid2 = w.pid("rp").unwrap();
     assert_ne!(pid, pid2);
     delete_force(&w, "rp").await;
+}
+
+// ---- With networking on (a fake network host) ----
+
+fn net_world() -> (World, Arc<FakeNet>) {
+    let net = Arc::new(FakeNet::new());
+    (world_net(net.clone()), net)
+}
+
+impl World {
+    fn id(&self, name: &str) -> String {
+        self.vms.store.vm_by_name(name).unwrap().unwrap().id
+    }
+
+    fn address(&self, id: &str) -> Option<std::net::Ipv4Addr> {
+        self.vms.store.vm_address(id).unwrap()
+    }
+}
+
+fn ip(s: &str) -> std::net::Ipv4Addr {
+    s.parse().unwrap()
+}
+
+/// The tables the fake host holds now (None: no table at all).
+fn tables(net: &FakeNet) -> Option<netfilter::Table> {
+    netfilter::current(net).unwrap()
+}
+
+/// The tables banger should hold with these VMs running: the default
+/// bridge and subnet, the fake's uplink.
+fn expected(vms: Vec<VmNet>) -> netfilter::Table {
+    netfilter::desired(&Plan {
+        bridge: "br-banger".into(),
+        subnet: (ip("172.16.213.0"), 24),
+        gateway: ip("172.16.213.1"),
+        vm_to_vm: false,
+        uplink: Some("eth0".into()),
+        vms,
+    })
+    .unwrap()
+}
+
+fn vm_net(w: &World, name: &str, ports: Vec<PortMap>) -> VmNet {
+    let id = w.id(name);
+    VmNet {
+        ip: w.address(&id).unwrap(),
+        tap: super::network::tap_name(&id),
+        mac: super::network::mac_for(&id),
+        vm_id: id,
+        vm_name: name.into(),
+        nat: false,
+        ports,
+    }
+}
+
+/// Rules of the tables that name VM `name` in their comment.
+fn rules_of_vm(t: &netfilter::Table, name: &str) -> usize {
+    let tag = format!("vm={name}");
+    t.rules
+        .iter()
+        .filter(|r| r.comment.as_deref() == Some(tag.as_str()))
+        .count()
+}
+
+#[tokio::test]
+async fn networking_follows_the_vm_through_create_stop_start_and_delete() {
+    let (w, net) = net_world();
+    w.create("web", false).await.unwrap();
+    let id = w.id("web");
+    let tap = super::network::tap_name(&id);
+
+    // create: the first address of the subnet, the bridge, the tap as an
+    // isolated port of it, and the VM's rules synced.
+    assert_eq!(w.address(&id), Some(ip("172.16.213.2")));
+    let s = net.state();
+    assert_eq!(s.bridges["br-banger"], (ip("172.16.213.1"), 24));
+    assert_eq!(
+        s.taps,
+        [(
+            tap.clone(),
+            Tap {
+                bridge: "br-banger".into(),
+                isolated: true,
+            }
+        )]
+        .into()
+    );
+    let calls = net.calls();
+    let pos = |c: &Call| calls.iter().position(|x| x == c).unwrap();
+    let made = pos(&Call::TapCreate(tap.clone(), "br-banger".into(), true));
+    assert!(
+        pos(&Call::BridgeEnsure(
+            "br-banger".into(),
+            ip("172.16.213.1"),
+            24
+        )) < made
+    );
+    assert!(
+        made < pos(&Call::NftApply),
+        "rules after the tap: {calls:?}"
+    );
+    let t = tables(&net).expect("the first sync writes the tables");
+    assert_eq!(t, expected(vec![vm_net(&w, "web", vec![])]));
+    assert!(rules_of_vm(&t, "web") > 0);
+    assert!(!s.ip_forward, "no NAT, no ports: no forwarding asked for");
+    // The VMM is given that tap, MAC and address.
+    let vm = super::access::find(&w.vms, &w.alice, "web").unwrap();
+    let attach = vm.runtime.net.expect("the attach is on record");
+    assert_eq!(
+        (
+            attach.tap.as_str(),
+            attach.ip,
+            attach.gateway,
+            attach.prefix
+        ),
+        (tap.as_str(), ip("172.16.213.2"), ip("172.16.213.1"), 24)
+    );
+    assert_eq!(attach.mac, super::network::mac_for(&id));
+
+    // stop: the tap and the rules go; the address stays the VM's.
+    let stop = StopParams {
+        name: "web".into(),
+        timeout_secs: Some(5),
+    };
+    verbs::stop(&w.vms, &w.alice, stop).await.unwrap();
+    assert!(net.taps().is_empty(), "{:?}", net.taps());
+    let t = tables(&net).unwrap();
+    assert_eq!(t, expected(vec![]));
+    assert_eq!(rules_of_vm(&t, "web"), 0);
+    assert_eq!(w.address(&id), Some(ip("172.16.213.2")));
+
+    // start: the same tap and address again.
+    verbs::start(&w.vms, &w.alice, w.name("web")).await.unwrap();
+    assert_eq!(net.taps(), std::slice::from_ref(&tap));
+    assert_eq!(
+        tables(&net).unwrap(),
+        expected(vec![vm_net(&w, "web", vec![])])
+    );
+
+    // delete: nothing left, and the address is free for the next VM.
+    let del = DeleteParams {
+        name: "web".into(),
+        force: true,
+    };
+    verbs::delete(&w.vms, &w.alice, del).await.unwrap();
+    assert!(net.taps().is_empty());
+    assert_eq!(tables(&net).unwrap(), expected(vec![]));
+    assert_eq!(w.address(&id), None);
+    w.create("next", true).await.unwrap();
+    assert_eq!(w.address(&w.id("next")), Some(ip("172.16.213.2")));
+    assert!(net.taps().is_empty(), "--no-start makes no tap");
+}
+
+#[tokio::test]
+async fn a_crashed_vm_loses_its_tap_and_rules_but_keeps_its_address() {
+    let (w, net) = net_world();
+    w.create("a", false).await.unwrap();
+    w.create("b", false).await.unwrap();
+    let (a, b) = (w.id("a"), w.id("b"));
+    assert_eq!(net.taps().len(), 2);
+    assert_eq!(
+        tables(&net).unwrap(),
+        expected(vec![vm_net(&w, "a", vec![]), vm_net(&w, "b", vec![])])
+    );
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(w.pid("a").unwrap() as i32).unwrap(),
+        rustix::process::Signal::Kill,
+    )
+    .unwrap();
+    eventually("the reaper to settle the VM", || {
+        w.state("a") == Some(VmState::Stopped)
+    })
+    .await;
+    // Settled means released: the reaper settles only after the release.
+    assert_eq!(net.taps(), [super::network::tap_name(&b)]);
+    assert_eq!(
+        tables(&net).unwrap(),
+        expected(vec![vm_net(&w, "b", vec![])])
+    );
+    assert_eq!(w.address(&a), Some(ip("172.16.213.2")));
+    assert_eq!(w.address(&b), Some(ip("172.16.213.3")));
+}
+
+#[tokio::test]
+async fn a_create_whose_tap_fails_leaves_nothing_behind() {
+    let (w, net) = net_world();
+    net.fail_tap_create
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let e = w.create("t", false).await.unwrap_err();
+    assert!(e.to_string().contains("injected failure"), "{e}");
+    assert_eq!(w.state("t"), None, "the record goes");
+    assert!(net.taps().is_empty());
+    assert!(w.vmm.calls().is_empty(), "no VMM without a network");
+    assert_eq!(
+        std::fs::read_dir(w.vms.paths.vms_dir()).unwrap().count(),
+        0,
+        "the disks go"
+    );
+    if let Some(t) = tables(&net) {
+        assert_eq!(rules_of_vm(&t, "t"), 0);
+    }
+    // The address went with the record: the next VM gets it.
+    net.fail_tap_create
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    w.create("u", false).await.unwrap();
+    assert_eq!(w.address(&w.id("u")), Some(ip("172.16.213.2")));
+}
+
+#[tokio::test]
+async fn a_create_whose_rules_fail_removes_the_tap_it_made() {
+    let (w, net) = net_world();
+    net.fail_nft_apply
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let e = w.create("r", false).await.unwrap_err();
+    assert!(e.to_string().contains("injected failure"), "{e}");
+    assert_eq!(w.state("r"), None);
+    let calls = net.calls();
+    assert!(
+        calls.iter().any(|c| matches!(c, Call::TapCreate(..))),
+        "{calls:?}"
+    );
+    assert!(net.taps().is_empty(), "the tap made for it is gone");
+    assert!(tables(&net).is_none(), "no table was ever written");
+    assert!(w.vmm.calls().is_empty());
+}
+
+#[tokio::test]
+async fn a_published_port_is_in_the_rules_while_the_vm_runs_and_gone_after_delete() {
+    let (w, net) = net_world();
+    // A port nothing listens on (the check at create binds it).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mapping = PortMapping {
+        host_ip: Some(ip("127.0.0.1")),
+        host_port: port,
+        guest_port: 80,
+        proto: "tcp".into(),
+    };
+    w.create_with("web", false, vec![mapping]).await.unwrap();
+    let published = PortMap {
+        host_ip: Some(ip("127.0.0.1")),
+        host_port: port,
+        guest_port: 80,
+        proto: Proto::Tcp,
+    };
+    let t = tables(&net).unwrap();
+    assert_eq!(
+        t,
+        expected(vec![vm_net(&w, "web", vec![published.clone()])])
+    );
+    assert_ne!(
+        t,
+        expected(vec![vm_net(&w, "web", vec![])]),
+        "the port makes a difference to the tables"
+    );
+    let dnat = t
+        .rules_of("prerouting")
+        .filter(|r| r.comment.as_deref() == Some("vm=web"))
+        .count();
+    assert_eq!(dnat, 1, "one DNAT rule for the port");
+    assert!(net.state().ip_forward, "a published port needs forwarding");
+
+    let del = DeleteParams {
+        name: "web".into(),
+        force: true,
+    };
+    let id = w.id("web");
+    verbs::delete(&w.vms, &w.alice, del).await.unwrap();
+    let t = tables(&net).unwrap();
+    assert_eq!(t, expected(vec![]));
+    assert_eq!(t.rules_of("prerouting").count(), 0);
+    assert!(w.vms.store.ports_of(&id).unwrap().is_empty());
+    assert!(net.taps().is_empty());
+}
+
+#[tokio::test]
+async fn doctor_network_check_reads_the_hosts_routes() {
+    use banger_proto::methods::daemon::CheckStatus;
+    let (w, _net) = net_world();
+    let c = super::checks::network(&w.vms);
+    assert_eq!(c.status, CheckStatus::Ok, "{c:?}");
+    assert!(c.detail.contains("br-banger"), "{}", c.detail);
+    let mut busy = FakeNet::new();
+    busy.routes = vec!["172.16.0.0/12 via 192.0.2.1 dev eth0".into()];
+    let w = world_net(Arc::new(busy));
+    let c = super::checks::network(&w.vms);
+    assert_eq!(c.status, CheckStatus::Warn, "{c:?}");
+    assert!(c.detail.contains("172.16.0.0/12"), "{}", c.detail);
+    // Without networking: skipped, and the DNS check says so too.
+    let off = world();
+    assert_eq!(super::checks::network(&off.vms).status, CheckStatus::Skip);
+    assert_eq!(super::checks::dns(&off.vms).status, CheckStatus::Skip);
 }

@@ -1,6 +1,8 @@
-//! The VM service's verbs, one per `vm.*` request: find the caller's VM
+//! The VM service's verbs, one per `vm.*` request (and the `ssh.*` ones:
+//! the keys that reach the caller's VMs): find the caller's VM
 //! (crate::vm::access), then the lifecycle module that does the work. The
-//! RPC handlers (crate::rpc::handlers::vm) only adapt params and results.
+//! RPC handlers (crate::rpc::handlers::vm, ::ssh) only adapt params and
+//! results.
 
 use std::sync::Arc;
 
@@ -9,6 +11,7 @@ use banger_core::store::ImageRow;
 use banger_core::{ids, timefmt};
 use banger_proto::methods::daemon::LogChunk;
 use banger_proto::methods::op::{OpIdParams, Operation, OperationInfo, VmCreate};
+use banger_proto::methods::ssh::{KnownHostsText, SshIdentity};
 use banger_proto::methods::vm::{
     CreateBegun, CreateParams, DeleteParams, KillParams, LifecycleResult, ListParams, LogSource,
     PortAddParams, PortMapping, PortRemoveParams, PruneResult, SetParams, StopParams, VmHealth,
@@ -21,6 +24,7 @@ use super::record::{self, Spec, Vm};
 use super::{access, create, defaults, delete, info, names, network, pause, set, start, stop};
 use crate::caller::Caller;
 use crate::ops::Ops;
+use crate::staging::blocking;
 use crate::vm::Vms;
 
 /// Validates, resolves the spec and reserves name, address and ports (a row
@@ -242,6 +246,20 @@ pub async fn port_list(
 ) -> Result<Vec<PortMapping>, Error> {
     let vm = access::find(d, caller, &p.name)?;
     ports_of(d, vm.id())
+}
+
+/// `ssh.identity`: the caller's own key pair, made on first use. The uid
+/// comes from SO_PEERCRED, so nobody can ask for someone else's.
+pub async fn ssh_identity(d: &Arc<Vms>, caller: &Caller) -> Result<SshIdentity, Error> {
+    let (d, uid) = (d.clone(), caller.uid);
+    blocking(move || crate::guest::ssh::identity(&d.paths.state_dir, uid)).await
+}
+
+/// `ssh.known_hosts`: the pinned host keys of the VMs the caller may reach.
+pub fn known_hosts(d: &Vms, caller: &Caller) -> Result<KnownHostsText, Error> {
+    Ok(KnownHostsText {
+        text: crate::guest::ssh::known_hosts(&d.store, caller.uid_filter())?,
+    })
 }
 
 fn create_op(ops: &Ops, caller: &Caller, id: &str) -> Result<OperationInfo, Error> {

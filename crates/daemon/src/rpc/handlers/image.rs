@@ -55,12 +55,7 @@ pub async fn bundle_begin(d: Arc<App>, mut cx: Ctx, p: BundleParams) -> Result<O
 }
 
 pub async fn list(d: Arc<App>, cx: Ctx, _p: Empty) -> Result<Vec<ImageInfo>, Error> {
-    d.registry
-        .store
-        .list_images_visible(cx.caller.uid_filter())?
-        .iter()
-        .map(|i| images::info(&d.registry, &cx.caller, i))
-        .collect()
+    images::list(&d.registry, &cx.caller)
 }
 
 pub async fn show(d: Arc<App>, cx: Ctx, p: NameParams) -> Result<ImageInfo, Error> {

@@ -44,12 +44,7 @@ pub async fn bundle_begin(d: Arc<App>, mut cx: Ctx, p: BundleParams) -> Result<O
 }
 
 pub async fn list(d: Arc<App>, cx: Ctx, _p: Empty) -> Result<Vec<KernelInfo>, Error> {
-    d.registry
-        .store
-        .list_kernels_visible(cx.caller.uid_filter())?
-        .iter()
-        .map(|k| kernels::info(&d.registry, &cx.caller, k))
-        .collect()
+    kernels::list(&d.registry, &cx.caller)
 }
 
 pub async fn show(d: Arc<App>, cx: Ctx, p: NameParams) -> Result<KernelInfo, Error> {

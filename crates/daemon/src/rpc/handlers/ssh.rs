@@ -1,4 +1,5 @@
-//! `ssh.*` handlers.
+//! `ssh.*` handlers: params in, one call to the VM service's verb
+//! (crate::vm::verbs), result out.
 
 use std::sync::Arc;
 
@@ -8,26 +9,12 @@ use banger_proto::methods::Empty;
 
 use crate::app::App;
 use crate::caller::Ctx;
-use crate::staging::blocking;
+use crate::vm::verbs;
 
-/// The caller's own key pair; the uid comes from SO_PEERCRED, so nobody can
-/// ask for someone else's.
 pub async fn identity(d: Arc<App>, cx: Ctx, _p: Empty) -> Result<SshIdentity, Error> {
-    let uid = cx.caller.uid;
-    blocking(move || {
-        let (key, public_key) = crate::guest::ssh::user_key(&d.vms, uid)?;
-        let private_key = std::fs::read_to_string(&key)
-            .map_err(|e| Error::internal(format!("cannot read {}: {e}", key.display())))?;
-        Ok(SshIdentity {
-            private_key,
-            public_key,
-        })
-    })
-    .await
+    verbs::ssh_identity(&d.vms, &cx.caller).await
 }
 
 pub async fn known_hosts(d: Arc<App>, cx: Ctx, _p: Empty) -> Result<KnownHostsText, Error> {
-    Ok(KnownHostsText {
-        text: crate::guest::ssh::known_hosts(&d.vms, cx.caller.uid_filter())?,
-    })
+    verbs::known_hosts(&d.vms, &cx.caller)
 }
