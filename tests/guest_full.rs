@@ -1,7 +1,8 @@
 //! The `full` image (Docker, build tools) on banger's microVM kernel, booted
 //! for real (QEMU; TCG on machines without usable KVM): Docker's daemon
 //! starts in the guest, with cgroup v2, overlay2, seccomp and its bridge
-//! network, so the kernel fragment keeps what Docker needs. The first run on
+//! network, so the kernel fragment keeps what Docker needs; under the
+//! overlay root, `/var/lib/docker` is ext4 (overlay2 refuses overlayfs). The first run on
 //! a machine builds the `full` image (mmdebstrap: a few minutes); later runs
 //! find it in the shared cache.
 //!
@@ -91,6 +92,31 @@ fn docker_starts_in_a_full_guest() {
             .unwrap();
         String::from_utf8_lossy(&j.stdout).into_owned()
     };
+    // Under the overlay root, Docker's state is on the overlay disk's ext4
+    // (bind-mounted by banger's init), not on overlayfs.
+    let fstype = h
+        .banger_in_netns()
+        .args([
+            "vm",
+            "exec",
+            "d1",
+            "--",
+            "findmnt",
+            "-n",
+            "-o",
+            "FSTYPE",
+            "--target",
+            "/var/lib/docker",
+        ])
+        .output()
+        .unwrap();
+    let root_fs = h
+        .banger_in_netns()
+        .args([
+            "vm", "exec", "d1", "--", "findmnt", "-n", "-o", "FSTYPE", "/",
+        ])
+        .output()
+        .unwrap();
     // dockerd made its bridge (needs bridge, veth and the nftables/iptables
     // NAT rules in the kernel).
     let bridge = h
@@ -141,4 +167,14 @@ fn docker_starts_in_a_full_guest() {
         info["SecurityOptions"]
     );
     common::assert_success(&bridge, &["ip", "link", "show", "docker0"]);
+    assert_eq!(
+        String::from_utf8_lossy(&root_fs.stdout).trim(),
+        "overlay",
+        "{root_fs:?}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&fstype.stdout).trim(),
+        "ext4",
+        "{fstype:?}"
+    );
 }

@@ -17,6 +17,9 @@
 //! 3. mounts the overlay disk, makes [`OVERLAY_UPPER`] and [`OVERLAY_WORK`]
 //!    on it when missing (a fresh disk), and mounts overlayfs with the
 //!    read-only root as its lower layer;
+//! 3b. when the image has Docker or containerd, bind-mounts their state
+//!    directories from the overlay disk ([`NATIVE_DIRS`]: overlay2 refuses
+//!    an overlayfs backing filesystem);
 //! 4. pivots into the overlay (`pivot_root(".", ".")`) and detaches the old
 //!    root with everything mounted under it (`umount2(".", MNT_DETACH)`, as
 //!    container runtimes do): the lower layer is not visible in the guest,
@@ -104,9 +107,32 @@ pub enum Step {
     },
     /// `mkdir target` (mode 0755); an existing directory is fine.
     Mkdir { path: PathBuf },
+    /// When `when` exists: `mkdir source` and `target`, then bind-mount
+    /// `source` onto `target` (see [`NATIVE_DIRS`]).
+    BindIf {
+        when: PathBuf,
+        source: PathBuf,
+        target: PathBuf,
+    },
     /// Into `new_root`: `pivot_root(".", ".")`, detach the old root.
     Pivot { new_root: PathBuf },
 }
+
+/// Directories that must not live on overlayfs, with the program whose
+/// presence in the image asks for them: Docker's `overlay2` and
+/// containerd's overlayfs snapshotter refuse an overlayfs backing
+/// filesystem (Docker falls back to the slow, space-hungry `vfs` driver).
+/// Each is bind-mounted from `native/<name>` on the overlay disk (plain
+/// ext4, the VM's own, kept across stop/start like the rest of the VM's
+/// writes).
+pub const NATIVE_DIRS: &[(&str, &str, &str)] = &[
+    ("var/lib/docker", "usr/bin/dockerd", "var-lib-docker"),
+    (
+        "var/lib/containerd",
+        "usr/bin/containerd",
+        "var-lib-containerd",
+    ),
+];
 
 /// The mount flags the plan uses (a subset of `MS_*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -115,6 +141,8 @@ pub struct MountFlags {
     pub nodev: bool,
     pub noexec: bool,
     pub noatime: bool,
+    /// `MS_BIND`.
+    pub bind: bool,
 }
 
 impl fmt::Display for Step {
@@ -151,6 +179,9 @@ impl fmt::Display for Step {
                 }
             ),
             Step::Mkdir { path } => write!(f, "mkdir {}", path.display()),
+            Step::BindIf { source, target, .. } => {
+                write!(f, "mount --bind {} {}", source.display(), target.display())
+            }
             Step::Pivot { new_root } => write!(f, "pivot_root into {}", new_root.display()),
         }
     }
@@ -183,7 +214,7 @@ pub fn plan(device: &Path) -> Vec<Step> {
                 nosuid: true,
                 nodev: true,
                 noexec: true,
-                noatime: false,
+                ..MountFlags::default()
             },
             data: "mode=0700,size=64k".into(),
         },
@@ -192,7 +223,7 @@ pub fn plan(device: &Path) -> Vec<Step> {
         Step::Mkdir { path: root.clone() },
         Step::Mount {
             source: device.display().to_string(),
-            target: disk,
+            target: disk.clone(),
             fstype: "ext4".into(),
             flags: MountFlags {
                 noatime: true,
@@ -218,8 +249,17 @@ pub fn plan(device: &Path) -> Vec<Step> {
                 work.display()
             ),
         },
-        Step::Pivot { new_root: root },
     ]
+    .into_iter()
+    .chain(NATIVE_DIRS.iter().map(|(dir, when, name)| Step::BindIf {
+        when: root.join(when),
+        source: disk.join("native").join(name),
+        target: root.join(dir),
+    }))
+    .chain([Step::Pivot {
+        new_root: root.clone(),
+    }])
+    .collect()
 }
 
 /// What the steps do to the system; [`System`] for real, a recording one in
@@ -311,6 +351,29 @@ pub fn execute(steps: &[Step], sys: &dyn Sys) -> Result<(), Failed> {
                 .mount(source, target, fstype, *flags, data)
                 .map(|()| mounted.push(target.clone())),
             Step::Mkdir { path } => sys.mkdir(path),
+            Step::BindIf {
+                when,
+                source,
+                target,
+            } => {
+                if sys.exists(when) {
+                    let bind = MountFlags {
+                        bind: true,
+                        ..MountFlags::default()
+                    };
+                    source
+                        .parent()
+                        .map_or(Ok(()), |p| sys.mkdir(p))
+                        .and_then(|()| sys.mkdir(source))
+                        .and_then(|()| sys.mkdir(target))
+                        .and_then(|()| {
+                            sys.mount(&source.display().to_string(), target, "", bind, "")
+                        })
+                        .map(|()| mounted.push(target.clone()))
+                } else {
+                    Ok(())
+                }
+            }
             Step::Pivot { new_root } => sys.pivot(new_root),
         };
         if let Err(error) = result {
@@ -354,6 +417,7 @@ fn mount_flags(f: MountFlags) -> rustix::mount::MountFlags {
         (f.nodev, M::NODEV),
         (f.noexec, M::NOEXEC),
         (f.noatime, M::NOATIME),
+        (f.bind, M::BIND),
     ] {
         if on {
             m |= flag;
@@ -504,6 +568,8 @@ mod tests {
                 "mkdir /run/banger-init/disk/work",
                 "mount -t overlay overlay /run/banger-init/root -o \
                  lowerdir=/,upperdir=/run/banger-init/disk/upper,workdir=/run/banger-init/disk/work",
+                "mount --bind /run/banger-init/disk/native/var-lib-docker /run/banger-init/root/var/lib/docker",
+                "mount --bind /run/banger-init/disk/native/var-lib-containerd /run/banger-init/root/var/lib/containerd",
                 "pivot_root into /run/banger-init/root",
             ]
         );
@@ -523,6 +589,8 @@ mod tests {
         fail_pivot: bool,
         label: Option<String>,
         missing: bool,
+        /// The image has dockerd and containerd.
+        programs: bool,
     }
 
     impl Sys for Fake {
@@ -530,6 +598,9 @@ mod tests {
             self.calls
                 .borrow_mut()
                 .push(format!("exists {}", p.display()));
+            if p.to_string_lossy().contains("/usr/bin/") {
+                return self.programs;
+            }
             !self.missing
         }
         fn ext4_label(&self, _: &Path) -> io::Result<Option<String>> {
@@ -577,6 +648,39 @@ mod tests {
             .filter(|c| !c.starts_with("exists"))
             .cloned()
             .collect()
+    }
+
+    /// With Docker in the image, its directories are bind-mounted from the
+    /// overlay disk before the pivot (so they are ext4, not overlayfs), and
+    /// undone with the rest when the pivot fails.
+    #[test]
+    fn docker_and_containerd_state_stays_off_overlayfs() {
+        let steps = plan(Path::new("/dev/vdc"));
+        let f = Fake {
+            label: Some(OVERLAY_LABEL.to_string()),
+            programs: true,
+            fail_pivot: true,
+            ..Fake::default()
+        };
+        execute(&steps, &f).unwrap_err();
+        assert_eq!(
+            mounts_and_more(&f)[3..],
+            [
+                " /run/banger-init/root/var/lib/docker",
+                " /run/banger-init/root/var/lib/containerd",
+                "pivot /run/banger-init/root",
+                "umount /run/banger-init/root/var/lib/containerd",
+                "umount /run/banger-init/root/var/lib/docker",
+                "umount /run/banger-init/root",
+                "umount /run/banger-init/disk",
+                "umount /run",
+            ]
+            .map(|s| if s.starts_with(' ') {
+                format!("mount {s}")
+            } else {
+                s.to_string()
+            })
+        );
     }
 
     #[test]

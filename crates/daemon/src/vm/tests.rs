@@ -341,7 +341,13 @@ async fn overlay_root_from_create_to_delete() {
 #[tokio::test]
 async fn auto_copies_for_an_image_without_overlay_and_says_why() {
     use crate::privileged::SystemHost;
-    let w = world_with("auto", vec!["agent".into()], Arc::new(SystemHost), false, None);
+    let w = world_with(
+        "auto",
+        vec!["agent".into()],
+        Arc::new(SystemHost),
+        false,
+        None,
+    );
     w.create("old", true).await.unwrap();
     let vm = super::access::find(&w.vms, &w.alice, "old").unwrap();
     let info = super::info::vm_info(&w.vms, &vm).unwrap();
