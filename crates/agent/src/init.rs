@@ -16,10 +16,10 @@
 //!    no room for mount points) and makes its mount points there;
 //! 3. mounts the overlay disk, makes [`OVERLAY_UPPER`] and [`OVERLAY_WORK`]
 //!    on it when missing (a fresh disk), and mounts overlayfs with the
-//!    read-only root as its lower layer;
-//! 3b. when the image has Docker or containerd, bind-mounts their state
-//!    directories from the overlay disk ([`NATIVE_DIRS`]: overlay2 refuses
-//!    an overlayfs backing filesystem);
+//!    read-only root as its lower layer; when the image has Docker or
+//!    containerd, bind-mounts their state directories from the overlay disk
+//!    into it ([`NATIVE_DIRS`]: overlay2 refuses an overlayfs backing
+//!    filesystem);
 //! 4. pivots into the overlay (`pivot_root(".", ".")`) and detaches the old
 //!    root with everything mounted under it (`umount2(".", MNT_DETACH)`, as
 //!    container runtimes do): the lower layer is not visible in the guest,
@@ -126,6 +126,9 @@ pub enum Step {
 /// ext4, the VM's own, kept across stop/start like the rest of the VM's
 /// writes).
 pub const NATIVE_DIRS: &[(&str, &str, &str)] = &[
+    // Debian's docker.io installs dockerd in /usr/sbin; Docker's own
+    // packages in /usr/bin. Both are looked for (one bind either way).
+    ("var/lib/docker", "usr/sbin/dockerd", "var-lib-docker"),
     ("var/lib/docker", "usr/bin/dockerd", "var-lib-docker"),
     (
         "var/lib/containerd",
@@ -356,7 +359,7 @@ pub fn execute(steps: &[Step], sys: &dyn Sys) -> Result<(), Failed> {
                 source,
                 target,
             } => {
-                if sys.exists(when) {
+                if !mounted.contains(target) && sys.exists(when) {
                     let bind = MountFlags {
                         bind: true,
                         ..MountFlags::default()
@@ -569,6 +572,7 @@ mod tests {
                 "mount -t overlay overlay /run/banger-init/root -o \
                  lowerdir=/,upperdir=/run/banger-init/disk/upper,workdir=/run/banger-init/disk/work",
                 "mount --bind /run/banger-init/disk/native/var-lib-docker /run/banger-init/root/var/lib/docker",
+                "mount --bind /run/banger-init/disk/native/var-lib-docker /run/banger-init/root/var/lib/docker",
                 "mount --bind /run/banger-init/disk/native/var-lib-containerd /run/banger-init/root/var/lib/containerd",
                 "pivot_root into /run/banger-init/root",
             ]
@@ -598,7 +602,8 @@ mod tests {
             self.calls
                 .borrow_mut()
                 .push(format!("exists {}", p.display()));
-            if p.to_string_lossy().contains("/usr/bin/") {
+            let p_text = p.to_string_lossy();
+            if p_text.contains("/usr/bin/") || p_text.contains("/usr/sbin/") {
                 return self.programs;
             }
             !self.missing
