@@ -30,10 +30,16 @@ use crate::progress::{self, OpResult, OpSummary};
 use crate::render::{Outcome, Render};
 
 /// Whether `image pull`'s argument names a bundle file rather than an OCI
-/// reference: it ends in `.tar.zst` (no OCI reference does: a tag has no
-/// dots after a slash... and a repository no `.tar.zst`).
+/// reference: it ends in `.tar.zst` and is an existing file, or looks like a
+/// path (starts with `/` or `.`, or has no `:` — a tag such as
+/// `repo:v1.tar.zst` is a valid OCI reference, a missing `./x.tar.zst` is a
+/// missing file and should be reported as one).
 pub fn is_bundle_file(reference: &str) -> bool {
     reference.ends_with(".tar.zst")
+        && (Path::new(reference).is_file()
+            || reference.starts_with('/')
+            || reference.starts_with('.')
+            || !reference.contains(':'))
 }
 
 #[derive(Serialize)]
@@ -248,4 +254,27 @@ pub fn import_kernel(
         format!("{}:vmlinux", path.display()),
     )?;
     Ok(Outcome::of(r))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn bundle_files_and_references_are_told_apart() {
+        use super::is_bundle_file;
+        for b in [
+            "img.tar.zst",
+            "./img.tar.zst",
+            "/srv/b/img.tar.zst",
+            "dir/img.tar.zst",
+        ] {
+            assert!(is_bundle_file(b), "{b}");
+        }
+        for r in [
+            "debian:bookworm",
+            "localhost:5000/team/img:v1.tar.zst",
+            "ghcr.io/org/img:1.4",
+        ] {
+            assert!(!is_bundle_file(r), "{r}");
+        }
+    }
 }
