@@ -15,6 +15,15 @@ use common::guest::build_home;
 use common::require_root;
 use serde_json::Value;
 
+/// `banger vm exec d1 -- CMD...` from the test's namespace.
+fn in_guest(h: &common::Home, cmd: &[&str]) -> std::process::Output {
+    h.banger_in_netns()
+        .args(["vm", "exec", "d1", "--"])
+        .args(cmd)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn docker_starts_in_a_full_guest() {
     require_root();
@@ -56,76 +65,33 @@ fn docker_starts_in_a_full_guest() {
 
     // dockerd starts at boot (socket-activated or by its unit); `docker
     // info` waits for it. Slow under TCG, hence the generous bound.
-    let out = h
-        .banger_in_netns()
-        .args([
-            "vm",
-            "exec",
-            "d1",
-            "--",
-            "timeout",
-            "600",
-            "docker",
-            "info",
-            "--format",
-            "{{json .}}",
-        ])
-        .output()
-        .unwrap();
+    let out = in_guest(
+        &h,
+        &["timeout", "600", "docker", "info", "--format", "{{json .}}"],
+    );
     let journal = if out.status.success() {
         String::new()
     } else {
-        let j = h
-            .banger_in_netns()
-            .args([
-                "vm",
-                "exec",
-                "d1",
-                "--",
-                "journalctl",
-                "-u",
-                "docker",
-                "-b",
-                "--no-pager",
-            ])
-            .output()
-            .unwrap();
+        let j = in_guest(&h, &["journalctl", "-u", "docker", "-b", "--no-pager"]);
         String::from_utf8_lossy(&j.stdout).into_owned()
     };
     // Under the overlay root, Docker's state is on the overlay disk's ext4
     // (bind-mounted by banger's init), not on overlayfs.
-    let fstype = h
-        .banger_in_netns()
-        .args([
-            "vm",
-            "exec",
-            "d1",
-            "--",
+    let fstype = in_guest(
+        &h,
+        &[
             "findmnt",
             "-n",
             "-o",
             "FSTYPE",
             "--target",
             "/var/lib/docker",
-        ])
-        .output()
-        .unwrap();
-    let root_fs = h
-        .banger_in_netns()
-        .args([
-            "vm", "exec", "d1", "--", "findmnt", "-n", "-o", "FSTYPE", "/",
-        ])
-        .output()
-        .unwrap();
+        ],
+    );
+    let root_fs = in_guest(&h, &["findmnt", "-n", "-o", "FSTYPE", "/"]);
     // dockerd made its bridge (needs bridge, veth and the nftables/iptables
     // NAT rules in the kernel).
-    let bridge = h
-        .banger_in_netns()
-        .args([
-            "vm", "exec", "d1", "--", "ip", "-o", "link", "show", "docker0",
-        ])
-        .output()
-        .unwrap();
+    let bridge = in_guest(&h, &["ip", "-o", "link", "show", "docker0"]);
     let deleted = h
         .banger()
         .args(["vm", "delete", "-f", "d1"])

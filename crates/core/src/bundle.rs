@@ -40,6 +40,13 @@ pub enum Kind {
 }
 
 impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Image => "image",
+            Kind::Kernel => "kernel",
+        }
+    }
+
     /// The file names a bundle of this kind may hold; anything else is refused.
     pub fn allowed_files(self) -> &'static [&'static str] {
         match self {
@@ -177,15 +184,6 @@ impl Manifest {
     }
 }
 
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Image => "image",
-            Kind::Kernel => "kernel",
-        }
-    }
-}
-
 /// The sha256 and size of a file, for a manifest.
 pub fn describe(name: &str, path: &Path) -> Result<BundleFile, BundleError> {
     let mut f = File::open(path).map_err(io_ctx(format!("cannot open {}", path.display())))?;
@@ -238,16 +236,7 @@ pub fn write(
         for (f, path) in manifest.files.iter().zip(paths) {
             let file =
                 File::open(path).map_err(io_ctx(format!("cannot open {}", path.display())))?;
-            let mut reader = Checked {
-                inner: file,
-                hasher: Sha256::new(),
-                read: 0,
-                cancel,
-                progress: &mut |n| {
-                    done += n;
-                    progress(done)
-                },
-            };
+            let mut reader = Checked::new(file, done, cancel, &mut *progress);
             let mut header = member_header(f.size);
             tar.append_data(&mut header, &f.name, (&mut reader).take(f.size))
                 .map_err(|e| {
@@ -267,6 +256,7 @@ pub fn write(
                     what: "it changed while the bundle was written".into(),
                 });
             }
+            done += read;
         }
         tar.finish().map_err(io_ctx("cannot finish the bundle"))?;
     }
@@ -287,14 +277,33 @@ fn member_header(size: u64) -> tar::Header {
     h
 }
 
-/// A reader that hashes and counts what passes, reports progress and stops
-/// when cancelled.
+/// A reader that hashes and counts what passes, reports progress (bytes of
+/// all files so far: `before` + its own) and stops when cancelled.
 struct Checked<'a, R> {
     inner: R,
     hasher: Sha256,
     read: u64,
+    before: u64,
     cancel: &'a AtomicBool,
     progress: &'a mut dyn FnMut(u64),
+}
+
+impl<'a, R> Checked<'a, R> {
+    fn new(
+        inner: R,
+        before: u64,
+        cancel: &'a AtomicBool,
+        progress: &'a mut dyn FnMut(u64),
+    ) -> Self {
+        Checked {
+            inner,
+            hasher: Sha256::new(),
+            read: 0,
+            before,
+            cancel,
+            progress,
+        }
+    }
 }
 
 impl<R: Read> Read for Checked<'_, R> {
@@ -305,7 +314,7 @@ impl<R: Read> Read for Checked<'_, R> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
         self.read += n as u64;
-        (self.progress)(n as u64);
+        (self.progress)(self.before + self.read);
         Ok(n)
     }
 }
@@ -412,16 +421,7 @@ fn read_inner(
             .map_err(io_ctx(format!("cannot create {}", path.display())))?;
         written.push(path.clone());
         let mut out = BufWriter::new(out);
-        let mut reader = Checked {
-            inner: &mut entry,
-            hasher: Sha256::new(),
-            read: 0,
-            cancel,
-            progress: &mut |n| {
-                done += n;
-                progress(done)
-            },
-        };
+        let mut reader = Checked::new(&mut entry, done, cancel, &mut *progress);
         let copied = copy_sparse(&mut reader, &mut out).map_err(|e| {
             if cancel.load(Ordering::Relaxed) {
                 BundleError::Cancelled
@@ -449,6 +449,7 @@ fn read_inner(
         out.set_len(copied)
             .and_then(|_| out.sync_all())
             .map_err(io_ctx(format!("cannot write {}", path.display())))?;
+        done += copied;
         files.push((want.name.clone(), path));
     }
     if let Some(extra) = entries.next() {

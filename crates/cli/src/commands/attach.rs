@@ -139,17 +139,8 @@ pub fn attach(env: &Env, name: &str, id: Option<&str>) -> anyhow::Result<Outcome
             ));
         }
     }
-    let mut ssh = super::ssh::ssh_to(env, name)?;
-    ssh.arg("-T").arg("--").arg(query_script(id));
-    let out = ssh
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .context("cannot run ssh")?;
-    if !out.status.success() {
-        anyhow::bail!("asking {name} about its runs failed ({})", out.status);
-    }
-    let state = parse_state(&String::from_utf8_lossy(&out.stdout))?;
+    let out = guest_output(env, name, &query_script(id), "asking about its runs")?;
+    let state = parse_state(&String::from_utf8_lossy(&out))?;
     let follow = match &state {
         State::Missing => {
             return Err(refuse(
@@ -182,6 +173,22 @@ pub fn attach(env: &Env, name: &str, id: Option<&str>) -> anyhow::Result<Outcome
     Ok(Outcome::Streamed(super::exit_status(st)))
 }
 
+/// The stdout of `script` run in VM `name` without a terminal (stderr goes
+/// to ours); a failure names `what` was being done.
+fn guest_output(env: &Env, name: &str, script: &str, what: &str) -> anyhow::Result<Vec<u8>> {
+    let mut ssh = super::ssh::ssh_to(env, name)?;
+    ssh.arg("-T").arg("--").arg(script);
+    let out = ssh
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cannot run ssh")?;
+    if !out.status.success() {
+        anyhow::bail!("{what} in vm {name} failed ({})", out.status);
+    }
+    Ok(out.stdout)
+}
+
 /// `vm attach --json`: where the run is and its log so far, without
 /// following it (a script polls; a person attaches).
 #[derive(Serialize)]
@@ -208,21 +215,12 @@ fn report(env: &Env, name: &str, state: State) -> anyhow::Result<Outcome> {
         State::Running { base, .. } => (base, "running", None),
         State::Lost { base } => (base, "lost", None),
     };
-    let mut ssh = super::ssh::ssh_to(env, name)?;
-    ssh.arg("-T")
-        .arg("--")
-        .arg(format!("cat -- {}.log", q(&base)));
-    let out = ssh
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .context("cannot run ssh")?;
-    if !out.status.success() {
-        anyhow::bail!(
-            "reading the log of {base} in {name} failed ({})",
-            out.status
-        );
-    }
+    let log = guest_output(
+        env,
+        name,
+        &format!("cat -- {}.log", q(&base)),
+        "reading the log",
+    )?;
     Ok(Outcome::of(RunReport {
         name: name.into(),
         run_id: base
@@ -231,7 +229,7 @@ fn report(env: &Env, name: &str, state: State) -> anyhow::Result<Outcome> {
             .to_string(),
         state,
         exit_code,
-        log: String::from_utf8_lossy(&out.stdout).into_owned(),
+        log: String::from_utf8_lossy(&log).into_owned(),
     }))
 }
 
